@@ -1,0 +1,287 @@
+//! Exact fixed-point decimals that keep the venue's digits.
+//!
+//! Design: a price or quantity is the integer `mantissa` and the number of digits after the
+//! point, exactly as the venue wrote it (`"0.00100"` is mantissa 100, scale 5). Equality and
+//! ordering are by value (`"1.0" == "1.00"`), display reproduces the written digits, which OKX's
+//! checksum needs. There is no `f64` anywhere: a float cannot hold `0.1` and a book keyed by
+//! floats drifts. Parsing is a single pass with no allocation.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+/// Most significant digits a [`Decimal`] holds (fits `i64`).
+pub const MAX_DIGITS: usize = 18;
+
+/// An exact decimal number as written by a venue.
+#[derive(Clone, Copy, Default)]
+pub struct Decimal {
+    mantissa: i64,
+    scale: u8,
+}
+
+/// Why a decimal string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    #[error("empty decimal")]
+    Empty,
+    #[error("invalid character in decimal")]
+    InvalidChar,
+    #[error("decimal has more than {MAX_DIGITS} significant digits")]
+    TooManyDigits,
+}
+
+impl Decimal {
+    pub const ZERO: Decimal = Decimal {
+        mantissa: 0,
+        scale: 0,
+    };
+
+    /// Builds `mantissa * 10^-scale`.
+    pub const fn new(mantissa: i64, scale: u8) -> Self {
+        Decimal { mantissa, scale }
+    }
+
+    /// Parses a plain decimal string: optional `-`, digits, optional `.` and digits.
+    /// Exponents, `+`, blanks and empty parts are refused.
+    pub fn parse(s: &str) -> Result<Self, DecimalError> {
+        let bytes = s.as_bytes();
+        let (neg, digits) = match bytes.first() {
+            None => return Err(DecimalError::Empty),
+            Some(b'-') => (true, &bytes[1..]),
+            Some(_) => (false, bytes),
+        };
+        if digits.is_empty() {
+            return Err(DecimalError::Empty);
+        }
+        let mut mantissa: i64 = 0;
+        let mut scale: u8 = 0;
+        let mut seen_point = false;
+        let mut seen_digit = false;
+        let mut significant = 0usize;
+        for &b in digits {
+            match b {
+                b'0'..=b'9' => {
+                    seen_digit = true;
+                    if mantissa != 0 || b != b'0' {
+                        significant += 1;
+                    }
+                    if significant > MAX_DIGITS {
+                        return Err(DecimalError::TooManyDigits);
+                    }
+                    mantissa = mantissa * 10 + i64::from(b - b'0');
+                    if seen_point {
+                        scale += 1;
+                    }
+                }
+                b'.' if !seen_point => seen_point = true,
+                _ => return Err(DecimalError::InvalidChar),
+            }
+            if usize::from(scale) > MAX_DIGITS + 1 {
+                return Err(DecimalError::TooManyDigits);
+            }
+        }
+        if !seen_digit || digits[0] == b'.' || digits.last() == Some(&b'.') {
+            return Err(DecimalError::InvalidChar);
+        }
+        Ok(Decimal {
+            mantissa: if neg { -mantissa } else { mantissa },
+            scale,
+        })
+    }
+
+    pub const fn mantissa(self) -> i64 {
+        self.mantissa
+    }
+
+    pub const fn scale(self) -> u8 {
+        self.scale
+    }
+
+    pub const fn is_zero(self) -> bool {
+        self.mantissa == 0
+    }
+
+    pub const fn is_negative(self) -> bool {
+        self.mantissa < 0
+    }
+
+    /// The value scaled to `scale` digits as `i128` (exact: `scale` never exceeds 19).
+    fn scaled(self, scale: u8) -> i128 {
+        i128::from(self.mantissa) * 10i128.pow(u32::from(scale - self.scale))
+    }
+
+    /// Same value and same written digits (`"1.0"` and `"1.00"` are equal but not identical).
+    pub fn is_identical(self, other: Decimal) -> bool {
+        self.mantissa == other.mantissa && self.scale == other.scale
+    }
+}
+
+impl PartialEq for Decimal {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Decimal {}
+
+impl PartialOrd for Decimal {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Decimal {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if self.scale == other.scale {
+            return self.mantissa.cmp(&other.mantissa);
+        }
+        let scale = self.scale.max(other.scale);
+        self.scaled(scale).cmp(&other.scaled(scale))
+    }
+}
+
+impl fmt::Display for Decimal {
+    /// Writes the digits as the venue wrote them, without allocating.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 48];
+        let mut pos = buf.len();
+        let mut m = self.mantissa.unsigned_abs();
+        let mut frac = self.scale;
+        loop {
+            pos -= 1;
+            buf[pos] = b'0' + (m % 10) as u8;
+            m /= 10;
+            if frac > 0 {
+                frac -= 1;
+                if frac == 0 {
+                    pos -= 1;
+                    buf[pos] = b'.';
+                    if m == 0 {
+                        pos -= 1;
+                        buf[pos] = b'0';
+                        break;
+                    }
+                }
+            } else if m == 0 {
+                break;
+            }
+        }
+        if self.mantissa < 0 {
+            pos -= 1;
+            buf[pos] = b'-';
+        }
+        // Only ASCII digits, '.', '-' were written.
+        f.write_str(std::str::from_utf8(&buf[pos..]).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for Decimal {
+    type Err = DecimalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Decimal::parse(s)
+    }
+}
+
+impl serde::Serialize for Decimal {
+    /// A JSON string with the venue's digits; `collect_str` writes without allocating.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            use serde::ser::SerializeTuple;
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&self.mantissa)?;
+            t.serialize_element(&self.scale)?;
+            t.end()
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Decimal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            Decimal::parse(&s).map_err(serde::de::Error::custom)
+        } else {
+            let (mantissa, scale) = <(i64, u8)>::deserialize(d)?;
+            if usize::from(scale) > MAX_DIGITS + 1 {
+                return Err(serde::de::Error::custom("decimal scale too large"));
+            }
+            Ok(Decimal { mantissa, scale })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap()
+    }
+
+    #[test]
+    fn display_reproduces_the_written_digits() {
+        // TC0..: every string prints back exactly as written.
+        for s in [
+            "0",
+            "0.0",
+            "0.00100",
+            "3366.1",
+            "3366",
+            "100",
+            "-1.5",
+            "-0.001",
+            "1234567.12345678",
+            "0.1",
+            "10.000",
+            "999999999999999999",
+        ] {
+            assert_eq!(d(s).to_string(), s, "{s}");
+        }
+    }
+
+    #[test]
+    fn equality_and_order_are_by_value() {
+        assert_eq!(d("1.0"), d("1.00"));
+        assert!(!d("1.0").is_identical(d("1.00")));
+        assert!(d("0.1") < d("0.10001"));
+        assert!(d("-1") < d("0"));
+        assert!(d("100") > d("99.999999999999999"));
+        assert_eq!(d("0.000").cmp(&d("0")), Ordering::Equal);
+        assert!(d("0.00000000").is_zero());
+    }
+
+    #[test]
+    fn malformed_strings_are_refused() {
+        for s in [
+            "", "-", ".", "1.", ".5", "1e5", "+1", "1.2.3", " 1", "1,0", "0x10", "NaN",
+        ] {
+            assert!(Decimal::parse(s).is_err(), "{s:?} accepted");
+        }
+        assert_eq!(
+            Decimal::parse("1234567890123456789"),
+            Err(DecimalError::TooManyDigits)
+        );
+        // Leading zeros are not significant digits.
+        assert!(Decimal::parse("0.000000000000000001").is_ok());
+    }
+
+    #[test]
+    fn serde_roundtrips_json_string_and_postcard_pair() {
+        let v = d("0.00100");
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(json, "\"0.00100\"");
+        let back: Decimal = serde_json::from_str(&json).unwrap();
+        assert!(back.is_identical(v));
+        let bytes = postcard::to_allocvec(&v).unwrap();
+        let back: Decimal = postcard::from_bytes(&bytes).unwrap();
+        assert!(back.is_identical(v));
+    }
+}

@@ -1,0 +1,11 @@
+//! marketbox: a market-data appliance.
+//!
+//! One WebSocket per exchange-market under a hard connection budget, verified order books in
+//! fixed-capacity buffers, normalized messages forwarded upstream. See `README.md` and the
+//! module docs: each says what it owns and what it must not touch.
+
+pub mod book;
+pub mod budget;
+pub mod config;
+pub mod metrics;
+pub mod model;

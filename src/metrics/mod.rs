@@ -1,0 +1,283 @@
+//! The one metrics registry (DESIGN rule 6).
+//!
+//! Design: every family is created here, once, with label sets built from enums and configured
+//! names, so the number of series stays bounded. Stages resolve their handles (`Counter`,
+//! `Gauge` are cheap `Arc` clones) when a session starts, so the per-message path never hashes a
+//! label set or allocates. HTTP serving and remote push plug in on top of [`Metrics::encode`].
+//!
+//! Owns: metric names, help texts and label sets. Must not touch: sockets or venue formats.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::model::{Channel, Exchange, Market};
+
+/// Labels of a planned socket.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SocketLabels {
+    pub exchange: Exchange,
+    /// The plan's socket name, e.g. `spot`, `perpetual_public`, `public`.
+    pub socket: String,
+}
+
+/// Labels of a frame outcome on a socket.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrameLabels {
+    pub exchange: Exchange,
+    pub socket: String,
+    /// `data`, `control`, `malformed`, `oversized`, `unknown`.
+    pub kind: &'static str,
+}
+
+/// Labels of a per-stream outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub exchange: Exchange,
+    pub market: Market,
+    pub symbol: String,
+    pub channel: Channel,
+}
+
+/// Labels of a book resync.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResyncLabels {
+    pub exchange: Exchange,
+    pub market: Market,
+    pub symbol: String,
+    /// `gap`, `stale_snapshot`, `checksum`, `truncated`, `buffer_overflow`, `reconnect`.
+    pub reason: &'static str,
+}
+
+/// Labels of a connection attempt outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectLabels {
+    pub exchange: Exchange,
+    pub socket: String,
+    /// `ok`, `refused_by_budget`, `timeout`, `error`.
+    pub result: &'static str,
+}
+
+/// Labels of a REST request outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestLabels {
+    pub host: String,
+    /// HTTP status code, or `error`.
+    pub status: String,
+}
+
+/// Labels naming a REST host.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub host: String,
+}
+
+/// Every metric marketbox exports.
+pub struct Metrics {
+    registry: Registry,
+    pub ws_connections: Family<SocketLabels, Gauge>,
+    pub connects: Family<ConnectLabels, Counter>,
+    pub disconnects: Family<SocketLabels, Counter>,
+    pub stale_streams: Family<SocketLabels, Counter>,
+    pub rotations: Family<SocketLabels, Counter>,
+    pub frames: Family<FrameLabels, Counter>,
+    pub resyncs: Family<ResyncLabels, Counter>,
+    pub book_levels_dropped: Family<StreamLabels, Counter>,
+    pub messages: Family<StreamLabels, Counter>,
+    pub rest_requests: Family<RestLabels, Counter>,
+    pub rest_connections: Family<HostLabels, Gauge>,
+    pub rest_weight_used: Family<HostLabels, Gauge>,
+    pub budget_limit: Gauge,
+    pub budget_in_use: Gauge,
+    pub budget_refused: Counter,
+    pub spool_dropped: Counter,
+    pub spool_depth: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("marketbox");
+        let m = Metrics {
+            ws_connections: Family::default(),
+            connects: Family::default(),
+            disconnects: Family::default(),
+            stale_streams: Family::default(),
+            rotations: Family::default(),
+            frames: Family::default(),
+            resyncs: Family::default(),
+            book_levels_dropped: Family::default(),
+            messages: Family::default(),
+            rest_requests: Family::default(),
+            rest_connections: Family::default(),
+            rest_weight_used: Family::default(),
+            budget_limit: Gauge::default(),
+            budget_in_use: Gauge::default(),
+            budget_refused: Counter::default(),
+            spool_dropped: Counter::default(),
+            spool_depth: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ws_connections",
+            "Open WebSocket connections per planned socket",
+            m.ws_connections.clone(),
+        );
+        registry.register(
+            "ws_connects",
+            "WebSocket connection attempts by result",
+            m.connects.clone(),
+        );
+        registry.register(
+            "ws_disconnects",
+            "WebSocket connections that ended, for any reason",
+            m.disconnects.clone(),
+        );
+        registry.register(
+            "ws_stale_streams",
+            "Subscribed streams that went quiet while the socket lived, then resubscribed",
+            m.stale_streams.clone(),
+        );
+        registry.register(
+            "ws_rotations",
+            "Planned reconnects (lifetime limit, server shutdown notice)",
+            m.rotations.clone(),
+        );
+        registry.register(
+            "ws_frames",
+            "WebSocket frames received by kind (data, control, malformed, oversized, unknown)",
+            m.frames.clone(),
+        );
+        registry.register(
+            "book_resyncs",
+            "Order books marked unsynced and requested again, by reason",
+            m.resyncs.clone(),
+        );
+        registry.register(
+            "book_levels_dropped",
+            "Levels dropped because a fixed-capacity book side was full",
+            m.book_levels_dropped.clone(),
+        );
+        registry.register(
+            "messages",
+            "Normalized messages handed to the spool",
+            m.messages.clone(),
+        );
+        registry.register(
+            "rest_requests",
+            "REST requests by host and HTTP status",
+            m.rest_requests.clone(),
+        );
+        registry.register(
+            "rest_connections",
+            "Open REST keep-alive connections per host",
+            m.rest_connections.clone(),
+        );
+        registry.register(
+            "rest_weight_used",
+            "Request weight used in the current window, per host",
+            m.rest_weight_used.clone(),
+        );
+        registry.register(
+            "budget_limit",
+            "Connection budget: sockets allowed",
+            m.budget_limit.clone(),
+        );
+        registry.register(
+            "budget_in_use",
+            "Connection budget: sockets open",
+            m.budget_in_use.clone(),
+        );
+        registry.register(
+            "budget_refused",
+            "Socket permits refused because the budget was spent",
+            m.budget_refused.clone(),
+        );
+        registry.register(
+            "spool_dropped",
+            "Messages dropped from the spool (oldest first) because it was full",
+            m.spool_dropped.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Messages waiting in the spool",
+            m.spool_depth.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Sum of a frame counter over every socket of an exchange (for tests and status).
+    pub fn frames_of_kind(&self, exchange: Exchange, kind: &str) -> u64 {
+        let text = self.encode();
+        sum_series(
+            &text,
+            "marketbox_ws_frames_total",
+            &[("exchange", exchange.as_str()), ("kind", kind)],
+        )
+    }
+
+    /// Sum of every series of `name` whose labels include all of `labels`, read from the text
+    /// exposition (what a scraper sees).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        sum_series(&self.encode(), name, labels)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn sum_series(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            if !all {
+                return None;
+            }
+            value.parse::<f64>().ok().map(|v| v as u64)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix_and_counters_the_total_suffix() {
+        let m = Metrics::new();
+        m.ws_connections
+            .get_or_create(&SocketLabels {
+                exchange: Exchange::Binance,
+                socket: "spot".into(),
+            })
+            .set(1);
+        m.budget_refused.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("marketbox_ws_connections{exchange=\"binance\",socket=\"spot\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("marketbox_budget_refused_total 1"), "{text}");
+        assert_eq!(m.sum("marketbox_ws_connections", &[("socket", "spot")]), 1);
+    }
+}

@@ -1,0 +1,357 @@
+//! Normalized names and messages shared by every stage.
+//!
+//! Owns: the enums that name exchanges, markets and channels (also used as metric label values,
+//! which keeps the number of series bounded), the venue-neutral `Symbol` (`BASE-QUOTE`), and the
+//! normalized output message. Must not touch: any venue's wire spelling (`btcusdt`,
+//! `BTC-USDT-SWAP`); that mapping lives in `venue/<name>/`.
+
+use std::fmt;
+
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use serde::{Deserialize, Serialize};
+
+use crate::book::Decimal;
+
+/// An exchange marketbox collects from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exchange {
+    Binance,
+    Okx,
+}
+
+impl Exchange {
+    pub const ALL: [Exchange; 2] = [Exchange::Binance, Exchange::Okx];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exchange::Binance => "binance",
+            Exchange::Okx => "okx",
+        }
+    }
+}
+
+/// A market of an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Market {
+    Spot,
+    /// Perpetual swaps: Binance USD-M, OKX USDT-margined SWAP.
+    Perpetual,
+}
+
+impl Market {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::Spot => "spot",
+            Market::Perpetual => "perpetual",
+        }
+    }
+}
+
+/// The seven normalized channels. The names are part of the output contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Orderbook,
+    Trade,
+    FundingRate,
+    OpenInterest,
+    Liquidation,
+    LsrTopPosition,
+    LsrAllAccount,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 7] = [
+        Channel::Orderbook,
+        Channel::Trade,
+        Channel::FundingRate,
+        Channel::OpenInterest,
+        Channel::Liquidation,
+        Channel::LsrTopPosition,
+        Channel::LsrAllAccount,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Orderbook => "orderbook",
+            Channel::Trade => "trade",
+            Channel::FundingRate => "funding_rate",
+            Channel::OpenInterest => "open_interest",
+            Channel::Liquidation => "liquidation",
+            Channel::LsrTopPosition => "lsr_top_position",
+            Channel::LsrAllAccount => "lsr_all_account",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Exchange, Market, Channel);
+
+macro_rules! label_as_str {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+                EncodeLabelValue::encode(&self.as_str(), encoder)
+            }
+        }
+    )*};
+}
+label_as_str!(Exchange, Market, Channel);
+
+/// Longest `BASE-QUOTE` symbol accepted (venue symbols are far shorter).
+pub const SYMBOL_MAX: usize = 24;
+
+/// A venue-neutral symbol, `BASE-QUOTE` in upper case (`BTC-USDT`). Fixed capacity, `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Symbol {
+    bytes: [u8; SYMBOL_MAX],
+    len: u8,
+    dash: u8,
+}
+
+/// Why a symbol was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SymbolError {
+    #[error("symbol {0:?} must be BASE-QUOTE with one dash, e.g. \"BTC-USDT\"")]
+    Shape(String),
+    #[error("symbol {0:?} may hold only upper-case letters and digits around the dash")]
+    Characters(String),
+    #[error("symbol {0:?} is longer than {SYMBOL_MAX} characters")]
+    TooLong(String),
+}
+
+impl Symbol {
+    /// Parses `BASE-QUOTE` (upper-case ASCII letters and digits on each side).
+    pub fn parse(s: &str) -> Result<Self, SymbolError> {
+        if s.len() > SYMBOL_MAX {
+            return Err(SymbolError::TooLong(s.to_owned()));
+        }
+        let mut parts = s.split('-');
+        let (Some(base), Some(quote), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(SymbolError::Shape(s.to_owned()));
+        };
+        if base.is_empty() || quote.is_empty() {
+            return Err(SymbolError::Shape(s.to_owned()));
+        }
+        let ok = |p: &str| {
+            p.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        };
+        if !ok(base) || !ok(quote) {
+            return Err(SymbolError::Characters(s.to_owned()));
+        }
+        let mut bytes = [0u8; SYMBOL_MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Symbol {
+            bytes,
+            len: s.len() as u8,
+            dash: base.len() as u8,
+        })
+    }
+
+    /// Builds a symbol from its two halves (used by venue code when mapping back).
+    pub fn from_parts(base: &str, quote: &str) -> Result<Self, SymbolError> {
+        let mut buf = [0u8; SYMBOL_MAX + 1];
+        let total = base.len() + 1 + quote.len();
+        if total > SYMBOL_MAX {
+            return Err(SymbolError::TooLong(format!("{base}-{quote}")));
+        }
+        buf[..base.len()].copy_from_slice(base.as_bytes());
+        buf[base.len()] = b'-';
+        buf[base.len() + 1..total].copy_from_slice(quote.as_bytes());
+        let s = std::str::from_utf8(&buf[..total])
+            .map_err(|_| SymbolError::Characters(String::from_utf8_lossy(&buf[..total]).into()))?;
+        Symbol::parse(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (checked in `parse`).
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+
+    pub fn base(&self) -> &str {
+        &self.as_str()[..self.dash as usize]
+    }
+
+    pub fn quote(&self) -> &str {
+        &self.as_str()[self.dash as usize + 1..]
+    }
+}
+
+impl fmt::Display for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Symbol({})", self.as_str())
+    }
+}
+
+impl Serialize for Symbol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Symbol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Symbol::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which side of the book a taker hit, or a liquidation's order side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+/// Most levels per side an `orderbook` message can carry (the config's `depth` is at most this).
+pub const MAX_DEPTH: usize = 50;
+
+/// One price level as published: `[price, qty]`.
+pub type PubLevel = (Decimal, Decimal);
+
+/// `orderbook` payload: best first on both sides, at most `depth` levels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderbookData {
+    pub bids: heapless::Vec<PubLevel, MAX_DEPTH>,
+    pub asks: heapless::Vec<PubLevel, MAX_DEPTH>,
+    pub update_id: u64,
+}
+
+/// `trade` payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TradeData {
+    pub trade_id: u64,
+    pub price: Decimal,
+    pub qty: Decimal,
+    /// The taker's side.
+    pub side: Side,
+}
+
+/// The channel-specific part of a message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Data {
+    Orderbook(OrderbookData),
+    Trade(TradeData),
+}
+
+/// The normalized output message. Field order is the contract (JSON and postcard alike):
+/// `exchange, market, symbol, channel, seq, ts_exchange_ms, ts_local_ns, id, data`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub exchange: Exchange,
+    pub market: Market,
+    pub symbol: Symbol,
+    pub channel: Channel,
+    /// Per-stream (exchange, market, symbol, channel) sequence number, from 1, no gaps.
+    pub seq: u64,
+    pub ts_exchange_ms: u64,
+    pub ts_local_ns: u64,
+    /// Deterministic id from venue data (trade id, update id), for JetStream de-duplication.
+    pub id: MsgId,
+    pub data: Data,
+}
+
+/// Longest message id.
+pub const ID_MAX: usize = 96;
+
+/// A message id: `<exchange>.<market>.<symbol>.<channel>.<venue id>`.
+pub type MsgId = heapless::String<ID_MAX>;
+
+/// Builds the deterministic id of a message from its stream and a venue-given number.
+pub fn message_id(
+    exchange: Exchange,
+    market: Market,
+    symbol: Symbol,
+    channel: Channel,
+    venue_id: u64,
+) -> MsgId {
+    use fmt::Write;
+    let mut id = MsgId::new();
+    // Capacity covers the longest combination (ID_MAX > 7 + 9 + 24 + 16 + 20 + 4 separators).
+    let _ = write!(id, "{exchange}.{market}.{symbol}.{channel}.{venue_id}");
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbol_parses_base_quote_and_refuses_other_shapes() {
+        let s = Symbol::parse("BTC-USDT").unwrap();
+        assert_eq!(
+            (s.base(), s.quote(), s.as_str()),
+            ("BTC", "USDT", "BTC-USDT")
+        );
+        assert_eq!(
+            Symbol::from_parts("ETH", "USDT").unwrap(),
+            Symbol::parse("ETH-USDT").unwrap()
+        );
+        for bad in [
+            "btc-usdt",
+            "BTCUSDT",
+            "BTC-USDT-SWAP",
+            "-USDT",
+            "BTC-",
+            "BTC_USDT",
+            "",
+        ] {
+            assert!(Symbol::parse(bad).is_err(), "{bad} accepted");
+        }
+        assert!(matches!(
+            Symbol::parse(&"A".repeat(30)),
+            Err(SymbolError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn channel_names_are_the_contract() {
+        let names: Vec<_> = Channel::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "orderbook",
+                "trade",
+                "funding_rate",
+                "open_interest",
+                "liquidation",
+                "lsr_top_position",
+                "lsr_all_account"
+            ]
+        );
+    }
+
+    #[test]
+    fn message_id_names_the_stream_and_venue_id() {
+        let id = message_id(
+            Exchange::Binance,
+            Market::Perpetual,
+            Symbol::parse("BTC-USDT").unwrap(),
+            Channel::LsrAllAccount,
+            u64::MAX,
+        );
+        assert_eq!(
+            id.as_str(),
+            "binance.perpetual.BTC-USDT.lsr_all_account.18446744073709551615"
+        );
+    }
+}

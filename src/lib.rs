@@ -9,3 +9,5 @@ pub mod budget;
 pub mod config;
 pub mod metrics;
 pub mod model;
+pub mod net;
+pub mod venue;

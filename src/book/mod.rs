@@ -6,3 +6,7 @@
 mod decimal;
 
 pub use decimal::{Decimal, DecimalError, MAX_DIGITS};
+
+mod book;
+#[allow(unused_imports)]
+pub use book::*;

@@ -1,0 +1,4 @@
+//! Binance: spot and USD-M perpetual.
+
+pub mod sync;
+pub mod wire;

@@ -225,19 +225,19 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
-    /// Messages held in RAM; past this the oldest are dropped and counted.
+    /// Bytes of encoded messages held in RAM; past this the oldest are dropped and counted.
     #[serde(default = "d_spool_ram")]
-    pub ram_messages: Positive,
+    pub ram_bytes: Positive,
 }
 
 fn d_spool_ram() -> Positive {
-    Positive(65_536)
+    Positive(64 << 20)
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
-            ram_messages: d_spool_ram(),
+            ram_bytes: d_spool_ram(),
         }
     }
 }

@@ -7,7 +7,10 @@
 pub mod book;
 pub mod budget;
 pub mod config;
+pub mod encode;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod plan;
+pub mod upstream;
 pub mod venue;

@@ -245,12 +245,54 @@ pub struct TradeData {
     pub side: Side,
 }
 
-/// The channel-specific part of a message.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// The channel-specific part of a message. In JSON it is the bare object (the `channel` field
+/// says what it is); in postcard it carries its variant index so it can be decoded.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     Orderbook(OrderbookData),
     Trade(TradeData),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DataUntagged {
+    Orderbook(OrderbookData),
+    Trade(TradeData),
+}
+
+#[derive(Serialize, Deserialize)]
+enum DataTagged<O, T> {
+    Orderbook(O),
+    Trade(T),
+}
+
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self, s.is_human_readable()) {
+            (Data::Orderbook(d), true) => d.serialize(s),
+            (Data::Trade(d), true) => d.serialize(s),
+            (Data::Orderbook(d), false) => DataTagged::<_, ()>::Orderbook(d).serialize(s),
+            (Data::Trade(d), false) => DataTagged::<(), _>::Trade(d).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Ok(match DataUntagged::deserialize(d)? {
+                DataUntagged::Orderbook(o) => Data::Orderbook(o),
+                DataUntagged::Trade(t) => Data::Trade(t),
+            })
+        } else {
+            Ok(
+                match DataTagged::<OrderbookData, TradeData>::deserialize(d)? {
+                    DataTagged::Orderbook(o) => Data::Orderbook(o),
+                    DataTagged::Trade(t) => Data::Trade(t),
+                },
+            )
+        }
+    }
 }
 
 /// The normalized output message. Field order is the contract (JSON and postcard alike):
@@ -294,6 +336,51 @@ pub fn message_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> Message {
+        let d = |s| Decimal::parse(s).unwrap();
+        let mut bids = heapless::Vec::new();
+        bids.push((d("27000.10"), d("0.500"))).unwrap();
+        Message {
+            exchange: Exchange::Binance,
+            market: Market::Spot,
+            symbol: Symbol::parse("BTC-USDT").unwrap(),
+            channel: Channel::Orderbook,
+            seq: 3,
+            ts_exchange_ms: 1_700_000_000_000,
+            ts_local_ns: 1_700_000_000_000_000_001,
+            id: message_id(
+                Exchange::Binance,
+                Market::Spot,
+                Symbol::parse("BTC-USDT").unwrap(),
+                Channel::Orderbook,
+                42,
+            ),
+            data: Data::Orderbook(OrderbookData {
+                bids,
+                asks: heapless::Vec::new(),
+                update_id: 42,
+            }),
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_fields_in_order_with_string_decimals() {
+        let json = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(
+            json,
+            "{\"exchange\":\"binance\",\"market\":\"spot\",\"symbol\":\"BTC-USDT\",\"channel\":\"orderbook\",\"seq\":3,\"ts_exchange_ms\":1700000000000,\"ts_local_ns\":1700000000000000001,\"id\":\"binance.spot.BTC-USDT.orderbook.42\",\"data\":{\"bids\":[[\"27000.10\",\"0.500\"]],\"asks\":[],\"update_id\":42}}"
+        );
+        let back: Message = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn postcard_roundtrips() {
+        let bytes = postcard::to_allocvec(&sample()).unwrap();
+        let back: Message = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, sample());
+    }
 
     #[test]
     fn symbol_parses_base_quote_and_refuses_other_shapes() {

@@ -1,0 +1,178 @@
+//! Upstream: from the sessions through the spool to the configured sink.
+//!
+//! Design: sessions never touch the upstream. They hand normalized messages to a
+//! [`Publisher`], which numbers them per stream, encodes them once, and pushes the bytes into
+//! the [`spool::Spool`]; one upstream task drains the spool into the sink (stdout now; NATS
+//! JetStream and MQTT plug in beside it with their own connection permit).
+//!
+//! Owns: per-stream sequence numbers, the record framing on stdout. Must not touch: venue
+//! formats, sockets to exchanges.
+
+pub mod spool;
+pub mod stdout;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::Format;
+use crate::encode::Encoder;
+use crate::metrics::{Metrics, StreamLabels};
+use crate::model::{
+    Channel, Data, Exchange, Market, Message, MsgId, OrderbookData, Symbol, message_id,
+};
+use spool::{RecordHeader, Spool};
+
+/// One output stream: what a message's `seq` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub exchange: Exchange,
+    pub market: Market,
+    pub symbol: Symbol,
+    pub channel: Channel,
+}
+
+struct StreamState {
+    key: StreamKey,
+    seq: u64,
+    published: Counter,
+}
+
+/// Numbers, encodes and spools the messages of one session. Steady state allocates nothing.
+pub struct Publisher {
+    spool: Spool,
+    encoder: Encoder,
+    streams: Vec<StreamState>,
+    scratch: Message,
+    header: RecordHeader,
+}
+
+/// Local wall-clock time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Publisher {
+    /// A publisher for `streams` (index = position), counting into `metrics` when given.
+    pub fn new(
+        spool: Spool,
+        format: Format,
+        streams: &[StreamKey],
+        metrics: Option<&Metrics>,
+    ) -> Self {
+        let streams = streams
+            .iter()
+            .map(|key| StreamState {
+                key: *key,
+                seq: 0,
+                published: metrics.map_or_else(Counter::default, |m| {
+                    m.messages
+                        .get_or_create(&StreamLabels {
+                            exchange: key.exchange,
+                            market: key.market,
+                            symbol: key.symbol.to_string(),
+                            channel: key.channel,
+                        })
+                        .clone()
+                }),
+            })
+            .collect();
+        let placeholder = Symbol::parse("X-Y").unwrap_or_else(|_| unreachable!("valid literal"));
+        Publisher {
+            spool,
+            encoder: Encoder::new(format),
+            streams,
+            scratch: Message {
+                exchange: Exchange::Binance,
+                market: Market::Spot,
+                symbol: placeholder,
+                channel: Channel::Orderbook,
+                seq: 0,
+                ts_exchange_ms: 0,
+                ts_local_ns: 0,
+                id: MsgId::new(),
+                data: Data::Orderbook(OrderbookData {
+                    bids: heapless::Vec::new(),
+                    asks: heapless::Vec::new(),
+                    update_id: 0,
+                }),
+            },
+            header: RecordHeader {
+                exchange: Exchange::Binance,
+                market: Market::Spot,
+                symbol: placeholder,
+                channel: Channel::Orderbook,
+                seq: 0,
+                id: MsgId::new(),
+            },
+        }
+    }
+
+    /// The stream index of a key, if this publisher carries it.
+    pub fn index_of(&self, key: &StreamKey) -> Option<usize> {
+        self.streams.iter().position(|s| s.key == *key)
+    }
+
+    pub fn key(&self, stream: usize) -> Option<StreamKey> {
+        self.streams.get(stream).map(|s| s.key)
+    }
+
+    /// The reusable orderbook payload: fill it, then call [`Publisher::publish_scratch`].
+    pub fn book_scratch(&mut self) -> &mut OrderbookData {
+        if !matches!(self.scratch.data, Data::Orderbook(_)) {
+            self.scratch.data = Data::Orderbook(OrderbookData {
+                bids: heapless::Vec::new(),
+                asks: heapless::Vec::new(),
+                update_id: 0,
+            });
+        }
+        match &mut self.scratch.data {
+            Data::Orderbook(o) => o,
+            _ => unreachable!("set just above"),
+        }
+    }
+
+    /// Publishes `data` on `stream`.
+    pub fn publish(&mut self, stream: usize, ts_exchange_ms: u64, venue_id: u64, data: Data) {
+        self.scratch.data = data;
+        self.publish_scratch(stream, ts_exchange_ms, venue_id);
+    }
+
+    /// Publishes whatever the scratch payload holds on `stream`.
+    pub fn publish_scratch(&mut self, stream: usize, ts_exchange_ms: u64, venue_id: u64) {
+        let Some(st) = self.streams.get_mut(stream) else {
+            tracing::error!(
+                stream,
+                "publish on an unknown stream index (a bug); dropped"
+            );
+            return;
+        };
+        st.seq += 1;
+        st.published.inc();
+        let key = st.key;
+        let m = &mut self.scratch;
+        m.exchange = key.exchange;
+        m.market = key.market;
+        m.symbol = key.symbol;
+        m.channel = key.channel;
+        m.seq = st.seq;
+        m.ts_exchange_ms = ts_exchange_ms;
+        m.ts_local_ns = now_ns();
+        m.id = message_id(key.exchange, key.market, key.symbol, key.channel, venue_id);
+        let h = &mut self.header;
+        h.exchange = key.exchange;
+        h.market = key.market;
+        h.symbol = key.symbol;
+        h.channel = key.channel;
+        h.seq = m.seq;
+        h.id.clone_from(&m.id);
+        match self.encoder.encode(m) {
+            Ok(bytes) => {
+                self.spool.push(h, bytes);
+            }
+            Err(err) => tracing::error!(%err, "message could not be encoded (a bug); dropped"),
+        }
+    }
+}

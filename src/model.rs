@@ -245,34 +245,125 @@ pub struct TradeData {
     pub side: Side,
 }
 
+/// `funding_rate` payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FundingRateData {
+    /// The current (predicted) funding rate.
+    pub funding_rate: Decimal,
+    /// When that rate is applied (ms since the epoch).
+    pub funding_time_ms: u64,
+    /// Mark price, where the venue sends it with the rate (Binance).
+    pub mark_price: Option<Decimal>,
+    /// Index price, where the venue sends it with the rate (Binance).
+    pub index_price: Option<Decimal>,
+    /// The rate after this one, where the venue predicts it (OKX).
+    pub next_funding_rate: Option<Decimal>,
+}
+
+/// `open_interest` payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenInterestData {
+    /// Open interest in the base asset (BTC for BTC-USDT).
+    pub open_interest: Decimal,
+    /// Open interest in contracts, where the venue counts in contracts (OKX).
+    pub open_interest_contracts: Option<Decimal>,
+}
+
+/// Longest order status string kept (`FILLED`, `PARTIALLY_FILLED`).
+pub const STATUS_MAX: usize = 24;
+
+/// `liquidation` payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiquidationData {
+    /// Side of the liquidation order (`sell` liquidates a long).
+    pub side: Side,
+    pub price: Decimal,
+    pub qty: Decimal,
+    /// Average fill price, where the venue sends it (Binance).
+    pub avg_price: Option<Decimal>,
+    /// Order status, where the venue sends it (Binance: `FILLED`, …).
+    pub status: Option<heapless::String<STATUS_MAX>>,
+}
+
+/// `lsr_top_position` and `lsr_all_account` payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LongShortRatioData {
+    /// Longs divided by shorts.
+    pub ratio: Decimal,
+    /// Share of longs, where the venue sends it (Binance).
+    pub long: Option<Decimal>,
+    /// Share of shorts, where the venue sends it (Binance).
+    pub short: Option<Decimal>,
+    /// The statistics period (`5m`, `1h`, …).
+    pub period: heapless::String<4>,
+}
+
 /// The channel-specific part of a message. In JSON it is the bare object (the `channel` field
 /// says what it is); in postcard it carries its variant index so it can be decoded.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     Orderbook(OrderbookData),
     Trade(TradeData),
+    FundingRate(FundingRateData),
+    OpenInterest(OpenInterestData),
+    Liquidation(LiquidationData),
+    LongShortRatio(LongShortRatioData),
 }
 
+/// JSON form: the bare payload; variants are told apart by their required fields.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum DataUntagged {
     Orderbook(OrderbookData),
     Trade(TradeData),
+    FundingRate(FundingRateData),
+    OpenInterest(OpenInterestData),
+    LongShortRatio(LongShortRatioData),
+    Liquidation(LiquidationData),
 }
 
-#[derive(Serialize, Deserialize)]
-enum DataTagged<O, T> {
-    Orderbook(O),
-    Trade(T),
+/// Postcard form: tagged by variant index.
+#[derive(Serialize)]
+enum DataTaggedRef<'a> {
+    Orderbook(&'a OrderbookData),
+    Trade(&'a TradeData),
+    FundingRate(&'a FundingRateData),
+    OpenInterest(&'a OpenInterestData),
+    Liquidation(&'a LiquidationData),
+    LongShortRatio(&'a LongShortRatioData),
+}
+
+#[derive(Deserialize)]
+enum DataTagged {
+    Orderbook(OrderbookData),
+    Trade(TradeData),
+    FundingRate(FundingRateData),
+    OpenInterest(OpenInterestData),
+    Liquidation(LiquidationData),
+    LongShortRatio(LongShortRatioData),
 }
 
 impl Serialize for Data {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match (self, s.is_human_readable()) {
-            (Data::Orderbook(d), true) => d.serialize(s),
-            (Data::Trade(d), true) => d.serialize(s),
-            (Data::Orderbook(d), false) => DataTagged::<_, ()>::Orderbook(d).serialize(s),
-            (Data::Trade(d), false) => DataTagged::<(), _>::Trade(d).serialize(s),
+        if s.is_human_readable() {
+            match self {
+                Data::Orderbook(d) => d.serialize(s),
+                Data::Trade(d) => d.serialize(s),
+                Data::FundingRate(d) => d.serialize(s),
+                Data::OpenInterest(d) => d.serialize(s),
+                Data::Liquidation(d) => d.serialize(s),
+                Data::LongShortRatio(d) => d.serialize(s),
+            }
+        } else {
+            match self {
+                Data::Orderbook(d) => DataTaggedRef::Orderbook(d),
+                Data::Trade(d) => DataTaggedRef::Trade(d),
+                Data::FundingRate(d) => DataTaggedRef::FundingRate(d),
+                Data::OpenInterest(d) => DataTaggedRef::OpenInterest(d),
+                Data::Liquidation(d) => DataTaggedRef::Liquidation(d),
+                Data::LongShortRatio(d) => DataTaggedRef::LongShortRatio(d),
+            }
+            .serialize(s)
         }
     }
 }
@@ -281,16 +372,22 @@ impl<'de> Deserialize<'de> for Data {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
             Ok(match DataUntagged::deserialize(d)? {
-                DataUntagged::Orderbook(o) => Data::Orderbook(o),
-                DataUntagged::Trade(t) => Data::Trade(t),
+                DataUntagged::Orderbook(v) => Data::Orderbook(v),
+                DataUntagged::Trade(v) => Data::Trade(v),
+                DataUntagged::FundingRate(v) => Data::FundingRate(v),
+                DataUntagged::OpenInterest(v) => Data::OpenInterest(v),
+                DataUntagged::Liquidation(v) => Data::Liquidation(v),
+                DataUntagged::LongShortRatio(v) => Data::LongShortRatio(v),
             })
         } else {
-            Ok(
-                match DataTagged::<OrderbookData, TradeData>::deserialize(d)? {
-                    DataTagged::Orderbook(o) => Data::Orderbook(o),
-                    DataTagged::Trade(t) => Data::Trade(t),
-                },
-            )
+            Ok(match DataTagged::deserialize(d)? {
+                DataTagged::Orderbook(v) => Data::Orderbook(v),
+                DataTagged::Trade(v) => Data::Trade(v),
+                DataTagged::FundingRate(v) => Data::FundingRate(v),
+                DataTagged::OpenInterest(v) => Data::OpenInterest(v),
+                DataTagged::Liquidation(v) => Data::Liquidation(v),
+                DataTagged::LongShortRatio(v) => Data::LongShortRatio(v),
+            })
         }
     }
 }
@@ -373,6 +470,51 @@ mod tests {
         );
         let back: Message = serde_json::from_str(&json).unwrap();
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn every_payload_roundtrips_through_json_and_postcard() {
+        let d = |s| Decimal::parse(s).unwrap();
+        let payloads = [
+            Data::Trade(TradeData {
+                trade_id: 9,
+                price: d("1.5"),
+                qty: d("2"),
+                side: Side::Sell,
+            }),
+            Data::FundingRate(FundingRateData {
+                funding_rate: d("0.0001"),
+                funding_time_ms: 5,
+                mark_price: Some(d("100.1")),
+                index_price: None,
+                next_funding_rate: None,
+            }),
+            Data::OpenInterest(OpenInterestData {
+                open_interest: d("10659.509"),
+                open_interest_contracts: None,
+            }),
+            Data::Liquidation(LiquidationData {
+                side: Side::Buy,
+                price: d("9"),
+                qty: d("1"),
+                avg_price: None,
+                status: Some(heapless::String::try_from("FILLED").unwrap()),
+            }),
+            Data::LongShortRatio(LongShortRatioData {
+                ratio: d("1.2"),
+                long: Some(d("0.55")),
+                short: Some(d("0.45")),
+                period: heapless::String::try_from("5m").unwrap(),
+            }),
+        ];
+        for data in payloads {
+            let mut m = sample();
+            m.data = data;
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), m, "{json}");
+            let bytes = postcard::to_allocvec(&m).unwrap();
+            assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), m);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! module docs: each says what it owns and what it must not touch.
 
 pub mod book;
+pub mod app;
 pub mod budget;
 pub mod config;
 pub mod encode;
@@ -12,5 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod plan;
+pub mod session;
 pub mod upstream;
 pub mod venue;

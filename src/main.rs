@@ -1,1 +1,138 @@
-fn main() {}
+//! The `marketbox` command line.
+
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use marketbox::config::Config;
+
+/// Market-data appliance: verified order books and market data from Binance and OKX.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: connect to the venues and forward normalized messages upstream.
+    Run {
+        /// Config file.
+        #[arg(long, default_value = "config/marketbox.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the socket plan and budget.
+    CheckConfig {
+        /// Config file.
+        file: PathBuf,
+    },
+    /// Read length-prefixed postcard messages on stdin, write JSON lines on stdout.
+    Decode,
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MARKETBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries the data.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            init_logs();
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match marketbox::app::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::CheckConfig { file } => {
+            let cfg = match load(&file) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let plan = match marketbox::venue::plan(&cfg) {
+                Ok(p) => p,
+                Err(err) => {
+                    eprintln!("error: {}: {err}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let limit = cfg.budget.max_connections.0;
+            println!("{}: ok", file.display());
+            println!("{}", plan.display(limit));
+            match plan.check(limit) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {}: {err}", file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Decode => match decode() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+/// Length-prefixed postcard records (`u32` little-endian length, then the message) to JSON
+/// lines. Stops at a clean end of input; a truncated or undecodable record is an error naming
+/// its position.
+fn decode() -> Result<(), String> {
+    const MAX_RECORD: usize = 1 << 20;
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        let mut len = [0u8; 4];
+        match input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(format!("reading record {n}: {e}")),
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_RECORD {
+            return Err(format!(
+                "record {n} claims {len} bytes, more than {MAX_RECORD}"
+            ));
+        }
+        buf.resize(len, 0);
+        input
+            .read_exact(&mut buf)
+            .map_err(|e| format!("record {n} is truncated: {e}"))?;
+        let msg = marketbox::encode::decode_postcard(&buf)
+            .map_err(|e| format!("record {n} is not a marketbox message: {e}"))?;
+        serde_json::to_writer(&mut out, &msg).map_err(|e| e.to_string())?;
+        out.write_all(b"\n").map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    out.flush().map_err(|e| e.to_string())
+}

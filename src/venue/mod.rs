@@ -19,8 +19,10 @@ pub mod json;
 pub mod okx;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::Exchange;
-use crate::plan::Plan;
+use crate::plan::{Plan, SocketPlan};
+use crate::session::Protocol;
 
 /// A config the venues cannot serve (checked before anything connects).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,4 +43,14 @@ pub fn plan(cfg: &Config) -> Result<Plan, PlanError> {
     binance::plan(cfg, &mut plan)?;
     okx::plan(cfg, &mut plan)?;
     Ok(plan)
+}
+
+/// Builds the protocol that drives one planned socket; `None` where this build has none yet.
+pub fn protocol_for(
+    socket: &SocketPlan,
+    cfg: &Config,
+    metrics: &std::sync::Arc<Metrics>,
+) -> Option<Box<dyn Protocol>> {
+    let _ = (socket, cfg, metrics);
+    None
 }

@@ -1,0 +1,217 @@
+//! REST requests of sessions and pollers: rate limits shared per host and bucket.
+//!
+//! Design: a venue names the limit a request counts against (`RateSpec`: a bucket name,
+//! capacity and window, e.g. Binance's request weight per minute, OKX's 5 requests per 2 s on
+//! the rubik endpoints) and the request's weight. One [`HostLimiter`] per (host, bucket) is
+//! shared by every task of the process, so two sessions on one host never overrun it together.
+//! A 429 or 418 blocks the whole host until its `Retry-After` (or a conservative default), and
+//! the venue's own used-weight header, when present, corrects our count.
+//!
+//! This module separates rate limiting (how fast we may ask) from the connection budget (how
+//! many sockets we may hold, `budget`) and from retry policy (when a protocol asks again).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smol::Timer;
+
+use crate::config::Endpoint;
+use crate::net::http::{RestClient, RestError, RestResponse};
+
+/// A rate limit: `capacity` units of weight per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub bucket: &'static str,
+    pub capacity: u32,
+    pub window: Duration,
+}
+
+/// One REST call a protocol or poller wants made.
+#[derive(Debug, Clone)]
+pub struct RestRequest {
+    /// Returned with the result, so the caller knows what it asked for.
+    pub tag: u64,
+    pub base: Endpoint,
+    pub path: String,
+    pub weight: u32,
+    pub limit: RateSpec,
+}
+
+#[derive(Debug)]
+struct LimState {
+    window_start: Instant,
+    used: u32,
+    blocked_until: Option<Instant>,
+}
+
+/// The shared limit of one (host, bucket).
+#[derive(Debug)]
+pub struct HostLimiter {
+    spec: RateSpec,
+    state: Mutex<LimState>,
+}
+
+/// Default block after a 429 without `Retry-After`.
+const DEFAULT_429_BLOCK: Duration = Duration::from_secs(60);
+/// Default block after a 418 (IP ban) without `Retry-After`.
+const DEFAULT_418_BLOCK: Duration = Duration::from_secs(120);
+
+impl HostLimiter {
+    pub fn new(spec: RateSpec, now: Instant) -> Self {
+        HostLimiter {
+            spec,
+            state: Mutex::new(LimState {
+                window_start: now,
+                used: 0,
+                blocked_until: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves `weight` now, or says how long to wait first.
+    pub fn try_reserve(&self, weight: u32, now: Instant) -> Result<(), Duration> {
+        let mut s = self.lock();
+        if let Some(until) = s.blocked_until {
+            if now < until {
+                return Err(until - now);
+            }
+            s.blocked_until = None;
+        }
+        if now.saturating_duration_since(s.window_start) >= self.spec.window {
+            s.window_start = now;
+            s.used = 0;
+        }
+        let weight = weight.min(self.spec.capacity);
+        if s.used + weight > self.spec.capacity {
+            return Err((s.window_start + self.spec.window).saturating_duration_since(now));
+        }
+        s.used += weight;
+        Ok(())
+    }
+
+    /// Learns from a response: blocks on 429/418, trusts the venue's used-weight count.
+    pub fn observe(&self, resp: &RestResponse, now: Instant) {
+        let mut s = self.lock();
+        let block = match resp.status {
+            429 => Some(resp.retry_after.unwrap_or(DEFAULT_429_BLOCK)),
+            418 => Some(resp.retry_after.unwrap_or(DEFAULT_418_BLOCK)),
+            _ => None,
+        };
+        if let Some(d) = block {
+            let until = now + d;
+            s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
+            tracing::warn!(status = resp.status, block = ?d, bucket = self.spec.bucket, "REST rate limit hit; host blocked");
+        }
+        if let Some(w) = resp.used_weight {
+            s.used = s.used.max(w);
+        }
+    }
+
+    /// Weight used in the current window.
+    pub fn used(&self) -> u32 {
+        self.lock().used
+    }
+
+    /// When the host is blocked by a 429/418, until when.
+    pub fn blocked_until(&self) -> Option<Instant> {
+        self.lock().blocked_until
+    }
+}
+
+/// Every limiter of the process, by (host, bucket).
+#[derive(Clone, Default)]
+pub struct Limiters {
+    map: Arc<Mutex<HashMap<(String, &'static str), Arc<HostLimiter>>>>,
+}
+
+impl Limiters {
+    /// The limiter for a request's host and bucket.
+    pub fn get(&self, base: &Endpoint, spec: RateSpec) -> Arc<HostLimiter> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((base.authority().to_owned(), spec.bucket))
+            .or_insert_with(|| Arc::new(HostLimiter::new(spec, Instant::now())))
+            .clone()
+    }
+}
+
+/// Waits for the limiter, makes the call, and lets the limiter learn from the answer.
+pub async fn execute(
+    client: &RestClient,
+    limiter: &HostLimiter,
+    req: RestRequest,
+) -> Result<RestResponse, RestError> {
+    while let Err(wait) = limiter.try_reserve(req.weight, Instant::now()) {
+        Timer::after(wait.max(Duration::from_millis(10))).await;
+    }
+    let result = client.get(&req.base, &req.path).await;
+    if let Ok(resp) = &result {
+        limiter.observe(resp, Instant::now());
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: RateSpec = RateSpec {
+        bucket: "weight",
+        capacity: 100,
+        window: Duration::from_secs(60),
+    };
+
+    fn resp(status: u16, retry_after: Option<u64>, used: Option<u32>) -> RestResponse {
+        RestResponse {
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+            used_weight: used,
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn weight_is_reserved_until_the_window_is_spent() {
+        let t0 = Instant::now();
+        let l = HostLimiter::new(SPEC, t0);
+        assert!(l.try_reserve(50, t0).is_ok());
+        assert!(l.try_reserve(50, t0).is_ok());
+        // TC0: the window is spent: wait for its end.
+        assert_eq!(
+            l.try_reserve(1, t0 + Duration::from_secs(10)),
+            Err(Duration::from_secs(50))
+        );
+        // TC1: a new window starts fresh.
+        assert!(l.try_reserve(100, t0 + Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn a_429_blocks_the_host_for_its_retry_after() {
+        let t0 = Instant::now();
+        let l = HostLimiter::new(SPEC, t0);
+        l.observe(&resp(429, Some(7), None), t0);
+        assert_eq!(l.try_reserve(1, t0), Err(Duration::from_secs(7)));
+        assert!(l.try_reserve(1, t0 + Duration::from_secs(7)).is_ok());
+    }
+
+    #[test]
+    fn a_418_without_retry_after_blocks_for_the_default() {
+        let t0 = Instant::now();
+        let l = HostLimiter::new(SPEC, t0);
+        l.observe(&resp(418, None, None), t0);
+        assert_eq!(l.try_reserve(1, t0), Err(DEFAULT_418_BLOCK));
+    }
+
+    #[test]
+    fn the_venues_used_weight_corrects_our_count() {
+        let t0 = Instant::now();
+        let l = HostLimiter::new(SPEC, t0);
+        l.observe(&resp(200, None, Some(95)), t0);
+        assert!(l.try_reserve(5, t0).is_ok());
+        assert!(l.try_reserve(1, t0).is_err());
+    }
+}

@@ -84,20 +84,12 @@ impl Default for BudgetConfig {
 }
 
 /// `[book]`: what an `orderbook` message carries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BookConfig {
     /// Levels per side in every `orderbook` message.
     #[serde(default)]
     pub depth: Depth,
-}
-
-impl Default for BookConfig {
-    fn default() -> Self {
-        BookConfig {
-            depth: Depth::default(),
-        }
-    }
 }
 
 /// `[session]`: WebSocket lifecycle timings.

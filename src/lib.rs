@@ -4,8 +4,8 @@
 //! fixed-capacity buffers, normalized messages forwarded upstream. See `README.md` and the
 //! module docs: each says what it owns and what it must not touch.
 
-pub mod book;
 pub mod app;
+pub mod book;
 pub mod budget;
 pub mod config;
 pub mod encode;

@@ -300,6 +300,8 @@ pub struct LongShortRatioData {
 
 /// The channel-specific part of a message. In JSON it is the bare object (the `channel` field
 /// says what it is); in postcard it carries its variant index so it can be decoded.
+// Orderbook is the common case and must not box (no allocation per message).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     Orderbook(OrderbookData),
@@ -311,6 +313,7 @@ pub enum Data {
 }
 
 /// JSON form: the bare payload; variants are told apart by their required fields.
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum DataUntagged {
@@ -333,6 +336,7 @@ enum DataTaggedRef<'a> {
     LongShortRatio(&'a LongShortRatioData),
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
 enum DataTagged {
     Orderbook(OrderbookData),

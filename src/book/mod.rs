@@ -7,6 +7,6 @@ mod decimal;
 
 pub use decimal::{Decimal, DecimalError, MAX_DIGITS};
 
-mod book;
-#[allow(unused_imports)]
-pub use book::*;
+mod levels;
+
+pub use levels::{Applied, BOOK_CAPACITY, Book, BookSide, Level, Truncated};

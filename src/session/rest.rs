@@ -123,10 +123,13 @@ impl HostLimiter {
     }
 }
 
+/// (host, bucket) → limiter.
+type LimiterMap = HashMap<(String, &'static str), Arc<HostLimiter>>;
+
 /// Every limiter of the process, by (host, bucket).
 #[derive(Clone, Default)]
 pub struct Limiters {
-    map: Arc<Mutex<HashMap<(String, &'static str), Arc<HostLimiter>>>>,
+    map: Arc<Mutex<LimiterMap>>,
 }
 
 impl Limiters {

@@ -385,7 +385,8 @@ mod tests {
             dropped: u64,
             last: Applied,
         }
-        const FULL: [(BookSide, &str, &str); 3] = [(Bid, "10", "1"), (Bid, "9", "1"), (Bid, "8", "1")];
+        const FULL: [(BookSide, &str, &str); 3] =
+            [(Bid, "10", "1"), (Bid, "9", "1"), (Bid, "8", "1")];
         let cases = [
             // TC0: a full side without a bound is unbounded.
             Case {

@@ -108,6 +108,7 @@ pub struct BookSync {
     rule: Continuity,
     state: State,
     book: Box<Book<BOOK_CAPACITY>>,
+    dropped: u64,
 }
 
 fn parse_levels(levels: Levels<'_>, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), ResyncReason> {
@@ -144,6 +145,7 @@ impl BookSync {
             rule,
             state: State::AwaitingFirstDiff,
             book: Book::new_boxed(),
+            dropped: 0,
         }
     }
 
@@ -159,6 +161,11 @@ impl BookSync {
             buffered: VecDeque::new(),
         };
         self.book.clear();
+    }
+
+    /// Diffs the procedure dropped as older than the book (buffered or live).
+    pub fn dropped_diffs(&self) -> u64 {
+        self.dropped
     }
 
     pub fn is_synced(&self) -> bool {
@@ -245,6 +252,7 @@ impl BookSync {
             State::Bridging { snapshot_id } => {
                 let l = *snapshot_id;
                 if self.before_snapshot(l, last) {
+                    self.dropped += 1;
                     return SyncEvent::Dropped;
                 }
                 if !self.spans(l, first, last) {
@@ -256,6 +264,7 @@ impl BookSync {
             State::Synced { last_id } => {
                 let l = *last_id;
                 if last <= l {
+                    self.dropped += 1;
                     return SyncEvent::Dropped;
                 }
                 if let Err(r) = self.follows(l, first, prev) {
@@ -292,12 +301,14 @@ impl BookSync {
             .iter()
             .filter(|d| !self.before_snapshot(l, d.last))
             .collect();
+        let dropped = (buffered.len() - kept.len()) as u64;
         if let Some(first) = kept.first()
             && !self.spans(l, first.first, first.last)
         {
             self.state = State::AwaitingSnapshot { buffered };
             return SyncEvent::Resync(ResyncReason::StaleSnapshot);
         }
+        self.dropped += dropped;
         self.book.clear();
         for (side, levels) in [(BookSide::Bid, snap.bids()), (BookSide::Ask, snap.asks())] {
             let mut n = 0;

@@ -51,6 +51,14 @@ pub fn protocol_for(
     cfg: &Config,
     metrics: &std::sync::Arc<Metrics>,
 ) -> Option<Box<dyn Protocol>> {
-    let _ = (socket, cfg, metrics);
-    None
+    match socket.exchange {
+        Exchange::Binance => {
+            let market = socket
+                .streams
+                .first()
+                .map_or(crate::model::Market::Spot, |s| s.market);
+            binance::protocol_for(socket, market, cfg, metrics)
+        }
+        Exchange::Okx => None,
+    }
 }

@@ -9,6 +9,7 @@
 //! `/market` serves `@aggTrade`, `@markPrice`, `@forceOrder` (a legacy root URL silently
 //! delivers only the `/public` tier). So the perpetual market is two sockets.
 
+pub mod feed;
 pub mod sync;
 pub mod wire;
 
@@ -16,6 +17,21 @@ use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};
 use crate::plan::{Plan, RestPlan, SocketPlan, StreamPlan};
 use crate::venue::PlanError;
+
+/// The protocol of one planned Binance socket.
+pub fn protocol_for(
+    socket: &SocketPlan,
+    market: Market,
+    cfg: &Config,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+) -> Option<Box<dyn crate::session::Protocol>> {
+    Some(Box::new(feed::BinanceProtocol::new(
+        socket,
+        market,
+        cfg,
+        metrics.clone(),
+    )))
+}
 
 /// Most streams Binance serves on one connection.
 pub const MAX_STREAMS_PER_SOCKET: usize = 1024;

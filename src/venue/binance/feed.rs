@@ -1,0 +1,605 @@
+//! The Binance per-socket protocol the session drives (spot, USD-M `/public`, USD-M `/market`).
+//!
+//! Design: sans-I/O. Frames come in as text, normalized messages go to the publisher, and what
+//! must be sent or fetched is queued in `Io`. Each symbol with an `orderbook` stream owns a
+//! [`BookSync`] machine; a gap, a stale snapshot or a truncated book resyncs that one symbol
+//! by fetching a new REST snapshot — the socket stays up, other symbols keep publishing.
+//! Snapshot requests are throttled per symbol (exponential from 500 ms to 60 s on repeated
+//! failures, `Retry-After` honoured) and share the host's weight limiter.
+//!
+//! Owns: mapping Binance frames to normalized messages and snapshot scheduling. Must not touch:
+//! sockets, the rate limiter's internals, the upstream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+
+use super::rest_symbol;
+use super::sync::{BookSync, Continuity, SyncEvent};
+use super::wire::{self, DepthSnapshot, Frame, RestErrorBody};
+use crate::book::Decimal;
+use crate::config::{Config, Endpoint};
+use crate::metrics::{Metrics, ResyncLabels, SocketLabels};
+use crate::model::{
+    Channel, Data, Exchange, FundingRateData, LiquidationData, Market, Side, Symbol, TradeData,
+};
+use crate::net::http::{RestError, RestResponse};
+use crate::plan::SocketPlan;
+use crate::session::rest::{RateSpec, RestRequest};
+use crate::session::{Control, FrameKind, Io, Protocol};
+
+/// Snapshot request state of one symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Snapshot {
+    /// Nothing wanted.
+    Idle,
+    /// Wanted, not before the given instant (throttle).
+    Wanted { not_before: Instant },
+    /// A request is out.
+    InFlight,
+    /// The venue says the symbol does not exist: never asked again on this connection.
+    Refused,
+}
+
+struct SymbolState {
+    symbol: Symbol,
+    /// `BTCUSDT`, as in events' `s` and REST.
+    upper: String,
+    depth_stream: Option<String>,
+    book: Option<usize>,
+    trade: Option<usize>,
+    funding: Option<usize>,
+    liquidation: Option<usize>,
+    sync: Option<BookSync>,
+    snapshot: Snapshot,
+    failures: u32,
+    last_depth: Instant,
+}
+
+/// The protocol of one planned Binance socket.
+pub struct BinanceProtocol {
+    url: String,
+    exchange_market: Market,
+    rest_base: Endpoint,
+    snapshot_limit: u32,
+    snapshot_weight: u32,
+    rate: RateSpec,
+    depth: usize,
+    stale_after: Duration,
+    symbols: Vec<SymbolState>,
+    metrics: Arc<Metrics>,
+    stale: Counter,
+    next_id: u64,
+    logged_malformed: bool,
+    logged_unknown: bool,
+}
+
+/// Throttle between snapshot attempts of one symbol after `failures` consecutive failures.
+fn snapshot_delay(failures: u32) -> Duration {
+    crate::session::backoff::delay(
+        failures,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+}
+
+impl BinanceProtocol {
+    /// The protocol for one planned socket; stream indices are positions in `socket.streams`.
+    pub fn new(socket: &SocketPlan, market: Market, cfg: &Config, metrics: Arc<Metrics>) -> Self {
+        let ep = &cfg.venues.binance;
+        let (rest_base, snapshot_limit, snapshot_weight, rate, continuity) = match market {
+            // Spot: 6000 weight per minute per IP; we use half so a second box fits too.
+            Market::Spot => (
+                ep.spot_rest.clone(),
+                1000,
+                50,
+                RateSpec {
+                    bucket: "weight",
+                    capacity: 3000,
+                    window: Duration::from_secs(60),
+                },
+                Continuity::Spot,
+            ),
+            // USD-M: 2400 per minute per IP; half again.
+            Market::Perpetual => (
+                ep.perpetual_rest.clone(),
+                1000,
+                20,
+                RateSpec {
+                    bucket: "weight",
+                    capacity: 1200,
+                    window: Duration::from_secs(60),
+                },
+                Continuity::UsdM,
+            ),
+        };
+        let now = Instant::now();
+        let mut symbols: Vec<SymbolState> = Vec::new();
+        for (i, s) in socket.streams.iter().enumerate() {
+            let pos = match symbols.iter().position(|st| st.symbol == s.symbol) {
+                Some(p) => p,
+                None => {
+                    symbols.push(SymbolState {
+                        symbol: s.symbol,
+                        upper: rest_symbol(&s.symbol),
+                        depth_stream: None,
+                        book: None,
+                        trade: None,
+                        funding: None,
+                        liquidation: None,
+                        sync: None,
+                        snapshot: Snapshot::Idle,
+                        failures: 0,
+                        last_depth: now,
+                    });
+                    symbols.len() - 1
+                }
+            };
+            let st = &mut symbols[pos];
+            match s.channel {
+                Channel::Orderbook => {
+                    st.book = Some(i);
+                    st.depth_stream = Some(s.wire.clone());
+                    st.sync = Some(BookSync::new(continuity));
+                }
+                Channel::Trade => st.trade = Some(i),
+                Channel::FundingRate => st.funding = Some(i),
+                Channel::Liquidation => st.liquidation = Some(i),
+                _ => {}
+            }
+        }
+        let stale = metrics
+            .stale_streams
+            .get_or_create(&SocketLabels {
+                exchange: Exchange::Binance,
+                socket: socket.name.to_owned(),
+            })
+            .clone();
+        let streams: Vec<&str> = socket.streams.iter().map(|s| s.wire.as_str()).collect();
+        BinanceProtocol {
+            url: format!("{}?streams={}", socket.url, streams.join("/")),
+            exchange_market: market,
+            rest_base,
+            snapshot_limit,
+            snapshot_weight,
+            rate,
+            depth: cfg.book.depth.0,
+            stale_after: cfg.session.stale_after.0,
+            symbols,
+            metrics,
+            stale,
+            next_id: 1,
+            logged_malformed: false,
+            logged_unknown: false,
+        }
+    }
+
+    fn find(&self, upper: &str) -> Option<usize> {
+        self.symbols
+            .iter()
+            .position(|s| s.upper.eq_ignore_ascii_case(upper))
+    }
+
+    fn count_resync(&self, i: usize, reason: &'static str) {
+        self.metrics
+            .resyncs
+            .get_or_create(&ResyncLabels {
+                exchange: Exchange::Binance,
+                market: self.exchange_market,
+                symbol: self.symbols[i].symbol.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Asks for a snapshot of symbol `i` as soon as its throttle allows.
+    fn want_snapshot(&mut self, i: usize, now: Instant) {
+        let st = &mut self.symbols[i];
+        if matches!(st.snapshot, Snapshot::Idle) {
+            st.snapshot = Snapshot::Wanted { not_before: now };
+        }
+    }
+
+    /// Sends the snapshot requests whose throttle has passed.
+    fn issue_snapshots(&mut self, now: Instant, io: &mut Io<'_>) {
+        for (i, st) in self.symbols.iter_mut().enumerate() {
+            if let Snapshot::Wanted { not_before } = st.snapshot
+                && now >= not_before
+            {
+                st.snapshot = Snapshot::InFlight;
+                io.rest.push(RestRequest {
+                    tag: i as u64,
+                    base: self.rest_base.clone(),
+                    path: match self.exchange_market {
+                        Market::Spot => format!(
+                            "/api/v3/depth?symbol={}&limit={}",
+                            st.upper, self.snapshot_limit
+                        ),
+                        Market::Perpetual => format!(
+                            "/fapi/v1/depth?symbol={}&limit={}",
+                            st.upper, self.snapshot_limit
+                        ),
+                    },
+                    weight: self.snapshot_weight,
+                    limit: self.rate,
+                });
+            }
+        }
+    }
+
+    /// Acts on what the book sync machine said.
+    fn on_sync_event(
+        &mut self,
+        i: usize,
+        ev: SyncEvent,
+        ts_ms: u64,
+        now: Instant,
+        io: &mut Io<'_>,
+    ) -> FrameKind {
+        match ev {
+            SyncEvent::Applied { .. } => {
+                self.symbols[i].failures = 0;
+                self.publish_book(i, ts_ms, io, now);
+            }
+            SyncEvent::NeedSnapshot => self.want_snapshot(i, now),
+            SyncEvent::Resync(reason) => {
+                let label = reason.label();
+                tracing::warn!(symbol = %self.symbols[i].symbol, market = %self.exchange_market, ?reason, "book unsynced; fetching a new snapshot");
+                self.count_resync(i, label);
+                if label == "stale_snapshot" {
+                    let st = &mut self.symbols[i];
+                    st.failures += 1;
+                    st.snapshot = Snapshot::Wanted {
+                        not_before: now + snapshot_delay(st.failures),
+                    };
+                } else {
+                    self.want_snapshot(i, now);
+                }
+            }
+            _ => {}
+        }
+        self.issue_snapshots(now, io);
+        FrameKind::Data
+    }
+
+    fn log_bad_frame(&mut self, kind: FrameKind, err: &dyn std::fmt::Display, text: &str) {
+        let flag = match kind {
+            FrameKind::Malformed => &mut self.logged_malformed,
+            _ => &mut self.logged_unknown,
+        };
+        if !*flag {
+            *flag = true;
+            let head: String = text.chars().take(160).collect();
+            tracing::warn!(%err, frame = %head, "skipping a frame (further ones are only counted in marketbox_ws_frames_total)");
+        }
+    }
+}
+
+fn dec(s: &str) -> Option<Decimal> {
+    Decimal::parse(s).ok()
+}
+
+fn side_of(s: &str) -> Option<Side> {
+    match s {
+        "BUY" => Some(Side::Buy),
+        "SELL" => Some(Side::Sell),
+        _ => None,
+    }
+}
+
+impl BinanceProtocol {
+    fn publish_book(&mut self, i: usize, ts_ms: u64, io: &mut Io<'_>, now: Instant) {
+        let st = &mut self.symbols[i];
+        let (Some(stream), Some(sync)) = (st.book, st.sync.as_mut()) else {
+            return;
+        };
+        let out = io.publisher.book_scratch();
+        match sync.fill(self.depth, out) {
+            Ok(true) => {
+                let update_id = out.update_id;
+                io.publisher.publish_scratch(stream, ts_ms, update_id);
+            }
+            Ok(false) => {}
+            Err(reason) => {
+                self.on_sync_event(i, SyncEvent::Resync(reason), ts_ms, now, io);
+            }
+        }
+    }
+
+    fn handle_frame(
+        &mut self,
+        frame: Frame<'_>,
+        now: Instant,
+        io: &mut Io<'_>,
+    ) -> (FrameKind, Control) {
+        match frame {
+            Frame::Depth(d) => {
+                let Some(i) = self.find(d.symbol) else {
+                    return (FrameKind::Unknown, Control::Continue);
+                };
+                if self.symbols[i].sync.is_none() {
+                    return (FrameKind::Unknown, Control::Continue);
+                }
+                self.symbols[i].last_depth = now;
+                let ev = match self.symbols[i].sync.as_mut() {
+                    Some(sync) => sync.on_diff(&d),
+                    None => return (FrameKind::Unknown, Control::Continue),
+                };
+                (
+                    self.on_sync_event(i, ev, d.event_time, now, io),
+                    Control::Continue,
+                )
+            }
+            Frame::Trade(t) => {
+                let Some((i, stream)) = self
+                    .find(t.symbol)
+                    .and_then(|i| Some((i, self.symbols[i].trade?)))
+                else {
+                    return (FrameKind::Unknown, Control::Continue);
+                };
+                let _ = i;
+                let (Some(price), Some(qty)) = (dec(t.price), dec(t.qty)) else {
+                    return (FrameKind::Malformed, Control::Continue);
+                };
+                let side = if t.buyer_is_maker {
+                    Side::Sell
+                } else {
+                    Side::Buy
+                };
+                io.publisher.publish(
+                    stream,
+                    t.trade_time,
+                    t.id,
+                    Data::Trade(TradeData {
+                        trade_id: t.id,
+                        price,
+                        qty,
+                        side,
+                    }),
+                );
+                (FrameKind::Data, Control::Continue)
+            }
+            Frame::AggTrade(t) => {
+                let Some(stream) = self.find(t.symbol).and_then(|i| self.symbols[i].trade) else {
+                    return (FrameKind::Unknown, Control::Continue);
+                };
+                let (Some(price), Some(qty)) = (dec(t.price), dec(t.qty)) else {
+                    return (FrameKind::Malformed, Control::Continue);
+                };
+                let side = if t.buyer_is_maker {
+                    Side::Sell
+                } else {
+                    Side::Buy
+                };
+                io.publisher.publish(
+                    stream,
+                    t.trade_time,
+                    t.id,
+                    Data::Trade(TradeData {
+                        trade_id: t.id,
+                        price,
+                        qty,
+                        side,
+                    }),
+                );
+                (FrameKind::Data, Control::Continue)
+            }
+            Frame::MarkPrice(m) => {
+                let Some(stream) = self.find(m.symbol).and_then(|i| self.symbols[i].funding) else {
+                    return (FrameKind::Unknown, Control::Continue);
+                };
+                let (Some(rate), Some(mark)) = (dec(m.funding_rate), dec(m.mark_price)) else {
+                    return (FrameKind::Malformed, Control::Continue);
+                };
+                let index = match m.index_price.map(dec) {
+                    Some(None) => return (FrameKind::Malformed, Control::Continue),
+                    Some(v) => v,
+                    None => None,
+                };
+                io.publisher.publish(
+                    stream,
+                    m.event_time,
+                    m.event_time,
+                    Data::FundingRate(FundingRateData {
+                        funding_rate: rate,
+                        funding_time_ms: m.next_funding_time,
+                        mark_price: Some(mark),
+                        index_price: index,
+                        next_funding_rate: None,
+                    }),
+                );
+                (FrameKind::Data, Control::Continue)
+            }
+            Frame::ForceOrder(f) => {
+                let o = &f.order;
+                let Some(stream) = self
+                    .find(o.symbol)
+                    .and_then(|i| self.symbols[i].liquidation)
+                else {
+                    return (FrameKind::Unknown, Control::Continue);
+                };
+                let (Some(side), Some(price), Some(qty)) =
+                    (side_of(o.side), dec(o.price), dec(o.qty))
+                else {
+                    return (FrameKind::Malformed, Control::Continue);
+                };
+                let avg_price = match o.avg_price.map(dec) {
+                    Some(None) => return (FrameKind::Malformed, Control::Continue),
+                    Some(v) => v,
+                    None => None,
+                };
+                let status = o.status.and_then(|s| heapless::String::try_from(s).ok());
+                io.publisher.publish(
+                    stream,
+                    o.trade_time,
+                    o.trade_time,
+                    Data::Liquidation(LiquidationData {
+                        side,
+                        price,
+                        qty,
+                        avg_price,
+                        status,
+                    }),
+                );
+                (FrameKind::Data, Control::Continue)
+            }
+            Frame::Reply { .. } => (FrameKind::Control, Control::Continue),
+            Frame::Error { code, msg } => {
+                tracing::warn!(code, %msg, url = %self.url, "Binance refused a request");
+                (FrameKind::Control, Control::Continue)
+            }
+            Frame::ServerShutdown => {
+                tracing::info!(url = %self.url, "serverShutdown: rotating the connection");
+                (FrameKind::Control, Control::Rotate)
+            }
+        }
+    }
+}
+
+impl Protocol for BinanceProtocol {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn on_connected(&mut self, now: Instant, _io: &mut Io<'_>) {
+        // The URL carries the streams; books start over on every connection.
+        for st in &mut self.symbols {
+            if let Some(sync) = st.sync.as_mut() {
+                sync.reset();
+            }
+            st.snapshot = match st.snapshot {
+                Snapshot::Refused => Snapshot::Refused,
+                _ => Snapshot::Idle,
+            };
+            st.last_depth = now;
+        }
+    }
+
+    fn on_text(&mut self, text: &str, now: Instant, io: &mut Io<'_>) -> (FrameKind, Control) {
+        match wire::parse_frame(text) {
+            Ok(frame) => self.handle_frame(frame, now, io),
+            Err(err) => {
+                let kind = match err {
+                    wire::WireError::Malformed(_) => FrameKind::Malformed,
+                    wire::WireError::Unknown(_) => FrameKind::Unknown,
+                };
+                self.log_bad_frame(kind, &err, text);
+                (kind, Control::Continue)
+            }
+        }
+    }
+
+    fn on_rest(
+        &mut self,
+        tag: u64,
+        result: Result<RestResponse, RestError>,
+        now: Instant,
+        io: &mut Io<'_>,
+    ) {
+        let i = tag as usize;
+        if i >= self.symbols.len() {
+            return;
+        }
+        if self.symbols[i].snapshot != Snapshot::InFlight {
+            return;
+        }
+        self.symbols[i].snapshot = Snapshot::Idle;
+        let retry = |st: &mut SymbolState, at: Duration| {
+            st.failures += 1;
+            st.snapshot = Snapshot::Wanted {
+                not_before: now + at,
+            };
+        };
+        match result {
+            Ok(resp) if resp.status == 200 => match DepthSnapshot::parse(&resp.body) {
+                Ok(snap) => {
+                    let ev = match self.symbols[i].sync.as_mut() {
+                        Some(sync) => sync.on_snapshot(&snap, self.snapshot_limit as usize),
+                        None => return,
+                    };
+                    let ts = snap.event_time.unwrap_or(0);
+                    if let SyncEvent::Applied { .. } = ev {
+                        self.symbols[i].failures = 0;
+                        self.publish_book(i, ts, io, now);
+                    } else {
+                        self.on_sync_event(i, ev, ts, now, io);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, symbol = %self.symbols[i].symbol, "snapshot body is not a depth snapshot");
+                    let st = &mut self.symbols[i];
+                    let d = snapshot_delay(st.failures);
+                    retry(st, d);
+                }
+            },
+            Ok(resp) => {
+                let st = &mut self.symbols[i];
+                let body: Option<RestErrorBody> = serde_json::from_slice(&resp.body).ok();
+                if resp.status == 400
+                    && body
+                        .as_ref()
+                        .is_some_and(|b| b.code == wire::INVALID_SYMBOL)
+                {
+                    tracing::error!(symbol = %st.symbol, market = %self.exchange_market, "Binance does not list this symbol; its book stays unpublished (fix the config)");
+                    st.snapshot = Snapshot::Refused;
+                    return;
+                }
+                let d = resp
+                    .retry_after
+                    .unwrap_or_else(|| snapshot_delay(st.failures))
+                    .max(snapshot_delay(st.failures));
+                tracing::warn!(status = resp.status, symbol = %st.symbol, retry_in = ?d, "snapshot refused");
+                retry(st, d);
+            }
+            Err(err) => {
+                let st = &mut self.symbols[i];
+                let d = snapshot_delay(st.failures);
+                tracing::warn!(%err, symbol = %st.symbol, retry_in = ?d, "snapshot failed");
+                retry(st, d);
+            }
+        }
+        self.issue_snapshots(now, io);
+    }
+
+    fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control {
+        // A book stream that went quiet while the socket lives: resubscribe it.
+        for st in &mut self.symbols {
+            let Some(stream) = &st.depth_stream else {
+                continue;
+            };
+            if now.saturating_duration_since(st.last_depth) >= self.stale_after {
+                self.stale.inc();
+                tracing::warn!(stream = %stream, quiet = ?self.stale_after, "stream went quiet; resubscribing");
+                let id = self.next_id;
+                self.next_id += 2;
+                io.send.push(format!(
+                    r#"{{"method":"UNSUBSCRIBE","params":["{stream}"],"id":{id}}}"#
+                ));
+                io.send.push(format!(
+                    r#"{{"method":"SUBSCRIBE","params":["{stream}"],"id":{}}}"#,
+                    id + 1
+                ));
+                st.last_depth = now;
+            }
+        }
+        self.issue_snapshots(now, io);
+        Control::Continue
+    }
+
+    fn on_disconnected(&mut self) {
+        for st in &mut self.symbols {
+            if let Some(sync) = st.sync.as_mut() {
+                sync.reset();
+            }
+        }
+    }
+
+    fn send_rate(&self) -> (u32, Duration) {
+        // Spot allows 5 incoming messages per second, USD-M 10; keep one in reserve.
+        match self.exchange_market {
+            Market::Spot => (4, Duration::from_secs(1)),
+            Market::Perpetual => (9, Duration::from_secs(1)),
+        }
+    }
+}

@@ -149,6 +149,9 @@ pub async fn execute(
     req: RestRequest,
 ) -> Result<RestResponse, RestError> {
     while let Err(wait) = limiter.try_reserve(req.weight, Instant::now()) {
+        if wait >= Duration::from_secs(1) {
+            tracing::info!(wait = ?wait, bucket = limiter.spec.bucket, host = %req.base.authority(), "REST request waits for the venue's rate limit");
+        }
         Timer::after(wait.max(Duration::from_millis(10))).await;
     }
     let result = client.get(&req.base, &req.path).await;

@@ -1,50 +1,45 @@
-//! Zero-copy iteration over JSON arrays of string arrays, the shape both venues use for book
-//! levels (`[["0.0015","100.5"],…]`, OKX `[["3366.1","7","0","2"],…]`).
+//! Zero-copy, zero-allocation JSON scanning for the hot path of the venue parsers.
 //!
-//! Design: the venue parsers keep `bids`/`asks` as raw JSON slices and walk them here, taking
-//! the first two strings of each entry and skipping the rest, so applying a diff never builds
-//! an intermediate `Vec`. Only strings are accepted inside entries; escapes are refused (no
-//! decimal needs one). Whitespace is tolerated. Names no venue.
+//! Design: both venues send book levels as arrays of string arrays (`[["0.0015","100.5"],…]`,
+//! or `[["3366.1","7","0","2"],…]` where only the first two strings matter). The parsers keep
+//! such arrays as raw slices of the frame and walk them with [`Levels`] while applying them, so
+//! applying a diff builds no intermediate `Vec`. [`Object`] walks the members of one JSON
+//! object as `(key, raw value)` slices, which lets a parser read a frame's envelope and its
+//! event without `serde_json`: skipping a nested value in `serde_json` pushes onto a scratch
+//! `Vec` (one heap allocation per deserializer), and the steady state allocates nothing.
+//!
+//! What is accepted: JSON whitespace anywhere between tokens; inside a level only strings, and
+//! the two strings that are returned must hold no escape (no decimal needs one) and no control
+//! character. Everything else is an error ([`JsonError`] says where and what), never a panic.
+//! Skipped values are checked for balanced brackets and well-formed strings, not fully
+//! validated; callers parse the values they use. Nesting is limited to [`MAX_NESTING`].
+//! This file names no venue.
 
-/// A malformed level array.
+/// Deepest nesting of arrays and objects [`Object`] skips over.
+pub const MAX_NESTING: usize = 32;
+
+/// A malformed JSON input: the byte offset and what was expected there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed level array at byte {at}: {what}")]
+#[error("malformed JSON at byte {at}: {what}")]
 pub struct JsonError {
     pub at: usize,
     pub what: &'static str,
 }
 
-/// Iterates `(first, second)` strings of each entry of a JSON array of string arrays.
-pub struct Levels<'a> {
-    s: &'a [u8],
+/// A position in a JSON text.
+#[derive(Debug, Clone)]
+struct Cursor<'a> {
     text: &'a str,
     pos: usize,
-    done: bool,
 }
 
-impl<'a> Levels<'a> {
-    /// Starts on a raw JSON array.
-    pub fn new(raw: &'a str) -> Self {
-        let mut l = Levels {
-            s: raw.as_bytes(),
-            text: raw,
-            pos: 0,
-            done: false,
-        };
-        l.skip_ws();
-        if l.peek() == Some(b'[') {
-            l.pos += 1;
-            l.skip_ws();
-            if l.peek() == Some(b']') {
-                l.pos += 1;
-                l.done = true;
-            }
-        }
-        l
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Self {
+        Cursor { text, pos: 0 }
     }
 
     fn peek(&self) -> Option<u8> {
-        self.s.get(self.pos).copied()
+        self.text.as_bytes().get(self.pos).copied()
     }
 
     fn skip_ws(&mut self) {
@@ -53,66 +48,231 @@ impl<'a> Levels<'a> {
         }
     }
 
-    fn err(&mut self, what: &'static str) -> JsonError {
-        self.done = true;
+    fn err(&self, what: &'static str) -> JsonError {
         JsonError { at: self.pos, what }
     }
 
-    fn expect(&mut self, b: u8, what: &'static str) -> Result<(), JsonError> {
+    /// Skips whitespace, then consumes `b` if it is next.
+    fn eat(&mut self, b: u8) -> bool {
         self.skip_ws();
         if self.peek() == Some(b) {
             self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, b: u8, what: &'static str) -> Result<(), JsonError> {
+        if self.eat(b) {
             Ok(())
         } else {
             Err(self.err(what))
         }
     }
 
-    fn string(&mut self) -> Result<&'a str, JsonError> {
+    /// Nothing but whitespace may follow.
+    fn end(&mut self) -> Result<(), JsonError> {
+        self.skip_ws();
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.err("trailing characters after the value")),
+        }
+    }
+
+    /// A string (whitespace first); returns its contents between the quotes, escapes left as
+    /// written. With `plain`, an escape is an error.
+    fn string(&mut self, plain: bool) -> Result<&'a str, JsonError> {
         self.expect(b'"', "expected a string")?;
         let start = self.pos;
         loop {
             match self.peek() {
                 Some(b'"') => break,
-                Some(b'\\') => return Err(self.err("escape inside a level string")),
+                Some(b'\\') if plain => return Err(self.err("escape inside a plain string")),
+                Some(b'\\') => {
+                    // The escaped character is ASCII in valid JSON; anything else is refused.
+                    match self.text.as_bytes().get(self.pos + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u') => {
+                            self.pos += 2
+                        }
+                        _ => return Err(self.err("invalid escape")),
+                    }
+                }
+                Some(0..=0x1f) => return Err(self.err("control character inside a string")),
                 Some(_) => self.pos += 1,
                 None => return Err(self.err("unterminated string")),
             }
         }
-        let out = &self.text[start..self.pos];
+        // `start` and `pos` sit next to ASCII quotes, so both are char boundaries.
+        let s = self
+            .text
+            .get(start..self.pos)
+            .ok_or(self.err("bad string"))?;
         self.pos += 1;
-        Ok(out)
+        Ok(s)
+    }
+
+    /// Skips one scalar (number, `true`, `false`, `null`).
+    fn scalar(&mut self) -> Result<(), JsonError> {
+        let start = self.pos;
+        while matches!(
+            self.peek(),
+            Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' | b'a'..=b'z')
+        ) {
+            self.pos += 1;
+        }
+        let word = &self.text.as_bytes()[start..self.pos];
+        let number = |w: &[u8]| {
+            w.first().is_some_and(|c| *c == b'-' || c.is_ascii_digit())
+                && w.iter().any(u8::is_ascii_digit)
+                && w.iter()
+                    .all(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+        };
+        if matches!(word, b"true" | b"false" | b"null") || number(word) {
+            Ok(())
+        } else {
+            self.pos = start;
+            Err(self.err("expected a value"))
+        }
+    }
+
+    /// Skips one value of any kind (whitespace first) and returns its raw text.
+    fn value(&mut self) -> Result<&'a str, JsonError> {
+        self.skip_ws();
+        let start = self.pos;
+        // Open brackets, innermost last; `true` for an object.
+        let mut stack = [false; MAX_NESTING];
+        let mut depth = 0usize;
+        loop {
+            // At the start of a value.
+            self.skip_ws();
+            match self.peek() {
+                Some(b'"') => {
+                    self.string(false)?;
+                }
+                Some(open @ (b'[' | b'{')) => {
+                    if depth == MAX_NESTING {
+                        return Err(self.err("nesting too deep"));
+                    }
+                    self.pos += 1;
+                    let object = open == b'{';
+                    stack[depth] = object;
+                    depth += 1;
+                    let close = if object { b'}' } else { b']' };
+                    if self.eat(close) {
+                        depth -= 1;
+                    } else {
+                        if object {
+                            self.string(false)?;
+                            self.expect(b':', "expected ':' after a key")?;
+                        }
+                        continue;
+                    }
+                }
+                Some(_) => self.scalar()?,
+                None => return Err(self.err("expected a value")),
+            }
+            // After a complete value: close brackets or move to the next element.
+            loop {
+                if depth == 0 {
+                    let raw = self
+                        .text
+                        .get(start..self.pos)
+                        .ok_or(self.err("bad value"))?;
+                    return Ok(raw);
+                }
+                let object = stack[depth - 1];
+                if self.eat(b',') {
+                    if object {
+                        self.string(false)?;
+                        self.expect(b':', "expected ':' after a key")?;
+                    }
+                    break;
+                }
+                let close = if object { b'}' } else { b']' };
+                if self.eat(close) {
+                    depth -= 1;
+                } else {
+                    return Err(self.err("expected ',' or a closing bracket"));
+                }
+            }
+        }
+    }
+}
+
+/// Where a [`Levels`] or [`Object`] scan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Before the opening bracket.
+    Start,
+    /// Before the first element.
+    First,
+    /// After an element: a comma or the closing bracket follows.
+    Next,
+    /// Finished or failed: nothing more is yielded.
+    Done,
+}
+
+/// Iterates the `(first, second)` strings of each entry of a JSON array of string arrays.
+/// After an error it yields nothing more.
+#[derive(Debug, Clone)]
+pub struct Levels<'a> {
+    cur: Cursor<'a>,
+    scan: Scan,
+}
+
+impl<'a> Levels<'a> {
+    /// Starts on a raw JSON array (checked lazily, while iterating).
+    pub fn new(raw: &'a str) -> Self {
+        Levels {
+            cur: Cursor::new(raw),
+            scan: Scan::Start,
+        }
     }
 
     fn entry(&mut self) -> Result<(&'a str, &'a str), JsonError> {
-        self.expect(b'[', "expected a level array")?;
-        let a = self.string()?;
-        self.expect(b',', "a level needs two strings")?;
-        let b = self.string()?;
+        let c = &mut self.cur;
+        c.expect(b'[', "expected a level array")?;
+        let first = c.string(true)?;
+        c.expect(b',', "a level needs two strings")?;
+        let second = c.string(true)?;
+        while !c.eat(b']') {
+            c.expect(b',', "expected ',' or ']' in a level")?;
+            c.string(false)?;
+        }
+        Ok((first, second))
+    }
+
+    fn step(&mut self) -> Result<Option<(&'a str, &'a str)>, JsonError> {
         loop {
-            self.skip_ws();
-            match self.peek() {
-                Some(b']') => {
-                    self.pos += 1;
-                    break;
+            match self.scan {
+                Scan::Start => {
+                    self.cur.expect(b'[', "expected '['")?;
+                    self.scan = Scan::First;
                 }
-                Some(b',') => {
-                    self.pos += 1;
-                    self.string()?;
+                Scan::First => {
+                    if self.cur.eat(b']') {
+                        self.cur.end()?;
+                        self.scan = Scan::Done;
+                        return Ok(None);
+                    }
+                    let e = self.entry()?;
+                    self.scan = Scan::Next;
+                    return Ok(Some(e));
                 }
-                _ => return Err(self.err("expected ',' or ']' in a level")),
+                Scan::Next => {
+                    if self.cur.eat(b']') {
+                        self.cur.end()?;
+                        self.scan = Scan::Done;
+                        return Ok(None);
+                    }
+                    self.cur
+                        .expect(b',', "expected ',' or ']' between levels")?;
+                    return self.entry().map(Some);
+                }
+                Scan::Done => return Ok(None),
             }
         }
-        self.skip_ws();
-        match self.peek() {
-            Some(b',') => self.pos += 1,
-            Some(b']') => {
-                self.pos += 1;
-                self.done = true;
-            }
-            _ => return Err(self.err("expected ',' or ']' between levels")),
-        }
-        Ok((a, b))
     }
 }
 
@@ -120,13 +280,112 @@ impl<'a> Iterator for Levels<'a> {
     type Item = Result<(&'a str, &'a str), JsonError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
+        match self.step() {
+            Ok(e) => e.map(Ok),
+            Err(e) => {
+                self.scan = Scan::Done;
+                Some(Err(e))
+            }
         }
-        if self.pos == 0 {
-            return Some(Err(self.err("expected '['")));
+    }
+}
+
+/// Iterates the members of a JSON object as `(key, raw value)`. Keys are returned as written
+/// (escapes left in place, so an escaped key simply matches no expected name). After an error
+/// it yields nothing more.
+#[derive(Debug, Clone)]
+pub struct Object<'a> {
+    cur: Cursor<'a>,
+    scan: Scan,
+}
+
+impl<'a> Object<'a> {
+    /// Starts on a raw JSON object (checked lazily, while iterating).
+    pub fn new(raw: &'a str) -> Self {
+        Object {
+            cur: Cursor::new(raw),
+            scan: Scan::Start,
         }
-        Some(self.entry())
+    }
+
+    fn member(&mut self) -> Result<(&'a str, &'a str), JsonError> {
+        let key = self.cur.string(false)?;
+        self.cur.expect(b':', "expected ':' after a key")?;
+        let value = self.cur.value()?;
+        Ok((key, value))
+    }
+
+    fn step(&mut self) -> Result<Option<(&'a str, &'a str)>, JsonError> {
+        loop {
+            match self.scan {
+                Scan::Start => {
+                    self.cur.expect(b'{', "expected '{'")?;
+                    self.scan = Scan::First;
+                }
+                Scan::First | Scan::Next => {
+                    if self.cur.eat(b'}') {
+                        self.cur.end()?;
+                        self.scan = Scan::Done;
+                        return Ok(None);
+                    }
+                    if self.scan == Scan::Next {
+                        self.cur
+                            .expect(b',', "expected ',' or '}' between members")?;
+                    }
+                    let m = self.member()?;
+                    self.scan = Scan::Next;
+                    return Ok(Some(m));
+                }
+                Scan::Done => return Ok(None),
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Object<'a> {
+    type Item = Result<(&'a str, &'a str), JsonError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(m) => m.map(Ok),
+            Err(e) => {
+                self.scan = Scan::Done;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The contents of a raw JSON string value without escapes; `None` for anything else.
+pub fn as_plain_str(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    inner
+        .bytes()
+        .all(|b| b != b'"' && b != b'\\' && b >= 0x20)
+        .then_some(inner)
+}
+
+/// A raw JSON non-negative integer (`0`, `499869752`); `None` for anything else or overflow.
+pub fn as_u64(raw: &str) -> Option<u64> {
+    let b = raw.as_bytes();
+    if b.is_empty() || (b.len() > 1 && b[0] == b'0') {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        if c.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// A raw JSON `true` or `false`.
+pub fn as_bool(raw: &str) -> Option<bool> {
+    match raw {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
     }
 }
 
@@ -134,45 +393,165 @@ impl<'a> Iterator for Levels<'a> {
 mod tests {
     use super::*;
 
-    fn all(s: &str) -> Result<Vec<(&str, &str)>, JsonError> {
+    fn levels(s: &str) -> Result<Vec<(&str, &str)>, JsonError> {
         Levels::new(s).collect()
     }
 
-    #[test]
-    fn reads_binance_and_okx_levels() {
-        // TC0: Binance pairs.
-        assert_eq!(
-            all(r#"[["0.0015","100.5"],["0.0016","0"]]"#).unwrap(),
-            [("0.0015", "100.5"), ("0.0016", "0")]
-        );
-        // TC1: OKX quadruples with whitespace.
-        assert_eq!(
-            all(r#"[ ["3366.1", "7", "0", "2"] ]"#).unwrap(),
-            [("3366.1", "7")]
-        );
-        // TC2: empty.
-        assert!(all("[]").unwrap().is_empty());
-        assert!(all(" [ ] ").unwrap().is_empty());
+    fn members(s: &str) -> Result<Vec<(&str, &str)>, JsonError> {
+        Object::new(s).collect()
     }
 
     #[test]
-    fn malformed_arrays_error_and_never_panic() {
+    fn levels_yield_the_first_two_strings_of_each_entry() {
+        type Want = &'static [(&'static str, &'static str)];
+        let cases: [(&str, Want); 6] = [
+            // TC0: pairs.
+            (
+                r#"[["0.0015","100.5"],["0.0016","0"]]"#,
+                &[("0.0015", "100.5"), ("0.0016", "0")],
+            ),
+            // TC1: quadruples: the rest of each entry is skipped.
+            (r#"[["3366.1","7","0","2"]]"#, &[("3366.1", "7")]),
+            // TC2: JSON whitespace between every token.
+            (
+                " [ [ \"1\" ,\n\"2\" ] ,\t[\"3\",\"4\",\"x\"] ]\r\n",
+                &[("1", "2"), ("3", "4")],
+            ),
+            // TC3: empty arrays.
+            ("[]", &[]),
+            // TC4: empty with whitespace.
+            (" [ ] ", &[]),
+            // TC5: an escape in a skipped string is fine.
+            (r#"[["1","2","a\"b"]]"#, &[("1", "2")]),
+        ];
+        for (i, (input, want)) in cases.iter().enumerate() {
+            assert_eq!(levels(input).as_deref(), Ok(*want), "TC{i}: {input}");
+        }
+    }
+
+    #[test]
+    fn malformed_levels_error_and_never_panic() {
+        let cases = [
+            "",                         // TC0: empty input
+            "{}",                       // TC1: not an array
+            "[",                        // TC2: unterminated
+            "[[",                       // TC3: unterminated entry
+            r#"[["1"]]"#,               // TC4: one string
+            r#"[[]]"#,                  // TC5: empty entry
+            r#"[["1",2]]"#,             // TC6: a number
+            r#"[["1","2",3]]"#,         // TC7: a number among the skipped fields
+            r#"[["1","2"]"#,            // TC8: missing ']'
+            r#"[["1","2"],]"#,          // TC9: trailing comma
+            r#"[["1","2"]x"#,           // TC10: garbage between levels
+            r#"[["1\"","2"]]"#,         // TC11: escape inside a returned string
+            r#"[["1\u0030","2"]]"#,     // TC12: unicode escape inside a returned string
+            "[1]",                      // TC13: entry is not an array
+            r#"[["1","2""#,             // TC14: truncated
+            r#"[["1","2"]] x"#,         // TC15: trailing characters
+            "[[\"1\n\",\"2\"]]",        // TC16: control character inside a string
+            r#"[["1","2"] ["3","4"]]"#, // TC17: missing comma
+            r#"[null]"#,                // TC18: null entry
+            "[[\"1\",\"2\",\"\\",       // TC19: truncated escape
+        ];
+        for (i, input) in cases.iter().enumerate() {
+            assert!(levels(input).is_err(), "TC{i}: {input:?} accepted");
+        }
+        // After an error the iterator is finished.
+        let mut it = Levels::new(r#"[["1"],["2","3"]]"#);
+        assert!(matches!(it.next(), Some(Err(_))));
+        assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn objects_yield_keys_and_raw_values() {
+        type Want = &'static [(&'static str, &'static str)];
+        let cases: [(&str, Want); 4] = [
+            // TC0: scalars and strings, raw.
+            (
+                r#"{"a":1,"b":"x","c":true,"d":null,"e":-1.5e3}"#,
+                &[
+                    ("a", "1"),
+                    ("b", "\"x\""),
+                    ("c", "true"),
+                    ("d", "null"),
+                    ("e", "-1.5e3"),
+                ],
+            ),
+            // TC1: nested values come back whole.
+            (
+                r#"{"data":{"b":[["1","2"]],"o":{"x":[]}},"stream":"s"}"#,
+                &[
+                    ("data", r#"{"b":[["1","2"]],"o":{"x":[]}}"#),
+                    ("stream", "\"s\""),
+                ],
+            ),
+            // TC2: whitespace around everything; escaped strings skipped intact.
+            (
+                " { \"k\" : [ 1 , { } , \"a\\\"]\" ] } ",
+                &[("k", "[ 1 , { } , \"a\\\"]\" ]")],
+            ),
+            // TC3: empty.
+            ("{}", &[]),
+        ];
+        for (i, (input, want)) in cases.iter().enumerate() {
+            assert_eq!(members(input).as_deref(), Ok(*want), "TC{i}: {input}");
+        }
+    }
+
+    #[test]
+    fn malformed_objects_error_and_never_panic() {
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_NESTING + 1),
+            "]".repeat(MAX_NESTING + 1)
+        );
+        let cases = [
+            "",                 // TC0
+            "[]",               // TC1: not an object
+            "{",                // TC2
+            r#"{"a"}"#,         // TC3: no value
+            r#"{"a":}"#,        // TC4: empty value
+            r#"{"a":1,}"#,      // TC5: trailing comma
+            r#"{"a":[1,]}"#,    // TC6: trailing comma inside
+            r#"{"a":[1}"#,      // TC7: mismatched bracket
+            r#"{"a":{"b"}}"#,   // TC8: key without value inside
+            r#"{"a":tru}"#,     // TC9: bad literal
+            r#"{"a":1}x"#,      // TC10: trailing characters
+            r#"{a:1}"#,         // TC11: bare key
+            r#"{"a":"\x"}"#,    // TC12: invalid escape
+            r#"{"a":1 "b":2}"#, // TC13: missing comma
+            deep.as_str(),      // TC14: nesting too deep
+        ];
+        for (i, input) in cases.iter().enumerate() {
+            assert!(members(input).is_err(), "TC{i}: {input:?} accepted");
+        }
+    }
+
+    #[test]
+    fn scalar_helpers_read_plain_values_only() {
+        // TC0: strings without escapes.
+        assert_eq!(as_plain_str("\"BTCUSDT\""), Some("BTCUSDT"));
+        assert_eq!(as_plain_str("\"a\\\"b\""), None);
+        assert_eq!(as_plain_str("1"), None);
+        // TC1: non-negative integers without leading zeros, overflow refused.
+        assert_eq!(as_u64("499869752"), Some(499_869_752));
+        assert_eq!(as_u64("0"), Some(0));
         for bad in [
             "",
-            "{}",
-            "[",
-            "[[",
-            r#"[["1"]]"#,
-            r#"[["1",2]]"#,
-            r#"[["1","2"]"#,
-            r#"[["1","2"],]"#,
-            r#"[["1","2"]x"#,
-            r#"[["1\"","2"]]"#,
-            r#"[["1","2",3]]"#,
-            "[1]",
-            r#"[["1","2""#,
+            "01",
+            "-1",
+            "1.0",
+            "1e3",
+            "18446744073709551616",
+            "\"1\"",
         ] {
-            assert!(all(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(as_u64(bad), None, "{bad}");
         }
+        assert_eq!(as_u64("18446744073709551615"), Some(u64::MAX));
+        // TC2: booleans.
+        assert_eq!(
+            (as_bool("true"), as_bool("false"), as_bool("1")),
+            (Some(true), Some(false), None)
+        );
     }
 }

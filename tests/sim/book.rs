@@ -32,6 +32,9 @@ pub struct Diff {
     pub asks: Vec<(Px, Qty)>,
 }
 
+/// A full copy of the book at an update id.
+pub type FullBook = (u64, BTreeMap<Px, Qty>, BTreeMap<Px, Qty>);
+
 /// Top levels of the true book at an update id.
 pub type Top = (Vec<(Px, Qty)>, Vec<(Px, Qty)>);
 
@@ -44,7 +47,7 @@ pub struct BookProcess {
     history: HashMap<u64, Top>,
     order: VecDeque<u64>,
     /// Full copies of recent states, for stale snapshots.
-    full: VecDeque<(u64, BTreeMap<Px, Qty>, BTreeMap<Px, Qty>)>,
+    full: VecDeque<FullBook>,
     pub keep_top: usize,
 }
 
@@ -111,7 +114,7 @@ impl BookProcess {
     }
 
     /// The oldest full state kept (for a stale snapshot).
-    pub fn oldest(&self) -> Option<&(u64, BTreeMap<Px, Qty>, BTreeMap<Px, Qty>)> {
+    pub fn oldest(&self) -> Option<&FullBook> {
         self.full.front()
     }
 

@@ -33,6 +33,9 @@ use smol::{Async, Executor, Timer};
 
 use book::{BookProcess, Diff, Format, Px, Qty, fmt_px, fmt_qty};
 
+/// A book as the venue writes it: (bids, asks) of (price, qty) strings, best first.
+pub type TextBook = (Vec<(String, String)>, Vec<(String, String)>);
+
 /// Which market a book or connection belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mkt {
@@ -404,7 +407,7 @@ impl Sim {
         symbol: &str,
         update_id: u64,
         depth: usize,
-    ) -> Option<(Vec<(String, String)>, Vec<(String, String)>)> {
+    ) -> Option<TextBook> {
         let st = self.state();
         let (b, a) = st
             .books
@@ -538,6 +541,7 @@ async fn accept_ws(
             };
             let path = Arc::new(Mutex::new(String::new()));
             let p2 = path.clone();
+            #[allow(clippy::result_large_err)] // tungstenite's callback signature
             let cb = move |req: &Request, resp: Response| {
                 if let Ok(mut p) = p2.lock() {
                     *p = req.uri().to_string();
@@ -796,7 +800,8 @@ fn rest_answer(
         return json(400, "{\"code\":-1121,\"msg\":\"Invalid symbol.\"}".into());
     };
     let f = fmt_of(mkt);
-    let (id, bids, asks): (u64, Vec<(Px, Qty)>, Vec<(Px, Qty)>) = match (stale, book.oldest()) {
+    type Levels = Vec<(Px, Qty)>;
+    let (id, bids, asks): (u64, Levels, Levels) = match (stale, book.oldest()) {
         (true, Some((id, b, a))) => (
             *id,
             b.iter().rev().take(limit).map(|(p, q)| (*p, *q)).collect(),

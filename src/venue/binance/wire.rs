@@ -1,57 +1,79 @@
 //! Binance frames and REST bodies, parsed without copying.
 //!
-//! Design: combined-stream frames are `{"stream":"btcusdt@depth@100ms","data":{…}}`. The
-//! envelope is read first with `data` kept raw; the stream name's suffix says which event
-//! type `data` holds, so the payload is parsed once into its borrowed struct. Book levels stay
-//! raw (`&RawValue`) and are walked by `venue::json::Levels` while they are applied. Unknown
-//! keys are ignored: 2026 payloads carry undocumented `st`, `nq`, `ap`, `ps`. Frames without
-//! an envelope (`serverShutdown`, replies to `SUBSCRIBE`, errors) are recognised by their keys.
+//! Design: a combined-stream frame is `{"stream":"btcusdt@depth@100ms","data":{…}}`. The
+//! envelope's members are scanned once as raw slices ([`crate::venue::json::Object`]), and the
+//! event type `e` inside `data` says which borrowed struct `data` becomes. Frames without an
+//! envelope (`serverShutdown`, a raw `/ws` stream, replies to `SUBSCRIBE`, errors) are
+//! recognised by their keys.
+//!
+//! `depthUpdate` — the only high-rate frame that nests — is read by hand: its `b`/`a` level
+//! arrays stay raw slices of the frame and are walked by [`Levels`] while the book applies
+//! them. Going through `serde_json` there would cost a heap allocation per frame (keeping or
+//! skipping a nested value pushes onto the deserializer's scratch `Vec`), and the steady state
+//! must allocate nothing. The flat events (`trade`, `aggTrade`, `markPriceUpdate`,
+//! `forceOrder`) use borrowed serde structs, which allocate nothing either. The REST depth
+//! snapshot (once per resync) keeps its levels as `&RawValue`.
+//!
+//! Unknown keys are ignored everywhere: 2026 payloads carry undocumented `st`, `nq`, `ap`, `ps`.
+//! No input panics; anything unusable is a [`WireError`].
+//!
+//! Symbols: Binance spells `BTC-USDT` as `btcusdt` in stream names and `BTCUSDT` in REST and in
+//! an event's `s`; [`is_symbol`] and [`find_symbol`] compare without allocating, the `write_*`
+//! functions spell a symbol into any `fmt::Write` (a `heapless::String` on the hot path).
 //!
 //! Owns: every Binance field name. Must not touch: book state or publishing.
+
+use std::fmt;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::venue::json::Levels;
+use crate::model::Symbol;
+use crate::venue::json::{self, JsonError, Levels, Object};
 
-/// `depthUpdate` (spot: no `T`, `pu`).
-#[derive(Debug, Deserialize)]
+/// `depthUpdate`: spot `e,E,s,U,u,b,a`; USD-M adds `T` and `pu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DepthUpdate<'a> {
-    #[serde(rename = "E")]
+    /// `E`, ms.
     pub event_time: u64,
-    #[serde(rename = "T", default)]
+    /// `T` (USD-M), ms.
     pub transact_time: Option<u64>,
-    #[serde(rename = "s", borrow)]
+    /// `s`, e.g. `BTCUSDT`.
     pub symbol: &'a str,
-    #[serde(rename = "U")]
+    /// `U`: first update id in the event.
     pub first_id: u64,
-    #[serde(rename = "u")]
+    /// `u`: last update id in the event.
     pub last_id: u64,
-    /// USD-M: the previous event's `u`.
-    #[serde(rename = "pu", default)]
+    /// `pu` (USD-M): the previous event's `u`.
     pub prev_last_id: Option<u64>,
-    #[serde(rename = "b", borrow)]
-    pub bids: &'a RawValue,
-    #[serde(rename = "a", borrow)]
-    pub asks: &'a RawValue,
+    /// `b`: the raw JSON array of `[price, qty]` string pairs.
+    pub bids: &'a str,
+    /// `a`: the raw JSON array of `[price, qty]` string pairs.
+    pub asks: &'a str,
 }
 
 impl<'a> DepthUpdate<'a> {
+    /// Bid levels, best effort order as sent; each item errors if the array is malformed.
     pub fn bids(&self) -> Levels<'a> {
-        Levels::new(self.bids.get())
+        Levels::new(self.bids)
     }
+
+    /// Ask levels, as sent.
     pub fn asks(&self) -> Levels<'a> {
-        Levels::new(self.asks.get())
+        Levels::new(self.asks)
     }
 }
 
-/// REST depth snapshot (`/api/v3/depth`, `/fapi/v1/depth`).
+/// REST depth snapshot: `/api/v3/depth` `{"lastUpdateId","bids","asks"}`, `/fapi/v1/depth` adds
+/// `E` and `T`.
 #[derive(Debug, Deserialize)]
 pub struct DepthSnapshot<'a> {
     #[serde(rename = "lastUpdateId")]
     pub last_update_id: u64,
     #[serde(rename = "E", default)]
     pub event_time: Option<u64>,
+    #[serde(rename = "T", default)]
+    pub transact_time: Option<u64>,
     #[serde(borrow)]
     pub bids: &'a RawValue,
     #[serde(borrow)]
@@ -59,18 +81,26 @@ pub struct DepthSnapshot<'a> {
 }
 
 impl<'a> DepthSnapshot<'a> {
+    /// Parses a REST body (borrowing from it).
     pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(body)
     }
+
+    /// Parses a REST body held as text.
+    pub fn parse_str(body: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
     pub fn bids(&self) -> Levels<'a> {
         Levels::new(self.bids.get())
     }
+
     pub fn asks(&self) -> Levels<'a> {
         Levels::new(self.asks.get())
     }
 }
 
-/// `trade`.
+/// `trade` (spot and USD-M; USD-M adds `X`, ignored).
 #[derive(Debug, Deserialize)]
 pub struct Trade<'a> {
     #[serde(rename = "E")]
@@ -97,14 +127,22 @@ pub struct AggTrade<'a> {
     pub event_time: u64,
     #[serde(rename = "s", borrow)]
     pub symbol: &'a str,
+    /// `a`: aggregate trade id.
     #[serde(rename = "a")]
     pub id: u64,
     #[serde(rename = "p", borrow)]
     pub price: &'a str,
     #[serde(rename = "q", borrow)]
     pub qty: &'a str,
+    /// `f`: first trade id.
+    #[serde(rename = "f")]
+    pub first_trade_id: u64,
+    /// `l`: last trade id.
+    #[serde(rename = "l")]
+    pub last_trade_id: u64,
     #[serde(rename = "T")]
     pub trade_time: u64,
+    /// Buyer is the maker: the taker sold.
     #[serde(rename = "m")]
     pub buyer_is_maker: bool,
 }
@@ -166,102 +204,229 @@ pub enum Frame<'a> {
     Reply {
         id: u64,
     },
-    /// `{"code":N,"msg":"…"}`: a request was refused.
+    /// `{"code":N,"msg":"…"}` (or `{"error":{"code","msg"},"id"}`): a request was refused.
     Error {
         code: i64,
         msg: String,
     },
-    /// The server will close this connection soon.
+    /// `serverShutdown`: the server will close this connection soon.
     ServerShutdown,
 }
+
+/// Longest stream or event name kept in [`WireError::Unknown`] (longer ones are cut).
+pub const NAME_MAX: usize = 48;
 
 /// A frame that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("malformed frame: {0}")]
-    Malformed(#[from] serde_json::Error),
-    #[error("frame of an unknown kind (stream {0:?})")]
-    Unknown(String),
+    /// Not JSON, or a known frame with missing or mistyped fields.
+    #[error("malformed Binance frame: {0}")]
+    Malformed(Malformed),
+    /// Well-formed, but of a kind this parser does not handle (the stream or event name).
+    #[error("Binance frame of an unknown kind ({0:?}); not subscribed by marketbox?")]
+    Unknown(heapless::String<NAME_MAX>),
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    stream: Option<&'a str>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    code: Option<i64>,
-    #[serde(default)]
-    msg: Option<String>,
-    #[serde(rename = "e", borrow, default)]
-    event: Option<&'a str>,
+/// What was wrong with a malformed frame.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error("{0}")]
+    Json(#[from] JsonError),
+    #[error("{0}")]
+    Serde(#[from] serde_json::Error),
+    #[error("field {0:?} is missing, repeated or of the wrong type")]
+    Field(&'static str),
 }
 
-/// Which payload a stream name carries.
-fn kind_of_stream(stream: &str) -> Option<&'static str> {
-    let (_, tail) = stream.split_once('@')?;
-    Some(match tail {
-        t if t.starts_with("depth") => "depthUpdate",
-        "trade" => "trade",
-        "aggTrade" => "aggTrade",
-        t if t.starts_with("markPrice") => "markPriceUpdate",
-        "forceOrder" => "forceOrder",
-        _ => return None,
+impl From<JsonError> for WireError {
+    fn from(e: JsonError) -> Self {
+        WireError::Malformed(e.into())
+    }
+}
+
+impl From<serde_json::Error> for WireError {
+    fn from(e: serde_json::Error) -> Self {
+        WireError::Malformed(e.into())
+    }
+}
+
+fn unknown(name: &str) -> WireError {
+    let mut s = heapless::String::new();
+    for c in name.chars() {
+        if s.push(c).is_err() {
+            break;
+        }
+    }
+    WireError::Unknown(s)
+}
+
+fn field(name: &'static str) -> WireError {
+    WireError::Malformed(Malformed::Field(name))
+}
+
+/// Stores `v` into a slot that must be empty (a repeated key is malformed).
+fn set<T>(slot: &mut Option<T>, v: Option<T>, name: &'static str) -> Result<(), WireError> {
+    match (slot.is_some(), v) {
+        (false, Some(v)) => {
+            *slot = Some(v);
+            Ok(())
+        }
+        _ => Err(field(name)),
+    }
+}
+
+/// The members of a `depthUpdate` payload, and its event type.
+fn parse_depth(raw: &str) -> Result<DepthUpdate<'_>, WireError> {
+    let (mut e, mut ev_time, mut tx_time, mut sym) = (None, None, None, None);
+    let (mut first, mut last, mut prev, mut bids, mut asks) = (None, None, None, None, None);
+    fn array(v: &str) -> Option<&str> {
+        v.starts_with('[').then_some(v)
+    }
+    for m in Object::new(raw) {
+        let (k, v) = m?;
+        match k {
+            "e" => set(&mut e, json::as_plain_str(v), "e")?,
+            "E" => set(&mut ev_time, json::as_u64(v), "E")?,
+            "T" => set(&mut tx_time, json::as_u64(v), "T")?,
+            "s" => set(&mut sym, json::as_plain_str(v), "s")?,
+            "U" => set(&mut first, json::as_u64(v), "U")?,
+            "u" => set(&mut last, json::as_u64(v), "u")?,
+            "pu" => set(&mut prev, json::as_u64(v), "pu")?,
+            "b" => set(&mut bids, array(v), "b")?,
+            "a" => set(&mut asks, array(v), "a")?,
+            _ => {}
+        }
+    }
+    if e != Some("depthUpdate") {
+        return Err(field("e"));
+    }
+    Ok(DepthUpdate {
+        event_time: ev_time.ok_or(field("E"))?,
+        transact_time: tx_time,
+        symbol: sym.ok_or(field("s"))?,
+        first_id: first.ok_or(field("U"))?,
+        last_id: last.ok_or(field("u"))?,
+        prev_last_id: prev,
+        bids: bids.ok_or(field("b"))?,
+        asks: asks.ok_or(field("a"))?,
     })
 }
 
+/// The event type `e` of an event object (`None` when it has none).
+fn event_type(raw: &str) -> Result<Option<&str>, WireError> {
+    for m in Object::new(raw) {
+        let (k, v) = m?;
+        if k == "e" {
+            return json::as_plain_str(v).map(Some).ok_or(field("e"));
+        }
+    }
+    Ok(None)
+}
+
+/// Parses an event object of type `kind`.
 fn parse_event<'a>(kind: &str, raw: &'a str) -> Result<Frame<'a>, WireError> {
     Ok(match kind {
-        "depthUpdate" => Frame::Depth(serde_json::from_str(raw)?),
+        "depthUpdate" => Frame::Depth(parse_depth(raw)?),
         "trade" => Frame::Trade(serde_json::from_str(raw)?),
         "aggTrade" => Frame::AggTrade(serde_json::from_str(raw)?),
         "markPriceUpdate" => Frame::MarkPrice(serde_json::from_str(raw)?),
         "forceOrder" => Frame::ForceOrder(serde_json::from_str(raw)?),
-        "serverShutdown" => Frame::ServerShutdown,
-        other => return Err(WireError::Unknown(other.to_owned())),
+        "serverShutdown" => {
+            // Validates the object; its fields (`E`) are not needed.
+            event_type(raw)?;
+            Frame::ServerShutdown
+        }
+        other => return Err(unknown(other)),
     })
 }
 
-/// Parses one text frame. Never panics.
-pub fn parse_frame(text: &str) -> Result<Frame<'_>, WireError> {
-    let env: Envelope<'_> = serde_json::from_str(text)?;
-    if let Some(data) = env.data {
-        let kind = match env.stream.and_then(kind_of_stream) {
-            Some(k) => k,
-            None => {
-                // No usable stream name: fall back to the event type inside.
-                #[derive(Deserialize)]
-                struct E<'a> {
-                    #[serde(rename = "e", borrow)]
-                    e: &'a str,
-                }
-                let e: E<'_> = serde_json::from_str(data.get())?;
-                return parse_event(e.e, data.get()).map_err(|err| match err {
-                    WireError::Unknown(_) => {
-                        WireError::Unknown(env.stream.unwrap_or(e.e).to_owned())
-                    }
-                    other => other,
-                });
-            }
-        };
-        return parse_event(kind, data.get());
+/// Parses the payload of a combined-stream frame.
+fn parse_data<'a>(stream: Option<&str>, data: &'a str) -> Result<Frame<'a>, WireError> {
+    if data.starts_with('[') {
+        // `!markPrice@arr` and similar all-market arrays: not subscribed by marketbox.
+        return Err(unknown(stream.unwrap_or("array payload")));
     }
-    if let Some(event) = env.event {
+    // Depth frames are scanned once: the event type is checked while reading the fields.
+    if stream.is_some_and(|s| s.contains("@depth")) {
+        match parse_depth(data) {
+            Ok(d) => return Ok(Frame::Depth(d)),
+            Err(WireError::Malformed(Malformed::Field("e"))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match event_type(data)? {
+        Some(kind) => parse_event(kind, data).map_err(|e| match e {
+            WireError::Unknown(_) => unknown(stream.unwrap_or(kind)),
+            e => e,
+        }),
+        None => Err(unknown(stream.unwrap_or("event without \"e\""))),
+    }
+}
+
+/// Parses one text frame from a Binance market-data socket. Never panics.
+pub fn parse_frame(text: &str) -> Result<Frame<'_>, WireError> {
+    let mut stream = None;
+    let mut data = None;
+    let mut event = None;
+    let mut id = None;
+    let mut code = None;
+    let mut msg = None;
+    let mut error = None;
+    let mut result = false;
+    for m in Object::new(text) {
+        let (k, v) = m?;
+        match k {
+            "stream" => set(&mut stream, json::as_plain_str(v), "stream")?,
+            "data" => set(&mut data, Some(v), "data")?,
+            "e" => set(&mut event, json::as_plain_str(v), "e")?,
+            "id" => id = Some(v),
+            "code" => code = Some(v),
+            "msg" => msg = Some(v),
+            "error" => error = Some(v),
+            "result" => result = true,
+            _ => {}
+        }
+    }
+    if let Some(data) = data {
+        return parse_data(stream, data);
+    }
+    if let Some(event) = event {
+        // A raw (`/ws/<stream>`) event or an unwrapped `serverShutdown`.
         return parse_event(event, text);
     }
-    if let Some(code) = env.code {
+    if let Some(err) = error {
+        // `{"error":{"code":2,"msg":"…"},"id":1}`.
+        #[derive(Deserialize)]
+        struct Body {
+            code: i64,
+            #[serde(default)]
+            msg: String,
+        }
+        let b: Body = serde_json::from_str(err)?;
         return Ok(Frame::Error {
-            code,
-            msg: env.msg.unwrap_or_default(),
+            code: b.code,
+            msg: b.msg,
         });
     }
-    if let Some(id) = env.id {
-        return Ok(Frame::Reply { id });
+    if let Some(code) = code {
+        return Ok(Frame::Error {
+            code: serde_json::from_str(code)?,
+            msg: msg
+                .map(serde_json::from_str)
+                .transpose()?
+                .unwrap_or_default(),
+        });
     }
-    Err(WireError::Unknown(env.stream.unwrap_or("").to_owned()))
+    if let Some(id) = id
+        && result
+    {
+        return Ok(Frame::Reply {
+            id: json::as_u64(id).ok_or(field("id"))?,
+        });
+    }
+    Err(unknown(
+        stream.unwrap_or("frame without stream, event or reply"),
+    ))
 }
 
 /// A REST error body: `{"code":-1121,"msg":"Invalid symbol."}`.
@@ -275,74 +440,296 @@ pub struct RestErrorBody {
 /// Binance's code for a symbol it does not list.
 pub const INVALID_SYMBOL: i64 = -1121;
 
+/// Whether a Binance spelling (`BTCUSDT` in events and REST, `btcusdt` in stream names) names
+/// `symbol` (`BTC-USDT`). ASCII case-insensitive; allocates nothing.
+pub fn is_symbol(wire: &str, symbol: &Symbol) -> bool {
+    let (w, b, q) = (
+        wire.as_bytes(),
+        symbol.base().as_bytes(),
+        symbol.quote().as_bytes(),
+    );
+    w.len() == b.len() + q.len()
+        && w[..b.len()].eq_ignore_ascii_case(b)
+        && w[b.len()..].eq_ignore_ascii_case(q)
+}
+
+/// Index of the configured symbol a Binance spelling names.
+pub fn find_symbol(wire: &str, symbols: &[Symbol]) -> Option<usize> {
+    symbols.iter().position(|s| is_symbol(wire, s))
+}
+
+/// Writes the stream-name spelling (`btcusdt`).
+pub fn write_stream_symbol(symbol: &Symbol, out: &mut impl fmt::Write) -> fmt::Result {
+    for c in symbol.base().chars().chain(symbol.quote().chars()) {
+        out.write_char(c.to_ascii_lowercase())?;
+    }
+    Ok(())
+}
+
+/// Writes the REST / event spelling (`BTCUSDT`).
+pub fn write_rest_symbol(symbol: &Symbol, out: &mut impl fmt::Write) -> fmt::Result {
+    out.write_str(symbol.base())?;
+    out.write_str(symbol.quote())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
-    #[test]
-    fn combined_depth_frames_parse_with_levels() {
-        let f = parse_frame(
-            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,"u":7,"b":[["1.0","2"]],"a":[]}}"#,
-        )
-        .unwrap();
-        let Frame::Depth(d) = f else { panic!("{f:?}") };
-        assert_eq!(
-            (d.symbol, d.first_id, d.last_id, d.prev_last_id),
-            ("BTCUSDT", 5, 7, None)
-        );
-        assert_eq!(
-            d.bids().collect::<Result<Vec<_>, _>>().unwrap(),
-            [("1.0", "2")]
-        );
+    /// The shared captures, or `None` after a loud message.
+    fn fixtures() -> Option<PathBuf> {
+        let dir = std::env::var_os("MARKETBOX_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+            });
+        if dir.is_dir() {
+            Some(dir)
+        } else {
+            eprintln!(
+                "\n!!! SKIPPED: exchange captures not found at {} (set MARKETBOX_FIXTURES) !!!\n",
+                dir.display()
+            );
+            None
+        }
+    }
+
+    /// The `raw` strings of a JSONL capture (`{"recv_ts","raw"}` or `{"kind",…,"raw"}`), with
+    /// the row's `kind` when it has one.
+    fn rows(path: PathBuf) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let kind = v["kind"].as_str().unwrap_or("").to_owned();
+                (kind, v["raw"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    }
+
+    fn levels(l: Levels<'_>) -> Vec<(&str, &str)> {
+        l.collect::<Result<Vec<_>, _>>().unwrap()
     }
 
     #[test]
-    fn usdm_depth_has_pu_and_extra_keys_are_ignored() {
-        let f = parse_frame(
-            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":2,"s":"BTCUSDT","U":5,"u":7,"pu":4,"st":9,"b":[],"a":[]}}"#,
-        )
-        .unwrap();
-        let Frame::Depth(d) = f else { panic!("{f:?}") };
-        assert_eq!((d.prev_last_id, d.transact_time), (Some(4), Some(2)));
+    fn depth_frames_parse_with_their_levels() {
+        struct Case {
+            text: &'static str,
+            ids: (u64, u64, Option<u64>, Option<u64>),
+            bids: &'static [(&'static str, &'static str)],
+        }
+        let cases = [
+            // TC0: spot: no T, no pu.
+            Case {
+                text: r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,"u":7,"b":[["1.0","2"]],"a":[]}}"#,
+                ids: (5, 7, None, None),
+                bids: &[("1.0", "2")],
+            },
+            // TC1: USD-M: T and pu; 2026 extras (st) ignored.
+            Case {
+                text: r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":2,"s":"BTCUSDT","U":5,"u":7,"pu":4,"st":9,"b":[],"a":[["3","4"]]}}"#,
+                ids: (5, 7, Some(4), Some(2)),
+                bids: &[],
+            },
+            // TC2: whitespace and member order do not matter; unknown nested extras skipped.
+            Case {
+                text: "{ \"data\" : { \"b\" : [ [\"9\" , \"1\"] ] , \"x\":{\"y\":[[1]]}, \"a\":[], \"u\":8, \"U\":8, \"s\":\"X\", \"E\":0, \"e\":\"depthUpdate\" }, \"stream\":\"x@depth\" }",
+                ids: (8, 8, None, None),
+                bids: &[("9", "1")],
+            },
+            // TC3: a raw `/ws` depth event without envelope.
+            Case {
+                text: r#"{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[],"a":[]}"#,
+                ids: (1, 2, None, None),
+                bids: &[],
+            },
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let f = parse_frame(c.text);
+            let Ok(Frame::Depth(d)) = f else {
+                panic!("TC{i}: {f:?}")
+            };
+            assert_eq!(
+                (d.first_id, d.last_id, d.prev_last_id, d.transact_time),
+                c.ids,
+                "TC{i}"
+            );
+            assert_eq!(levels(d.bids()), c.bids, "TC{i}");
+        }
     }
 
     #[test]
     fn control_frames_are_recognised() {
-        assert!(matches!(
-            parse_frame(r#"{"result":null,"id":3}"#).unwrap(),
-            Frame::Reply { id: 3 }
-        ));
-        assert!(matches!(
-            parse_frame(r#"{"code":2,"msg":"Invalid request"}"#).unwrap(),
-            Frame::Error { code: 2, .. }
-        ));
-        assert!(matches!(
-            parse_frame(r#"{"e":"serverShutdown","E":1}"#).unwrap(),
-            Frame::ServerShutdown
-        ));
-        assert!(matches!(
-            parse_frame(r#"{"stream":"x","data":{"e":"serverShutdown","E":1}}"#).unwrap(),
-            Frame::ServerShutdown
-        ));
+        type Check = fn(&Frame<'_>) -> bool;
+        let cases: [(&str, Check); 6] = [
+            // TC0: a SUBSCRIBE reply.
+            (r#"{"result":null,"id":3}"#, |f| {
+                matches!(f, Frame::Reply { id: 3 })
+            }),
+            // TC1: a LIST_SUBSCRIPTIONS reply.
+            (r#"{"result":["btcusdt@trade"],"id":4}"#, |f| {
+                matches!(f, Frame::Reply { id: 4 })
+            }),
+            // TC2: an error.
+            (
+                r#"{"code":2,"msg":"Invalid request: \"x\"","id":5}"#,
+                |f| matches!(f, Frame::Error { code: 2, msg } if msg == "Invalid request: \"x\""),
+            ),
+            // TC3: the nested error form.
+            (
+                r#"{"error":{"code":-1,"msg":"m"},"id":6}"#,
+                |f| matches!(f, Frame::Error { code: -1, msg } if msg == "m"),
+            ),
+            // TC4: serverShutdown without envelope.
+            (r#"{"e":"serverShutdown","E":1}"#, |f| {
+                matches!(f, Frame::ServerShutdown)
+            }),
+            // TC5: serverShutdown inside a combined-stream envelope.
+            (
+                r#"{"stream":"btcusdt@depth@100ms","data":{"e":"serverShutdown","E":1}}"#,
+                |f| matches!(f, Frame::ServerShutdown),
+            ),
+        ];
+        for (i, (text, ok)) in cases.iter().enumerate() {
+            let f = parse_frame(text);
+            assert!(f.as_ref().is_ok_and(ok), "TC{i}: {f:?}");
+        }
     }
 
     #[test]
     fn bad_frames_are_errors_not_panics() {
-        // TC: not JSON, wrong types, unknown streams, missing fields.
-        assert!(matches!(
-            parse_frame("not json"),
-            Err(WireError::Malformed(_))
-        ));
-        assert!(parse_frame("[]").is_err());
-        assert!(matches!(
-            parse_frame(r#"{"stream":"btcusdt@kline_1m","data":{"e":"kline"}}"#),
-            Err(WireError::Unknown(_))
-        ));
-        assert!(matches!(
-            parse_frame(r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":"x"}}"#),
-            Err(WireError::Malformed(_))
-        ));
-        assert!(parse_frame("{}").is_err());
-        assert!(parse_frame(r#"{"stream":"btcusdt@trade","data":{"s":"A\"B"}}"#).is_err());
+        let malformed = [
+            "not json",                                                               // TC0
+            "[]",                                                                     // TC1
+            "",                                                                       // TC2
+            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":"x"}}"#, // TC3
+            r#"{"stream":"b@depth","data":{"e":"depthUpdate","E":1,"s":"B","U":1,"u":2,"b":{},"a":[]}}"#, // TC4: b not an array
+            r#"{"stream":"b@depth","data":{"e":"depthUpdate","E":1,"s":"B","U":-1,"u":2,"b":[],"a":[]}}"#, // TC5: negative id
+            r#"{"stream":"b@depth","data":{"e":"depthUpdate","E":1,"s":"B","U":1,"u":2,"u":3,"b":[],"a":[]}}"#, // TC6: repeated key
+            r#"{"stream":"b@depth","data":{"e":"depthUpdate","E":1,"U":1,"u":2,"b":[],"a":[]}}"#, // TC7: no symbol
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"A\"B"}}"#, // TC8
+            r#"{"stream":"b@trade","data":{"e":"trade","E":1,"s":"B","t":1,"p":"1","q":"1","T":1,"m":"no"}}"#, // TC9
+            r#"{"stream":"b@depth","data":{"e":"depthUpdate"}"#, // TC10: truncated
+            r#"{"result":null,"id":"x"}"#,                       // TC11
+        ];
+        for (i, text) in malformed.iter().enumerate() {
+            let r = parse_frame(text);
+            assert!(matches!(r, Err(WireError::Malformed(_))), "TC{i}: {r:?}");
+        }
+        let unknown = [
+            r#"{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1}}"#, // TC0
+            r#"{"stream":"!markPrice@arr","data":[{"e":"markPriceUpdate"}]}"#, // TC1
+            r#"{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"B"}}"#,   // TC2: no e
+            "{}",                                                          // TC3
+            r#"{"id":1}"#, // TC4: neither result nor code
+        ];
+        for (i, text) in unknown.iter().enumerate() {
+            let r = parse_frame(text);
+            assert!(matches!(r, Err(WireError::Unknown(_))), "TC{i}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn every_cut_and_byte_flip_of_real_frames_is_handled_without_panic() {
+        let frames = [
+            r#"{"stream":"sushiusdt@depth@100ms","data":{"e":"depthUpdate","E":1626992741037,"T":1626992741024,"s":"SUSHIUSDT","U":600859599090,"u":600859600917,"pu":600859598061,"b":[["7.5040","813"],["7.6090","0"]],"a":[["7.6150","1563"]]}}"#,
+            r#"{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1786171884624,"a":3404749954,"s":"BTCUSDT","p":"64990.90","q":"0.002","nq":"0.002","f":7960913511,"l":7960913511,"T":1786171884471,"m":true,"st":1}}"#,
+        ];
+        for text in frames {
+            let bytes = text.as_bytes();
+            for cut in 0..bytes.len() {
+                let _ = parse_frame(&text[..cut]);
+                for b in [
+                    b'"', b'[', b']', b'{', b'}', b',', b':', b'\\', b'0', b' ', b'x',
+                ] {
+                    let mut v = bytes.to_vec();
+                    v[cut] = b;
+                    let Ok(t) = std::str::from_utf8(&v) else {
+                        continue;
+                    };
+                    if let Ok(Frame::Depth(d)) = parse_frame(t) {
+                        d.bids().chain(d.asks()).for_each(drop);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn real_captured_frames_parse_to_their_variant() {
+        let Some(dir) = fixtures() else { return };
+        // TC0: every captured diff is a depth update with levels that scan.
+        for (file, pu) in [
+            ("binance_spot/NKNUSDT_depth100ms_diffs.jsonl", false),
+            ("binance_perpetual/SUSHIUSDT_depth100ms_diffs.jsonl", true),
+        ] {
+            let rows = rows(dir.join(file));
+            assert!(rows.len() > 100, "{file}");
+            for (_, raw) in &rows {
+                let Ok(Frame::Depth(d)) = parse_frame(raw) else {
+                    panic!("{file}: {raw}")
+                };
+                assert_eq!(d.prev_last_id.is_some(), pu, "{raw}");
+                assert!(d.first_id <= d.last_id, "{raw}");
+                assert!(d.bids().chain(d.asks()).all(|l| l.is_ok()), "{raw}");
+            }
+        }
+        // TC1: every captured aggTrade frame.
+        for file in [
+            "binance_spot/aggTrade_combined.jsonl",
+            "binance_perpetual/aggTrade_combined_2021.jsonl",
+        ] {
+            for (_, raw) in rows(dir.join(file)) {
+                assert!(
+                    matches!(parse_frame(&raw), Ok(Frame::AggTrade(_))),
+                    "{file}: {raw}"
+                );
+            }
+        }
+        // TC2: the single messages (2021–2026), by kind.
+        for file in [
+            "binance_spot/misc_single_messages.jsonl",
+            "binance_perpetual/misc_single_messages.jsonl",
+        ] {
+            for (kind, raw) in rows(dir.join(file)) {
+                let r = parse_frame(&raw);
+                let ok = match kind.as_str() {
+                    "aggTrade" => matches!(r, Ok(Frame::AggTrade(_))),
+                    "trade" => matches!(r, Ok(Frame::Trade(_))),
+                    "depthUpdate" => matches!(r, Ok(Frame::Depth(_))),
+                    "markPrice" | "markPrice@1s" => matches!(r, Ok(Frame::MarkPrice(_))),
+                    "forceOrder" | "forceOrder@arr" => matches!(r, Ok(Frame::ForceOrder(_))),
+                    "markPrice@arr" | "kline" => matches!(r, Err(WireError::Unknown(_))),
+                    k if k.starts_with("rest_depth") => DepthSnapshot::parse_str(&raw)
+                        .is_ok_and(|s| s.bids().chain(s.asks()).count() == 6),
+                    k if k.starts_with("rest_") => true,
+                    other => panic!("{file}: a new kind {other:?}: {raw}"),
+                };
+                assert!(ok, "{file}: {kind}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn symbols_compare_and_spell_without_allocating() {
+        let btc = Symbol::parse("BTC-USDT").unwrap();
+        let syms = [Symbol::parse("ETH-USDT").unwrap(), btc];
+        // TC0: both Binance spellings match; other symbols and splits do not.
+        assert!(is_symbol("BTCUSDT", &btc) && is_symbol("btcusdt", &btc));
+        assert!(!is_symbol("BTCUSDC", &btc) && !is_symbol("BTCUSDTX", &btc));
+        assert!(!is_symbol("BTCUSD", &btc) && !is_symbol("", &btc));
+        assert!(!is_symbol("BTCUSDé", &btc));
+        // TC1: lookup among the configured symbols.
+        assert_eq!(find_symbol("btcusdt", &syms), Some(1));
+        assert_eq!(find_symbol("SOLUSDT", &syms), None);
+        // TC2: spelling into a fixed buffer.
+        let mut s = heapless::String::<16>::new();
+        write_stream_symbol(&btc, &mut s).unwrap();
+        assert_eq!(s, "btcusdt");
+        s.clear();
+        write_rest_symbol(&btc, &mut s).unwrap();
+        assert_eq!(s, "BTCUSDT");
     }
 }

@@ -1,0 +1,434 @@
+//! Binance spot end to end against the simulator: churn, gaps, stale snapshots, REST refusals
+//! and bad frames, with every published book checked against the simulator's true book.
+
+mod common;
+mod sim;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use marketbox::app::App;
+use marketbox::config::Config;
+use marketbox::model::{Channel, Data, Message};
+use sim::{Disconnect, Malformed, Mkt, RestFault, Sim, SimOptions};
+
+const DEPTH: usize = 10;
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn config(sim: &Sim, budget: usize) -> Config {
+    let text = format!(
+        r#"
+[budget]
+max_connections = {budget}
+[book]
+depth = {DEPTH}
+[session]
+connect_timeout = "2s"
+stale_after = "3s"
+idle_timeout = "500ms"
+backoff_min = "20ms"
+backoff_max = "200ms"
+stable_after = "5s"
+[rest]
+idle_timeout = "1s"
+request_timeout = "2s"
+[tls]
+extra_ca = "{ca}"
+[venues.binance]
+spot_ws = "{ws}"
+spot_rest = "{rest}"
+[[feeds]]
+exchange = "binance"
+market = "spot"
+symbols = ["BTC-USDT", "ETH-USDT"]
+channels = ["orderbook", "trade"]
+"#,
+        ca = sim.ca_pem_path().display(),
+        ws = sim.spot_ws(),
+        rest = sim.rest(),
+    );
+    Config::parse(&text, "e2e.toml").expect("test config")
+}
+
+/// What the test saw come out of the spool.
+#[derive(Default)]
+struct Seen {
+    books: u64,
+    trades: u64,
+    wrong_books: u64,
+    books_by_symbol: HashMap<String, u64>,
+    last_seq: HashMap<(String, Channel), u64>,
+    seq_gaps: u64,
+}
+
+struct Harness {
+    sim: Sim,
+    app: App,
+    _threads: Vec<std::thread::JoinHandle<()>>,
+    stop: smol::channel::Sender<()>,
+    seen: Seen,
+    buf: Vec<u8>,
+}
+
+impl Harness {
+    fn start(budget: usize) -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("MARKETBOX_LOG").unwrap_or_else(|_| "warn".into()),
+            ))
+            .with_test_writer()
+            .try_init();
+        let sim = Sim::start(SimOptions {
+            diff_interval: Duration::from_millis(10),
+            ..SimOptions::default()
+        });
+        let ex = Arc::new(smol::Executor::new());
+        let app = App::start(&config(&sim, budget), &ex).expect("app starts");
+        let (stop, rx) = smol::channel::bounded::<()>(1);
+        let mut threads = Vec::new();
+        for _ in 0..2 {
+            let (ex, rx) = (ex.clone(), rx.clone());
+            threads.push(std::thread::spawn(move || {
+                smol::block_on(ex.run(async {
+                    let _ = rx.recv().await;
+                }))
+            }));
+        }
+        Harness {
+            sim,
+            app,
+            _threads: threads,
+            stop,
+            seen: Seen::default(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Drains the spool, checking every book against the simulator's truth.
+    fn drain(&mut self) {
+        while let Some(h) = self.app.spool.try_pop(&mut self.buf) {
+            let msg: Message = serde_json::from_slice(&self.buf).expect("valid JSON message");
+            let key = (msg.symbol.to_string(), msg.channel);
+            if let Some(prev) = self.seen.last_seq.insert(key, msg.seq)
+                && msg.seq != prev + 1
+            {
+                self.seen.seq_gaps += 1;
+            }
+            assert_eq!(h.seq, msg.seq);
+            match &msg.data {
+                Data::Orderbook(ob) => {
+                    self.seen.books += 1;
+                    *self
+                        .seen
+                        .books_by_symbol
+                        .entry(msg.symbol.to_string())
+                        .or_default() += 1;
+                    let venue = format!("{}{}", msg.symbol.base(), msg.symbol.quote());
+                    let truth = self.sim.true_book(Mkt::Spot, &venue, ob.update_id, DEPTH);
+                    let got = (
+                        ob.bids
+                            .iter()
+                            .map(|(p, q)| (p.to_string(), q.to_string()))
+                            .collect::<Vec<_>>(),
+                        ob.asks
+                            .iter()
+                            .map(|(p, q)| (p.to_string(), q.to_string()))
+                            .collect::<Vec<_>>(),
+                    );
+                    if truth.as_ref() != Some(&got) {
+                        self.seen.wrong_books += 1;
+                        eprintln!(
+                            "WRONG book {} at {}: got {got:?}\ntruth {truth:?}",
+                            msg.symbol, ob.update_id
+                        );
+                    }
+                    assert!(msg.id.ends_with(&format!(".{}", ob.update_id)));
+                }
+                Data::Trade(_) => self.seen.trades += 1,
+                other => panic!("unexpected payload {other:?}"),
+            }
+        }
+    }
+
+    /// Waits until every symbol published `n` more books, draining as it goes.
+    fn wait_books(&mut self, n: u64, timeout: Duration) -> bool {
+        self.drain();
+        let start: HashMap<String, u64> = self.seen.books_by_symbol.clone();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            self.drain();
+            let ok = ["BTC-USDT", "ETH-USDT"].iter().all(|s| {
+                self.seen.books_by_symbol.get(*s).copied().unwrap_or(0)
+                    >= start.get(*s).copied().unwrap_or(0) + n
+            });
+            if ok {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.app.metrics.sum(name, labels)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.app.stop();
+        for _ in 0..2 {
+            let _ = self.stop.try_send(());
+        }
+    }
+}
+
+#[test]
+fn two_hundred_forced_disconnects_never_exceed_the_plan_and_every_book_is_true() {
+    let sim_fds_settle = Duration::from_millis(200);
+    let mut h = Harness::start(3);
+    std::thread::sleep(sim_fds_settle);
+    assert_eq!(h.app.plan.sockets.len(), 1);
+    assert!(
+        h.wait_books(3, Duration::from_secs(10)),
+        "no verified book at start"
+    );
+    let mut fd_samples = Vec::new();
+    let kinds = [Disconnect::Close, Disconnect::Reset, Disconnect::Silence];
+    let t0 = Instant::now();
+    for i in 0..200 {
+        let accepts = h
+            .sim
+            .stats()
+            .ws_accepts
+            .load(std::sync::atomic::Ordering::SeqCst);
+        h.sim.disconnect_all(kinds[i % 3]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h
+            .sim
+            .stats()
+            .ws_accepts
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == accepts
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no reconnect after disconnect {i} ({:?})",
+                kinds[i % 3]
+            );
+            std::thread::sleep(Duration::from_millis(2));
+            h.drain();
+        }
+        assert!(
+            h.wait_books(1, Duration::from_secs(10)),
+            "no verified book after disconnect {i} ({:?})",
+            kinds[i % 3]
+        );
+        fd_samples.push(open_fds());
+        assert!(
+            h.sim.max_open_ws() <= 1,
+            "the simulator saw {} sockets at once",
+            h.sim.max_open_ws()
+        );
+        assert!(h.app.budget.peak() <= 3);
+    }
+    let churn = t0.elapsed();
+    let accepts = h
+        .sim
+        .stats()
+        .ws_accepts
+        .load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "200 disconnects in {churn:?}; ws accepts {accepts}; max open ws at the simulator {}; fd samples min {} max {}",
+        h.sim.max_open_ws(),
+        fd_samples.iter().min().unwrap(),
+        fd_samples.iter().max().unwrap()
+    );
+    assert!(accepts >= 201);
+    // Every socket counted by the service is one the simulator saw, and only one at a time.
+    assert_eq!(h.metric("marketbox_ws_connections", &[]), 1);
+    assert_eq!(
+        h.seen.wrong_books, 0,
+        "published books differed from the true book"
+    );
+    assert!(
+        h.seen.books > 400 && h.seen.trades > 0,
+        "books {} trades {}",
+        h.seen.books,
+        h.seen.trades
+    );
+    assert_eq!(h.seen.seq_gaps, 0, "per-stream seq must have no gaps");
+    // The fd count does not grow with churn.
+    let (first, last) = (
+        fd_samples[..20].iter().max().unwrap(),
+        fd_samples[180..].iter().max().unwrap(),
+    );
+    assert!(
+        last <= first,
+        "fds grew from {first} to {last} over the churn"
+    );
+}
+
+#[test]
+fn every_injected_gap_resyncs_only_its_symbol_and_verifies_again() {
+    let mut h = Harness::start(3);
+    assert!(h.wait_books(3, Duration::from_secs(10)));
+    let before = h.metric("marketbox_book_resyncs_total", &[("reason", "gap")]);
+    let connects = h.metric("marketbox_ws_connects_total", &[("result", "ok")]);
+    for i in 0..10 {
+        h.sim.inject_gap(Mkt::Spot, "BTCUSDT");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.metric(
+            "marketbox_book_resyncs_total",
+            &[("reason", "gap"), ("symbol", "BTC-USDT")],
+        ) < before + i + 1
+        {
+            assert!(Instant::now() < deadline, "gap {i} was not detected");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            h.wait_books(2, Duration::from_secs(10)),
+            "no verified book after gap {i}"
+        );
+    }
+    assert_eq!(
+        h.metric("marketbox_book_resyncs_total", &[("symbol", "ETH-USDT")]),
+        0
+    );
+    // Resyncs never dropped the socket.
+    assert_eq!(
+        h.metric("marketbox_ws_connects_total", &[("result", "ok")]),
+        connects
+    );
+    assert_eq!(h.seen.wrong_books, 0);
+}
+
+#[test]
+fn stale_snapshots_and_rest_refusals_are_survived() {
+    let mut h = Harness::start(3);
+    assert!(h.wait_books(2, Duration::from_secs(10)));
+    h.sim.stale_snapshots(2);
+    h.sim.disconnect_all(Disconnect::Reset);
+    assert!(
+        h.wait_books(2, Duration::from_secs(10)),
+        "no book after stale snapshots"
+    );
+    assert!(
+        h.metric(
+            "marketbox_book_resyncs_total",
+            &[("reason", "stale_snapshot")]
+        ) >= 1
+    );
+    let t = Instant::now();
+    h.sim.rest_fault(
+        RestFault::TooMany {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    h.sim.rest_fault(
+        RestFault::Banned {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    h.sim.disconnect_all(Disconnect::Close);
+    assert!(
+        h.wait_books(2, Duration::from_secs(15)),
+        "no book after 429/418"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
+    assert!(h.metric("marketbox_rest_requests_total", &[("status", "429")]) >= 1);
+    assert!(h.metric("marketbox_rest_requests_total", &[("status", "418")]) >= 1);
+    assert!(
+        h.sim.max_open_rest() <= 1,
+        "more than one REST connection to one host"
+    );
+    assert_eq!(h.seen.wrong_books, 0);
+}
+
+#[test]
+fn bad_frames_are_counted_and_skipped_without_losing_the_feed() {
+    let mut h = Harness::start(3);
+    assert!(h.wait_books(2, Duration::from_secs(10)));
+    let connects = h.metric("marketbox_ws_connects_total", &[("result", "ok")]);
+    for kind in [
+        Malformed::NotJson,
+        Malformed::UnknownEvent,
+        Malformed::Binary,
+    ] {
+        h.sim.send_malformed(kind);
+    }
+    assert!(h.wait_books(5, Duration::from_secs(10)));
+    assert!(h.metric("marketbox_ws_frames_total", &[("kind", "malformed")]) >= 1);
+    assert!(h.metric("marketbox_ws_frames_total", &[("kind", "unknown")]) >= 2);
+    // Skipped, not reconnected.
+    assert_eq!(
+        h.metric("marketbox_ws_connects_total", &[("result", "ok")]),
+        connects
+    );
+    // An oversized frame cannot be skipped (the frame limit protects memory): the socket is
+    // replaced and counted.
+    h.sim
+        .send_malformed(Malformed::Oversized { bytes: 2 << 20 });
+    assert!(h.wait_books(3, Duration::from_secs(10)));
+    assert!(h.metric("marketbox_ws_frames_total", &[("kind", "oversized")]) >= 1);
+    // A server shutdown notice rotates the connection.
+    h.sim.server_shutdown();
+    assert!(h.wait_books(3, Duration::from_secs(10)));
+    assert!(h.metric("marketbox_ws_rotations_total", &[]) >= 1);
+    assert_eq!(h.seen.wrong_books, 0);
+}
+
+#[test]
+fn a_plan_over_budget_refuses_to_start() {
+    let sim = Sim::start(SimOptions::default());
+    let ex = Arc::new(smol::Executor::new());
+    let err = App::start(&config(&sim, 1), &ex)
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("max_connections is 1"), "{err}");
+}
+
+#[test]
+fn the_fd_count_returns_to_its_baseline_after_stop() {
+    let sim = Sim::start(SimOptions::default());
+    std::thread::sleep(Duration::from_millis(100));
+    let baseline = open_fds();
+    {
+        let ex = Arc::new(smol::Executor::new());
+        let mut app = App::start(&config(&sim, 3), &ex).expect("starts");
+        let ex2 = ex.clone();
+        let (tx, rx) = smol::channel::bounded::<()>(1);
+        let t = std::thread::spawn(move || {
+            smol::block_on(ex2.run(async {
+                let _ = rx.recv().await;
+            }))
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while app.budget.in_use() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(open_fds() > baseline);
+        app.stop();
+        drop(app);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open_fds() > baseline && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = tx.try_send(());
+        let _ = t.join();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_fds() > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(open_fds(), baseline, "sockets leaked");
+}

@@ -26,20 +26,38 @@ pub struct JsonError {
     pub what: &'static str,
 }
 
-/// A position in a JSON text.
+/// A cursor over a JSON text for hand-written parsers: read an object's keys one by one and
+/// each value in place, typed (`string`, `u64`) or raw (`value`, `array_raw`). Allocates
+/// nothing; every method either advances past a well-formed token or returns an error.
 #[derive(Debug, Clone)]
-struct Cursor<'a> {
+pub struct Scanner<'a> {
     text: &'a str,
     pos: usize,
 }
 
-impl<'a> Cursor<'a> {
-    fn new(text: &'a str) -> Self {
-        Cursor { text, pos: 0 }
+impl<'a> Scanner<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Scanner { text, pos: 0 }
+    }
+
+    /// Byte offset of the next unread character.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The text between two positions (`None` if out of range).
+    pub fn slice(&self, from: usize, to: usize) -> Option<&'a str> {
+        self.text.get(from..to)
     }
 
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.pos).copied()
+    }
+
+    /// The next character after whitespace, not consumed.
+    pub fn peek_token(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.peek()
     }
 
     fn skip_ws(&mut self) {
@@ -72,7 +90,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Nothing but whitespace may follow.
-    fn end(&mut self) -> Result<(), JsonError> {
+    pub fn end(&mut self) -> Result<(), JsonError> {
         self.skip_ws();
         match self.peek() {
             None => Ok(()),
@@ -80,27 +98,57 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string (whitespace first); returns its contents between the quotes, escapes left as
-    /// written. With `plain`, an escape is an error.
-    fn string(&mut self, plain: bool) -> Result<&'a str, JsonError> {
+    /// Consumes the `{` that opens an object.
+    pub fn begin_object(&mut self) -> Result<(), JsonError> {
+        self.expect(b'{', "expected '{'")
+    }
+
+    /// The next key of the object being read, with its `:` consumed; `None` (and the `}`
+    /// consumed) at its end. `first` is true before the first key and is updated.
+    pub fn next_key(&mut self, first: &mut bool) -> Result<Option<&'a str>, JsonError> {
+        if self.eat(b'}') {
+            return Ok(None);
+        }
+        if !*first {
+            self.expect(b',', "expected ',' or '}' between members")?;
+        }
+        *first = false;
+        let key = self.string_raw(false)?;
+        self.expect(b':', "expected ':' after a key")?;
+        Ok(Some(key))
+    }
+
+    /// A string without escapes; returns its contents.
+    pub fn string(&mut self) -> Result<&'a str, JsonError> {
+        self.string_raw(true)
+    }
+
+    /// A string; returns its contents between the quotes, escapes left as written. With
+    /// `plain`, an escape is an error.
+    fn string_raw(&mut self, plain: bool) -> Result<&'a str, JsonError> {
         self.expect(b'"', "expected a string")?;
+        let bytes = self.text.as_bytes();
         let start = self.pos;
         loop {
-            match self.peek() {
-                Some(b'"') => break,
-                Some(b'\\') if plain => return Err(self.err("escape inside a plain string")),
-                Some(b'\\') => {
-                    // The escaped character is ASCII in valid JSON; anything else is refused.
-                    match self.text.as_bytes().get(self.pos + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u') => {
-                            self.pos += 2
-                        }
-                        _ => return Err(self.err("invalid escape")),
+            let rest = bytes.get(self.pos..).unwrap_or_default();
+            let Some(k) = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            else {
+                self.pos = bytes.len();
+                return Err(self.err("unterminated string"));
+            };
+            self.pos += k;
+            match rest[k] {
+                b'"' => break,
+                b'\\' if plain => return Err(self.err("escape inside a plain string")),
+                b'\\' => match bytes.get(self.pos + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u') => {
+                        self.pos += 2
                     }
-                }
-                Some(0..=0x1f) => return Err(self.err("control character inside a string")),
-                Some(_) => self.pos += 1,
-                None => return Err(self.err("unterminated string")),
+                    _ => return Err(self.err("invalid escape")),
+                },
+                _ => return Err(self.err("control character inside a string")),
             }
         }
         // `start` and `pos` sit next to ASCII quotes, so both are char boundaries.
@@ -112,6 +160,31 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// A non-negative integer without sign, fraction or exponent (`0`, `499869752`).
+    pub fn u64(&mut self) -> Result<u64, JsonError> {
+        self.skip_ws();
+        let bytes = self.text.as_bytes();
+        let start = self.pos;
+        let mut n: u64 = 0;
+        while let Some(&c) = bytes.get(self.pos)
+            && c.is_ascii_digit()
+        {
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(c - b'0')))
+                .ok_or(self.err("integer too large"))?;
+            self.pos += 1;
+        }
+        let len = self.pos - start;
+        let leading_zero = len > 1 && bytes[start] == b'0';
+        let not_integer = matches!(self.peek(), Some(b'.' | b'e' | b'E' | b'-' | b'+'));
+        if len == 0 || leading_zero || not_integer {
+            self.pos = start;
+            return Err(self.err("expected a non-negative integer"));
+        }
+        Ok(n)
+    }
+
     /// Skips one scalar (number, `true`, `false`, `null`).
     fn scalar(&mut self) -> Result<(), JsonError> {
         let start = self.pos;
@@ -121,7 +194,11 @@ impl<'a> Cursor<'a> {
         ) {
             self.pos += 1;
         }
-        let word = &self.text.as_bytes()[start..self.pos];
+        let word = self
+            .text
+            .as_bytes()
+            .get(start..self.pos)
+            .unwrap_or_default();
         let number = |w: &[u8]| {
             w.first().is_some_and(|c| *c == b'-' || c.is_ascii_digit())
                 && w.iter().any(u8::is_ascii_digit)
@@ -136,8 +213,8 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Skips one value of any kind (whitespace first) and returns its raw text.
-    fn value(&mut self) -> Result<&'a str, JsonError> {
+    /// Skips one value of any kind, checking its structure, and returns its raw text.
+    pub fn value(&mut self) -> Result<&'a str, JsonError> {
         self.skip_ws();
         let start = self.pos;
         // Open brackets, innermost last; `true` for an object.
@@ -148,7 +225,7 @@ impl<'a> Cursor<'a> {
             self.skip_ws();
             match self.peek() {
                 Some(b'"') => {
-                    self.string(false)?;
+                    self.string_raw(false)?;
                 }
                 Some(open @ (b'[' | b'{')) => {
                     if depth == MAX_NESTING {
@@ -163,7 +240,7 @@ impl<'a> Cursor<'a> {
                         depth -= 1;
                     } else {
                         if object {
-                            self.string(false)?;
+                            self.string_raw(false)?;
                             self.expect(b':', "expected ':' after a key")?;
                         }
                         continue;
@@ -175,16 +252,12 @@ impl<'a> Cursor<'a> {
             // After a complete value: close brackets or move to the next element.
             loop {
                 if depth == 0 {
-                    let raw = self
-                        .text
-                        .get(start..self.pos)
-                        .ok_or(self.err("bad value"))?;
-                    return Ok(raw);
+                    return self.text.get(start..self.pos).ok_or(self.err("bad value"));
                 }
                 let object = stack[depth - 1];
                 if self.eat(b',') {
                     if object {
-                        self.string(false)?;
+                        self.string_raw(false)?;
                         self.expect(b':', "expected ':' after a key")?;
                     }
                     break;
@@ -194,6 +267,49 @@ impl<'a> Cursor<'a> {
                     depth -= 1;
                 } else {
                     return Err(self.err("expected ',' or a closing bracket"));
+                }
+            }
+        }
+    }
+
+    /// Skips one array by matching brackets and strings only (its elements are not checked:
+    /// the caller walks it later, e.g. with [`Levels`]) and returns its raw text.
+    pub fn array_raw(&mut self) -> Result<&'a str, JsonError> {
+        self.skip_ws();
+        let start = self.pos;
+        if self.peek() != Some(b'[') {
+            return Err(self.err("expected an array"));
+        }
+        let bytes = self.text.as_bytes();
+        let mut depth = 0usize;
+        loop {
+            let rest = bytes.get(self.pos..).unwrap_or_default();
+            let Some(k) = rest
+                .iter()
+                .position(|&b| matches!(b, b'"' | b'[' | b']' | b'{' | b'}'))
+            else {
+                self.pos = bytes.len();
+                return Err(self.err("unterminated array"));
+            };
+            self.pos += k;
+            match rest[k] {
+                b'"' => {
+                    self.string_raw(false)?;
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(self.err("nesting too deep"));
+                    }
+                    self.pos += 1;
+                }
+                _ => {
+                    // A closing bracket; `}` and `]` are not told apart here, `Levels` does.
+                    depth -= 1;
+                    self.pos += 1;
+                    if depth == 0 {
+                        return self.text.get(start..self.pos).ok_or(self.err("bad array"));
+                    }
                 }
             }
         }
@@ -217,7 +333,7 @@ enum Scan {
 /// After an error it yields nothing more.
 #[derive(Debug, Clone)]
 pub struct Levels<'a> {
-    cur: Cursor<'a>,
+    cur: Scanner<'a>,
     scan: Scan,
 }
 
@@ -225,7 +341,7 @@ impl<'a> Levels<'a> {
     /// Starts on a raw JSON array (checked lazily, while iterating).
     pub fn new(raw: &'a str) -> Self {
         Levels {
-            cur: Cursor::new(raw),
+            cur: Scanner::new(raw),
             scan: Scan::Start,
         }
     }
@@ -233,12 +349,12 @@ impl<'a> Levels<'a> {
     fn entry(&mut self) -> Result<(&'a str, &'a str), JsonError> {
         let c = &mut self.cur;
         c.expect(b'[', "expected a level array")?;
-        let first = c.string(true)?;
+        let first = c.string()?;
         c.expect(b',', "a level needs two strings")?;
-        let second = c.string(true)?;
+        let second = c.string()?;
         while !c.eat(b']') {
             c.expect(b',', "expected ',' or ']' in a level")?;
-            c.string(false)?;
+            c.string_raw(false)?;
         }
         Ok((first, second))
     }
@@ -295,7 +411,7 @@ impl<'a> Iterator for Levels<'a> {
 /// it yields nothing more.
 #[derive(Debug, Clone)]
 pub struct Object<'a> {
-    cur: Cursor<'a>,
+    cur: Scanner<'a>,
     scan: Scan,
 }
 
@@ -303,13 +419,13 @@ impl<'a> Object<'a> {
     /// Starts on a raw JSON object (checked lazily, while iterating).
     pub fn new(raw: &'a str) -> Self {
         Object {
-            cur: Cursor::new(raw),
+            cur: Scanner::new(raw),
             scan: Scan::Start,
         }
     }
 
     fn member(&mut self) -> Result<(&'a str, &'a str), JsonError> {
-        let key = self.cur.string(false)?;
+        let key = self.cur.string_raw(false)?;
         self.cur.expect(b':', "expected ':' after a key")?;
         let value = self.cur.value()?;
         Ok((key, value))

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::model::Symbol;
-use crate::venue::json::{self, JsonError, Levels, Object};
+use crate::venue::json::{self, JsonError, Levels, Object, Scanner};
 
 /// `depthUpdate`: spot `e,E,s,U,u,b,a`; USD-M adds `T` and `pu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,41 +275,73 @@ fn set<T>(slot: &mut Option<T>, v: Option<T>, name: &'static str) -> Result<(), 
     }
 }
 
-/// The members of a `depthUpdate` payload, and its event type.
-fn parse_depth(raw: &str) -> Result<DepthUpdate<'_>, WireError> {
-    let (mut e, mut ev_time, mut tx_time, mut sym) = (None, None, None, None);
-    let (mut first, mut last, mut prev, mut bids, mut asks) = (None, None, None, None, None);
-    fn array(v: &str) -> Option<&str> {
-        v.starts_with('[').then_some(v)
-    }
-    for m in Object::new(raw) {
-        let (k, v) = m?;
-        match k {
-            "e" => set(&mut e, json::as_plain_str(v), "e")?,
-            "E" => set(&mut ev_time, json::as_u64(v), "E")?,
-            "T" => set(&mut tx_time, json::as_u64(v), "T")?,
-            "s" => set(&mut sym, json::as_plain_str(v), "s")?,
-            "U" => set(&mut first, json::as_u64(v), "U")?,
-            "u" => set(&mut last, json::as_u64(v), "u")?,
-            "pu" => set(&mut prev, json::as_u64(v), "pu")?,
-            "b" => set(&mut bids, array(v), "b")?,
-            "a" => set(&mut asks, array(v), "a")?,
-            _ => {}
+/// The members of a `depthUpdate` payload as read, before the required ones are checked.
+#[derive(Default)]
+struct DepthFields<'a> {
+    e: Option<&'a str>,
+    event_time: Option<u64>,
+    transact_time: Option<u64>,
+    symbol: Option<&'a str>,
+    first_id: Option<u64>,
+    last_id: Option<u64>,
+    prev_last_id: Option<u64>,
+    bids: Option<&'a str>,
+    asks: Option<&'a str>,
+}
+
+impl<'a> DepthFields<'a> {
+    /// Reads one object at the scanner, typed values in place, unknown members skipped.
+    fn read(sc: &mut Scanner<'a>) -> Result<Self, WireError> {
+        let mut f = DepthFields::default();
+        sc.begin_object()?;
+        let mut first = true;
+        while let Some(k) = sc.next_key(&mut first)? {
+            match k {
+                "e" => set(&mut f.e, Some(sc.string()?), "e")?,
+                "E" => set(&mut f.event_time, Some(sc.u64()?), "E")?,
+                "T" => set(&mut f.transact_time, Some(sc.u64()?), "T")?,
+                "s" => set(&mut f.symbol, Some(sc.string()?), "s")?,
+                "U" => set(&mut f.first_id, Some(sc.u64()?), "U")?,
+                "u" => set(&mut f.last_id, Some(sc.u64()?), "u")?,
+                "pu" => set(&mut f.prev_last_id, Some(sc.u64()?), "pu")?,
+                // Walked (and checked) by `Levels` when applied.
+                "b" => set(&mut f.bids, Some(sc.array_raw()?), "b")?,
+                "a" => set(&mut f.asks, Some(sc.array_raw()?), "a")?,
+                _ => {
+                    sc.value()?;
+                }
+            }
         }
+        Ok(f)
     }
-    if e != Some("depthUpdate") {
-        return Err(field("e"));
+
+    fn is_depth(&self) -> bool {
+        self.e == Some("depthUpdate")
     }
-    Ok(DepthUpdate {
-        event_time: ev_time.ok_or(field("E"))?,
-        transact_time: tx_time,
-        symbol: sym.ok_or(field("s"))?,
-        first_id: first.ok_or(field("U"))?,
-        last_id: last.ok_or(field("u"))?,
-        prev_last_id: prev,
-        bids: bids.ok_or(field("b"))?,
-        asks: asks.ok_or(field("a"))?,
-    })
+
+    fn build(self) -> Result<DepthUpdate<'a>, WireError> {
+        if !self.is_depth() {
+            return Err(field("e"));
+        }
+        Ok(DepthUpdate {
+            event_time: self.event_time.ok_or(field("E"))?,
+            transact_time: self.transact_time,
+            symbol: self.symbol.ok_or(field("s"))?,
+            first_id: self.first_id.ok_or(field("U"))?,
+            last_id: self.last_id.ok_or(field("u"))?,
+            prev_last_id: self.prev_last_id,
+            bids: self.bids.ok_or(field("b"))?,
+            asks: self.asks.ok_or(field("a"))?,
+        })
+    }
+}
+
+/// A whole `depthUpdate` object.
+fn parse_depth(raw: &str) -> Result<DepthUpdate<'_>, WireError> {
+    let mut sc = Scanner::new(raw);
+    let f = DepthFields::read(&mut sc)?;
+    sc.end()?;
+    f.build()
 }
 
 /// The event type `e` of an event object (`None` when it has none).
@@ -340,19 +372,11 @@ fn parse_event<'a>(kind: &str, raw: &'a str) -> Result<Frame<'a>, WireError> {
     })
 }
 
-/// Parses the payload of a combined-stream frame.
+/// Parses the payload of a combined-stream frame by its event type.
 fn parse_data<'a>(stream: Option<&str>, data: &'a str) -> Result<Frame<'a>, WireError> {
     if data.starts_with('[') {
         // `!markPrice@arr` and similar all-market arrays: not subscribed by marketbox.
         return Err(unknown(stream.unwrap_or("array payload")));
-    }
-    // Depth frames are scanned once: the event type is checked while reading the fields.
-    if stream.is_some_and(|s| s.contains("@depth")) {
-        match parse_depth(data) {
-            Ok(d) => return Ok(Frame::Depth(d)),
-            Err(WireError::Malformed(Malformed::Field("e"))) => {}
-            Err(e) => return Err(e),
-        }
     }
     match event_type(data)? {
         Some(kind) => parse_event(kind, data).map_err(|e| match e {
@@ -364,28 +388,55 @@ fn parse_data<'a>(stream: Option<&str>, data: &'a str) -> Result<Frame<'a>, Wire
 }
 
 /// Parses one text frame from a Binance market-data socket. Never panics.
+///
+/// A depth frame is read in one pass: `stream` comes first in Binance's envelopes, and when it
+/// names a depth stream `data` is read in place into a [`DepthUpdate`].
 pub fn parse_frame(text: &str) -> Result<Frame<'_>, WireError> {
+    let mut sc = Scanner::new(text);
+    sc.begin_object()?;
+    let mut first = true;
     let mut stream = None;
     let mut data = None;
+    let mut depth = None;
     let mut event = None;
     let mut id = None;
     let mut code = None;
     let mut msg = None;
     let mut error = None;
     let mut result = false;
-    for m in Object::new(text) {
-        let (k, v) = m?;
+    while let Some(k) = sc.next_key(&mut first)? {
         match k {
-            "stream" => set(&mut stream, json::as_plain_str(v), "stream")?,
-            "data" => set(&mut data, Some(v), "data")?,
-            "e" => set(&mut event, json::as_plain_str(v), "e")?,
-            "id" => id = Some(v),
-            "code" => code = Some(v),
-            "msg" => msg = Some(v),
-            "error" => error = Some(v),
-            "result" => result = true,
-            _ => {}
+            "stream" => set(&mut stream, Some(sc.string()?), "stream")?,
+            "data" => {
+                let depth_stream = stream.is_some_and(|s: &str| s.contains("@depth"));
+                if depth_stream && sc.peek_token() == Some(b'{') {
+                    let from = sc.position();
+                    let fields = DepthFields::read(&mut sc)?;
+                    set(&mut data, sc.slice(from, sc.position()), "data")?;
+                    depth = Some(fields);
+                } else {
+                    set(&mut data, Some(sc.value()?), "data")?;
+                }
+            }
+            "e" => set(&mut event, Some(sc.string()?), "e")?,
+            "id" => id = Some(sc.value()?),
+            "code" => code = Some(sc.value()?),
+            "msg" => msg = Some(sc.value()?),
+            "error" => error = Some(sc.value()?),
+            "result" => {
+                sc.value()?;
+                result = true;
+            }
+            _ => {
+                sc.value()?;
+            }
         }
+    }
+    sc.end()?;
+    if let Some(d) = depth
+        && d.is_depth()
+    {
+        return d.build().map(Frame::Depth);
     }
     if let Some(data) = data {
         return parse_data(stream, data);

@@ -105,6 +105,20 @@ impl App {
                 match session::run(exchange, name, proto, publisher, shared).await {}
             }));
         }
+        for spec in venue::binance::poll::pollers(cfg) {
+            let key = StreamKey {
+                exchange: crate::model::Exchange::Binance,
+                market: spec.market,
+                symbol: spec.symbol,
+                channel: spec.channel,
+            };
+            let publisher =
+                Publisher::new(spool.clone(), cfg.upstream.format, &[key], Some(&metrics));
+            let (client, limiters, m) = (rest.clone(), shared.limiters.clone(), metrics.clone());
+            tasks.push(executor.spawn(async move {
+                match venue::binance::poll::run(spec, client, limiters, publisher, m).await {}
+            }));
+        }
         Ok(App {
             plan,
             metrics,

@@ -1,16 +1,16 @@
 //! Binance spot end to end against the simulator: churn, gaps, stale snapshots, REST refusals
 //! and bad frames, with every published book checked against the simulator's true book.
 
-mod common;
+#[path = "common/harness.rs"]
+mod harness;
 mod sim;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::Harness;
 use marketbox::app::App;
 use marketbox::config::Config;
-use marketbox::model::{Channel, Data, Message};
 use sim::{Disconnect, Malformed, Mkt, RestFault, Sim, SimOptions};
 
 const DEPTH: usize = 10;
@@ -54,143 +54,10 @@ channels = ["orderbook", "trade"]
     Config::parse(&text, "e2e.toml").expect("test config")
 }
 
-/// What the test saw come out of the spool.
-#[derive(Default)]
-struct Seen {
-    books: u64,
-    trades: u64,
-    wrong_books: u64,
-    books_by_symbol: HashMap<String, u64>,
-    last_seq: HashMap<(String, Channel), u64>,
-    seq_gaps: u64,
-}
-
-struct Harness {
-    sim: Sim,
-    app: App,
-    _threads: Vec<std::thread::JoinHandle<()>>,
-    stop: smol::channel::Sender<()>,
-    seen: Seen,
-    buf: Vec<u8>,
-}
-
-impl Harness {
-    fn start(budget: usize) -> Harness {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                std::env::var("MARKETBOX_LOG").unwrap_or_else(|_| "warn".into()),
-            ))
-            .with_test_writer()
-            .try_init();
-        let sim = Sim::start(SimOptions {
-            diff_interval: Duration::from_millis(10),
-            ..SimOptions::default()
-        });
-        let ex = Arc::new(smol::Executor::new());
-        let app = App::start(&config(&sim, budget), &ex).expect("app starts");
-        let (stop, rx) = smol::channel::bounded::<()>(1);
-        let mut threads = Vec::new();
-        for _ in 0..2 {
-            let (ex, rx) = (ex.clone(), rx.clone());
-            threads.push(std::thread::spawn(move || {
-                smol::block_on(ex.run(async {
-                    let _ = rx.recv().await;
-                }))
-            }));
-        }
-        Harness {
-            sim,
-            app,
-            _threads: threads,
-            stop,
-            seen: Seen::default(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Drains the spool, checking every book against the simulator's truth.
-    fn drain(&mut self) {
-        while let Some(h) = self.app.spool.try_pop(&mut self.buf) {
-            let msg: Message = serde_json::from_slice(&self.buf).expect("valid JSON message");
-            let key = (msg.symbol.to_string(), msg.channel);
-            if let Some(prev) = self.seen.last_seq.insert(key, msg.seq)
-                && msg.seq != prev + 1
-            {
-                self.seen.seq_gaps += 1;
-            }
-            assert_eq!(h.seq, msg.seq);
-            match &msg.data {
-                Data::Orderbook(ob) => {
-                    self.seen.books += 1;
-                    *self
-                        .seen
-                        .books_by_symbol
-                        .entry(msg.symbol.to_string())
-                        .or_default() += 1;
-                    let venue = format!("{}{}", msg.symbol.base(), msg.symbol.quote());
-                    let truth = self.sim.true_book(Mkt::Spot, &venue, ob.update_id, DEPTH);
-                    let got = (
-                        ob.bids
-                            .iter()
-                            .map(|(p, q)| (p.to_string(), q.to_string()))
-                            .collect::<Vec<_>>(),
-                        ob.asks
-                            .iter()
-                            .map(|(p, q)| (p.to_string(), q.to_string()))
-                            .collect::<Vec<_>>(),
-                    );
-                    if truth.as_ref() != Some(&got) {
-                        self.seen.wrong_books += 1;
-                        eprintln!(
-                            "WRONG book {} at {}: got {got:?}\ntruth {truth:?}",
-                            msg.symbol, ob.update_id
-                        );
-                    }
-                    assert!(msg.id.ends_with(&format!(".{}", ob.update_id)));
-                }
-                Data::Trade(_) => self.seen.trades += 1,
-                other => panic!("unexpected payload {other:?}"),
-            }
-        }
-    }
-
-    /// Waits until every symbol published `n` more books, draining as it goes.
-    fn wait_books(&mut self, n: u64, timeout: Duration) -> bool {
-        self.drain();
-        let start: HashMap<String, u64> = self.seen.books_by_symbol.clone();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-            self.drain();
-            let ok = ["BTC-USDT", "ETH-USDT"].iter().all(|s| {
-                self.seen.books_by_symbol.get(*s).copied().unwrap_or(0)
-                    >= start.get(*s).copied().unwrap_or(0) + n
-            });
-            if ok {
-                return true;
-            }
-        }
-        false
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.app.metrics.sum(name, labels)
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.app.stop();
-        for _ in 0..2 {
-            let _ = self.stop.try_send(());
-        }
-    }
-}
-
 #[test]
 fn two_hundred_forced_disconnects_never_exceed_the_plan_and_every_book_is_true() {
     let sim_fds_settle = Duration::from_millis(200);
-    let mut h = Harness::start(3);
+    let mut h = Harness::start(|sim| config(sim, 3));
     std::thread::sleep(sim_fds_settle);
     assert_eq!(h.app.plan.sockets.len(), 1);
     assert!(
@@ -275,7 +142,7 @@ fn two_hundred_forced_disconnects_never_exceed_the_plan_and_every_book_is_true()
 
 #[test]
 fn every_injected_gap_resyncs_only_its_symbol_and_verifies_again() {
-    let mut h = Harness::start(3);
+    let mut h = Harness::start(|sim| config(sim, 3));
     assert!(h.wait_books(3, Duration::from_secs(10)));
     let before = h.metric("marketbox_book_resyncs_total", &[("reason", "gap")]);
     let connects = h.metric("marketbox_ws_connects_total", &[("result", "ok")]);
@@ -309,7 +176,7 @@ fn every_injected_gap_resyncs_only_its_symbol_and_verifies_again() {
 
 #[test]
 fn stale_snapshots_and_rest_refusals_are_survived() {
-    let mut h = Harness::start(3);
+    let mut h = Harness::start(|sim| config(sim, 3));
     assert!(h.wait_books(2, Duration::from_secs(10)));
     h.sim.stale_snapshots(2);
     h.sim.disconnect_all(Disconnect::Reset);
@@ -356,7 +223,7 @@ fn stale_snapshots_and_rest_refusals_are_survived() {
 
 #[test]
 fn bad_frames_are_counted_and_skipped_without_losing_the_feed() {
-    let mut h = Harness::start(3);
+    let mut h = Harness::start(|sim| config(sim, 3));
     assert!(h.wait_books(2, Duration::from_secs(10)));
     let connects = h.metric("marketbox_ws_connects_total", &[("result", "ok")]);
     for kind in [

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub book_levels_dropped: Family<StreamLabels, Counter>,
     pub messages: Family<StreamLabels, Counter>,
     pub rest_requests: Family<RestLabels, Counter>,
+    pub poller_up: Family<StreamLabels, Gauge>,
+    pub poller_failures: Family<StreamLabels, Counter>,
     pub rest_connections: Family<HostLabels, Gauge>,
     pub rest_weight_used: Family<HostLabels, Gauge>,
     pub budget_limit: Gauge,
@@ -110,6 +112,8 @@ impl Metrics {
             book_levels_dropped: Family::default(),
             messages: Family::default(),
             rest_requests: Family::default(),
+            poller_up: Family::default(),
+            poller_failures: Family::default(),
             rest_connections: Family::default(),
             rest_weight_used: Family::default(),
             budget_limit: Gauge::default(),
@@ -168,6 +172,16 @@ impl Metrics {
             "rest_requests",
             "REST requests by host and HTTP status",
             m.rest_requests.clone(),
+        );
+        registry.register(
+            "poller_up",
+            "1 while a REST poller's last poll succeeded, 0 while it is failing",
+            m.poller_up.clone(),
+        );
+        registry.register(
+            "poller_failures",
+            "Failed REST polls (network, HTTP status, body), per stream",
+            m.poller_failures.clone(),
         );
         registry.register(
             "rest_connections",

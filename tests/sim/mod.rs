@@ -505,6 +505,44 @@ async fn run_books(sh: Arc<Shared>) {
             let text: Arc<str> = Arc::from(depth_frame(mkt, &sym, &diff));
             broadcast(&st, mkt, tier, &format!("{lower}@depth@100ms"), &text);
             sh.stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
+            if mkt == Mkt::Perp && tick % 25 == 0 {
+                let ts = now_ms();
+                let f = fmt_of(mkt);
+                // The 2026 shape, extra `ap` and `st` included.
+                let mark = format!(
+                    "{{\"stream\":\"{lower}@markPrice@1s\",\"data\":{{\"e\":\"markPriceUpdate\",\"E\":{ts},\"s\":\"{sym}\",\"p\":\"{}\",\"ap\":\"{}\",\"P\":\"{}\",\"i\":\"{}\",\"r\":\"0.000{:05}\",\"T\":{},\"st\":1}}}}",
+                    fmt_px(mid, f),
+                    fmt_px(mid, f),
+                    fmt_px(mid - 3, f),
+                    fmt_px(mid + 1, f),
+                    tick % 100_000,
+                    (ts / 28_800_000 + 1) * 28_800_000
+                );
+                broadcast(
+                    &st,
+                    mkt,
+                    "market",
+                    &format!("{lower}@markPrice@1s"),
+                    &Arc::from(mark),
+                );
+            }
+            if mkt == Mkt::Perp && tick % 50 == 0 {
+                let ts = now_ms();
+                let f = fmt_of(mkt);
+                let liq = format!(
+                    "{{\"stream\":\"{lower}@forceOrder\",\"data\":{{\"e\":\"forceOrder\",\"E\":{ts},\"o\":{{\"s\":\"{sym}\",\"S\":\"{}\",\"o\":\"LIMIT\",\"f\":\"IOC\",\"q\":\"0.010\",\"p\":\"{}\",\"ap\":\"{}\",\"X\":\"FILLED\",\"l\":\"0.010\",\"z\":\"0.010\",\"T\":{ts},\"ps\":\"{sym}\",\"st\":1}}}}}}",
+                    if tick % 100 == 0 { "BUY" } else { "SELL" },
+                    fmt_px(mid - 50, f),
+                    fmt_px(mid - 45, f)
+                );
+                broadcast(
+                    &st,
+                    mkt,
+                    "market",
+                    &format!("{lower}@forceOrder"),
+                    &Arc::from(liq),
+                );
+            }
             if tick % 4 == 0 {
                 st.trade_id += 1;
                 let ts = now_ms();
@@ -782,12 +820,51 @@ fn rest_answer(
     }
     let path = req.uri().path();
     let q = req.uri().query().unwrap_or("");
+    let symbol = query(q, "symbol").unwrap_or("");
+    let known = st.books.contains_key(&(Mkt::Perp, symbol.to_owned()));
+    let n = sh.stats.rest_requests.load(Ordering::SeqCst);
+    match path {
+        "/fapi/v1/openInterest" if known => {
+            return json(
+                200,
+                format!(
+                    "{{\"symbol\":\"{symbol}\",\"openInterest\":\"{}.{:03}\",\"time\":{}}}",
+                    80_000 + n,
+                    n % 1000,
+                    now_ms()
+                ),
+            );
+        }
+        "/futures/data/topLongShortPositionRatio" | "/futures/data/globalLongShortAccountRatio"
+            if known =>
+        {
+            // One row per 5-minute period; the timestamp is a number or a string, as the venue
+            // has sent both.
+            let period = now_ms() / 300_000 * 300_000;
+            let ts = if n % 2 == 0 {
+                period.to_string()
+            } else {
+                format!("\"{period}\"")
+            };
+            return json(
+                200,
+                format!(
+                    "[{{\"symbol\":\"{symbol}\",\"longShortRatio\":\"1.9823\",\"longAccount\":\"0.6647\",\"shortAccount\":\"0.3353\",\"timestamp\":{ts}}}]"
+                ),
+            );
+        }
+        "/fapi/v1/openInterest"
+        | "/futures/data/topLongShortPositionRatio"
+        | "/futures/data/globalLongShortAccountRatio" => {
+            return json(400, "{\"code\":-1121,\"msg\":\"Invalid symbol.\"}".into());
+        }
+        _ => {}
+    }
     let mkt = match path {
         "/api/v3/depth" => Mkt::Spot,
         "/fapi/v1/depth" => Mkt::Perp,
         _ => return json(404, "{\"code\":-1,\"msg\":\"not found\"}".into()),
     };
-    let symbol = query(q, "symbol").unwrap_or("");
     let limit: usize = query(q, "limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(100)

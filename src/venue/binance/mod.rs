@@ -10,6 +10,7 @@
 //! delivers only the `/public` tier). So the perpetual market is two sockets.
 
 pub mod feed;
+pub mod poll;
 pub mod sync;
 pub mod wire;
 

@@ -171,6 +171,7 @@ fn perpetual_market_on_two_sockets_delivers_every_channel_through_churn() {
         .filter(|m| m.channel == Channel::LsrTopPosition)
         .count();
     assert_eq!(lsr, 2, "one per symbol per 5-minute period");
-    // Pollers that met 429/418 are up again.
+    // Pollers met the 429/418 (they ask first, before any snapshot) and are up again.
+    assert!(h.metric("marketbox_poller_failures_total", &[]) >= 1);
     assert_eq!(h.metric("marketbox_poller_up", &[]), 6);
 }

@@ -20,6 +20,10 @@ fn open_fds() -> usize {
 }
 
 fn config(sim: &Sim, budget: usize) -> Config {
+    config_with_lifetime(sim, budget, "23h")
+}
+
+fn config_with_lifetime(sim: &Sim, budget: usize, lifetime: &str) -> Config {
     let text = format!(
         r#"
 [budget]
@@ -33,6 +37,7 @@ idle_timeout = "500ms"
 backoff_min = "20ms"
 backoff_max = "200ms"
 stable_after = "5s"
+max_lifetime = "{lifetime}"
 [rest]
 idle_timeout = "1s"
 request_timeout = "2s"
@@ -129,6 +134,15 @@ fn two_hundred_forced_disconnects_never_exceed_the_plan_and_every_book_is_true()
         h.seen.trades
     );
     assert_eq!(h.seen.seq_gaps, 0, "per-stream seq must have no gaps");
+    // Subscriptions and pongs stayed under the venue's 5 incoming messages per second.
+    assert_eq!(
+        h.sim
+            .stats()
+            .rate_violations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
     // The fd count does not grow with churn.
     let (first, last) = (
         fd_samples[..20].iter().max().unwrap(),
@@ -298,4 +312,64 @@ fn the_fd_count_returns_to_its_baseline_after_stop() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(open_fds(), baseline, "sockets leaked");
+}
+
+#[test]
+fn connections_rotate_at_their_lifetime_make_before_break() {
+    let mut h = Harness::start(|sim| config_with_lifetime(sim, 3, "1500ms"));
+    assert!(h.wait_books(2, Duration::from_secs(10)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.metric("marketbox_ws_rotations_total", &[]) < 2 {
+        assert!(Instant::now() < deadline, "no lifetime rotation");
+        std::thread::sleep(Duration::from_millis(20));
+        h.drain();
+    }
+    // A spare permit existed: the replacement was opened before the old socket closed.
+    assert_eq!(h.sim.max_open_ws(), 2);
+    assert!(h.app.budget.peak() <= 3);
+    assert!(
+        h.wait_books(2, Duration::from_secs(10)),
+        "no book after rotation"
+    );
+    assert_eq!(h.seen.wrong_books, 0);
+}
+
+#[test]
+fn the_rest_connection_closes_when_idle_and_returns_its_permit() {
+    let mut h = Harness::start(|sim| config(sim, 3));
+    assert!(h.wait_books(2, Duration::from_secs(10)));
+    // Synced books need no REST; after [rest] idle_timeout (1 s) the keep-alive is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.metric("marketbox_rest_connections", &[]) != 0
+        || h.sim
+            .stats()
+            .open_rest
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the idle REST connection stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.drain();
+    }
+    assert_eq!(
+        h.app.budget.in_use(),
+        1,
+        "only the WebSocket holds a permit now"
+    );
+    // The server pings every 2 s; a live connection answers (or the venue would drop it).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while h
+        .sim
+        .stats()
+        .pongs
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "server pings were not answered");
+        std::thread::sleep(Duration::from_millis(20));
+        h.drain();
+    }
 }

@@ -3,6 +3,8 @@
 //! Owns: OKX URLs, instrument spelling (`BTC-USDT`, `BTC-USDT-SWAP`), channel names.
 //! Must not touch: sockets or other venues.
 
+pub mod book;
+
 use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};
 use crate::plan::{Plan, RestPlan, SocketPlan, StreamPlan};

@@ -1,0 +1,484 @@
+//! OKX `books`: parsing, the CRC32 checksum and the seqId book machine.
+//!
+//! Design: a sans-I/O machine per instrument, named for what it waits for. Two ways in, as the
+//! venue works today: (a) a WebSocket `snapshot` followed by updates chained by
+//! `prevSeqId == previous seqId`; (b) no WebSocket snapshot (production since August 2026):
+//! updates are buffered, a REST snapshot carrying `seqId` is fetched, updates with
+//! `seqId <= snapshot seqId` are dropped, the first kept has
+//! `prevSeqId <= snapshot seqId < seqId`, then the chain is followed. An update with
+//! `seqId == prevSeqId` is a heartbeat. A `seqId` lower than `prevSeqId` is the venue's
+//! sequence reset after maintenance: resync. Whenever the venue sends a non-zero checksum it
+//! is verified: signed CRC32 of the top 25 bids and asks interleaved `bid_px:bid_sz:ask_px:
+//! ask_sz:…` with the exact strings the venue sent (the book keeps them). Captures from before
+//! seqId existed carry none: then the checksum alone verifies.
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::book::{BOOK_CAPACITY, Book, BookSide, Decimal};
+use crate::model::OrderbookData;
+use crate::venue::json::Levels;
+
+/// Levels per side that enter the checksum.
+pub const CHECKSUM_LEVELS: usize = 25;
+
+/// One `books` data entry (snapshot or update), borrowed.
+#[derive(Debug, Deserialize)]
+pub struct BookData<'a> {
+    #[serde(borrow)]
+    pub asks: &'a RawValue,
+    #[serde(borrow)]
+    pub bids: &'a RawValue,
+    #[serde(default, borrow)]
+    pub ts: Option<&'a str>,
+    #[serde(default)]
+    pub checksum: Option<i64>,
+    #[serde(rename = "seqId", default)]
+    pub seq_id: Option<i64>,
+    #[serde(rename = "prevSeqId", default)]
+    pub prev_seq_id: Option<i64>,
+}
+
+impl BookData<'_> {
+    pub fn ts_ms(&self) -> u64 {
+        self.ts.and_then(|t| t.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Feeds formatted text straight into the CRC without building a string.
+struct CrcWriter(crc32fast::Hasher);
+
+impl Write for CrcWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// OKX's checksum of a book: signed CRC32 over the top 25 levels interleaved.
+pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
+    let (bids, asks) = (book.levels(BookSide::Bid), book.levels(BookSide::Ask));
+    let mut w = CrcWriter(crc32fast::Hasher::new());
+    let mut first = true;
+    for i in 0..CHECKSUM_LEVELS {
+        for l in [bids.get(i), asks.get(i)].into_iter().flatten() {
+            let sep = if first { "" } else { ":" };
+            first = false;
+            let _ = write!(w, "{sep}{}:{}", l.price, l.qty);
+        }
+    }
+    w.0.finalize() as i32
+}
+
+/// Why an OKX book was marked unsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OkxResync {
+    /// `prevSeqId` did not continue the chain.
+    Gap {
+        expected: i64,
+        got: i64,
+    },
+    /// The venue restarted its sequence (maintenance).
+    SequenceReset,
+    /// The book's checksum differs from the venue's.
+    Checksum {
+        venue: i64,
+        ours: i32,
+    },
+    /// The REST snapshot is older than every buffered update.
+    StaleSnapshot,
+    Malformed,
+    Truncated,
+}
+
+impl OkxResync {
+    pub fn label(self) -> &'static str {
+        match self {
+            OkxResync::Gap { .. } => "gap",
+            OkxResync::SequenceReset => "sequence_reset",
+            OkxResync::Checksum { .. } => "checksum",
+            OkxResync::StaleSnapshot => "stale_snapshot",
+            OkxResync::Malformed => "malformed",
+            OkxResync::Truncated => "truncated",
+        }
+    }
+}
+
+/// What the session must do after an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OkxEvent {
+    /// Verified at this `seqId` (0 for captures without one): publish.
+    Applied { seq_id: i64 },
+    /// A heartbeat: nothing changed.
+    Heartbeat,
+    /// Kept until a snapshot arrives.
+    Buffered,
+    /// Older than the book: ignored.
+    Dropped,
+    /// Unsynced: resubscribe or fetch a REST snapshot; publish nothing meanwhile.
+    Resync(OkxResync),
+}
+
+#[derive(Debug)]
+struct OwnedUpdate {
+    seq_id: i64,
+    prev_seq_id: i64,
+    bids: Vec<(Decimal, Decimal)>,
+    asks: Vec<(Decimal, Decimal)>,
+    checksum: i64,
+}
+
+#[derive(Debug)]
+enum State {
+    /// No snapshot yet: updates are buffered for a REST snapshot.
+    AwaitingSnapshot { buffered: VecDeque<OwnedUpdate> },
+    /// Verified through `seq_id` (`None` when the venue sends no sequence).
+    Synced { seq_id: Option<i64> },
+}
+
+/// Most updates buffered while a REST snapshot is fetched.
+pub const MAX_BUFFERED: usize = 2000;
+
+/// One instrument's book and its machine.
+pub struct OkxBook {
+    state: State,
+    book: Box<Book<BOOK_CAPACITY>>,
+}
+
+fn read_levels(raw: &RawValue, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), OkxResync> {
+    for lv in Levels::new(raw.get()) {
+        let (p, q) = lv.map_err(|_| OkxResync::Malformed)?;
+        let p = Decimal::parse(p).map_err(|_| OkxResync::Malformed)?;
+        let q = Decimal::parse(q).map_err(|_| OkxResync::Malformed)?;
+        out.push((p, q));
+    }
+    Ok(())
+}
+
+fn apply_raw(
+    book: &mut Book<BOOK_CAPACITY>,
+    side: BookSide,
+    raw: &RawValue,
+) -> Result<(), OkxResync> {
+    for lv in Levels::new(raw.get()) {
+        let (p, q) = lv.map_err(|_| OkxResync::Malformed)?;
+        let p = Decimal::parse(p).map_err(|_| OkxResync::Malformed)?;
+        let q = Decimal::parse(q).map_err(|_| OkxResync::Malformed)?;
+        book.apply(side, p, q);
+    }
+    Ok(())
+}
+
+impl Default for OkxBook {
+    fn default() -> Self {
+        OkxBook::new()
+    }
+}
+
+impl OkxBook {
+    pub fn new() -> Self {
+        OkxBook {
+            state: State::AwaitingSnapshot {
+                buffered: VecDeque::new(),
+            },
+            book: Book::new_boxed(),
+        }
+    }
+
+    /// Back to waiting for a snapshot (reconnect, resubscribe).
+    pub fn reset(&mut self) {
+        self.state = State::AwaitingSnapshot {
+            buffered: VecDeque::new(),
+        };
+        self.book.clear();
+    }
+
+    pub fn is_synced(&self) -> bool {
+        matches!(self.state, State::Synced { .. })
+    }
+
+    pub fn book(&self) -> Option<&Book<BOOK_CAPACITY>> {
+        self.is_synced().then_some(&*self.book)
+    }
+
+    fn fail(&mut self, r: OkxResync) -> OkxEvent {
+        self.reset();
+        OkxEvent::Resync(r)
+    }
+
+    fn verify(&mut self, venue: i64) -> Result<(), OkxResync> {
+        if venue == 0 {
+            return Ok(());
+        }
+        let ours = checksum(&self.book);
+        if i64::from(ours) != venue {
+            return Err(OkxResync::Checksum { venue, ours });
+        }
+        Ok(())
+    }
+
+    /// A WebSocket `snapshot` (action `snapshot`).
+    pub fn on_ws_snapshot(&mut self, d: &BookData<'_>) -> OkxEvent {
+        self.book.clear();
+        let r = apply_raw(&mut self.book, BookSide::Bid, d.bids)
+            .and_then(|()| apply_raw(&mut self.book, BookSide::Ask, d.asks))
+            .and_then(|()| self.verify(d.checksum.unwrap_or(0)));
+        match r {
+            Ok(()) => {
+                self.state = State::Synced { seq_id: d.seq_id };
+                OkxEvent::Applied {
+                    seq_id: d.seq_id.unwrap_or(0),
+                }
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// A WebSocket `update`.
+    pub fn on_update(&mut self, d: &BookData<'_>) -> OkxEvent {
+        match &mut self.state {
+            State::AwaitingSnapshot { buffered } => {
+                let (Some(seq_id), Some(prev_seq_id)) = (d.seq_id, d.prev_seq_id) else {
+                    // Without a sequence there is nothing to splice a REST snapshot onto.
+                    return OkxEvent::Dropped;
+                };
+                let mut u = OwnedUpdate {
+                    seq_id,
+                    prev_seq_id,
+                    bids: Vec::new(),
+                    asks: Vec::new(),
+                    checksum: d.checksum.unwrap_or(0),
+                };
+                if let Err(e) =
+                    read_levels(d.bids, &mut u.bids).and_then(|()| read_levels(d.asks, &mut u.asks))
+                {
+                    return self.fail(e);
+                }
+                if buffered.len() >= MAX_BUFFERED {
+                    buffered.pop_front();
+                }
+                buffered.push_back(u);
+                OkxEvent::Buffered
+            }
+            State::Synced { seq_id } => {
+                let last = *seq_id;
+                if let (Some(last), Some(seq), Some(prev)) = (last, d.seq_id, d.prev_seq_id) {
+                    if seq < prev {
+                        return self.fail(OkxResync::SequenceReset);
+                    }
+                    if seq <= last {
+                        return OkxEvent::Dropped;
+                    }
+                    if prev != last {
+                        return self.fail(OkxResync::Gap {
+                            expected: last,
+                            got: prev,
+                        });
+                    }
+                    if seq == prev {
+                        return OkxEvent::Heartbeat;
+                    }
+                }
+                let r = apply_raw(&mut self.book, BookSide::Bid, d.bids)
+                    .and_then(|()| apply_raw(&mut self.book, BookSide::Ask, d.asks))
+                    .and_then(|()| self.verify(d.checksum.unwrap_or(0)));
+                match r {
+                    Ok(()) => {
+                        self.state = State::Synced {
+                            seq_id: d.seq_id.or(last),
+                        };
+                        OkxEvent::Applied {
+                            seq_id: d.seq_id.unwrap_or(0),
+                        }
+                    }
+                    Err(e) => self.fail(e),
+                }
+            }
+        }
+    }
+
+    /// A REST snapshot (`/api/v5/market/books?…&source=0`) with its `seqId`.
+    pub fn on_rest_snapshot(&mut self, d: &BookData<'_>) -> OkxEvent {
+        let State::AwaitingSnapshot { buffered } = &mut self.state else {
+            return OkxEvent::Dropped;
+        };
+        let buffered = std::mem::take(buffered);
+        let Some(snap) = d.seq_id else {
+            return self.fail(OkxResync::Malformed);
+        };
+        let kept: Vec<&OwnedUpdate> = buffered.iter().filter(|u| u.seq_id > snap).collect();
+        if let Some(first) = kept.first()
+            && first.prev_seq_id > snap
+        {
+            self.state = State::AwaitingSnapshot { buffered };
+            return OkxEvent::Resync(OkxResync::StaleSnapshot);
+        }
+        self.book.clear();
+        if let Err(e) = apply_raw(&mut self.book, BookSide::Bid, d.bids)
+            .and_then(|()| apply_raw(&mut self.book, BookSide::Ask, d.asks))
+        {
+            return self.fail(e);
+        }
+        let mut last = snap;
+        for (i, u) in kept.iter().enumerate() {
+            if i > 0 && u.prev_seq_id != last {
+                return self.fail(OkxResync::Gap {
+                    expected: last,
+                    got: u.prev_seq_id,
+                });
+            }
+            for (p, q) in &u.bids {
+                self.book.apply(BookSide::Bid, *p, *q);
+            }
+            for (p, q) in &u.asks {
+                self.book.apply(BookSide::Ask, *p, *q);
+            }
+            last = u.seq_id;
+            if let Err(e) = self.verify(u.checksum) {
+                return self.fail(e);
+            }
+        }
+        self.state = State::Synced { seq_id: Some(last) };
+        OkxEvent::Applied { seq_id: last }
+    }
+
+    /// Fills the top `depth` levels while synced (`Err` when the book was cut below it).
+    pub fn fill(&mut self, depth: usize, out: &mut OrderbookData) -> Result<bool, OkxResync> {
+        let State::Synced { seq_id } = self.state else {
+            return Ok(false);
+        };
+        match self.book.fill(depth, out) {
+            Ok(()) => {
+                out.update_id = seq_id.unwrap_or(0).max(0) as u64;
+                Ok(true)
+            }
+            Err(_) => {
+                self.reset();
+                Err(OkxResync::Truncated)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crc(s: &str) -> i32 {
+        crc32fast::hash(s.as_bytes()) as i32
+    }
+
+    #[test]
+    fn worked_checksum_values_from_the_venue_docs() {
+        // TC0/TC1: PROTOCOLS.md's worked values.
+        assert_eq!(crc("3366.1:7:3366.8:9:3366:6:3368:8"), -1881014294);
+        assert_eq!(crc("3366.1:7:3366.8:9:3368:8:3372:8"), 831078360);
+        // TC2: the book builds the same string: bids 3366.1x7, 3366x6; asks 3366.8x9, 3368x8.
+        let d = |s| Decimal::parse(s).unwrap();
+        let mut b = Book::<8>::new();
+        b.apply(BookSide::Bid, d("3366.1"), d("7"));
+        b.apply(BookSide::Bid, d("3366"), d("6"));
+        b.apply(BookSide::Ask, d("3366.8"), d("9"));
+        b.apply(BookSide::Ask, d("3368"), d("8"));
+        assert_eq!(checksum(&b), -1881014294);
+        // TC3: one side runs out, the other continues alone.
+        let mut b = Book::<8>::new();
+        b.apply(BookSide::Bid, d("3366.1"), d("7"));
+        b.apply(BookSide::Ask, d("3366.8"), d("9"));
+        b.apply(BookSide::Ask, d("3368"), d("8"));
+        b.apply(BookSide::Ask, d("3372"), d("8"));
+        assert_eq!(checksum(&b), 831078360);
+    }
+
+    fn data(json: &str) -> BookData<'_> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn tc4_ws_snapshot_then_chained_updates_heartbeats_and_gaps() {
+        let mut b = OkxBook::new();
+        let e = b.on_ws_snapshot(&data(r#"{"asks":[["2","1","0","1"]],"bids":[["1","1","0","1"]],"checksum":0,"seqId":10,"prevSeqId":-1}"#));
+        assert_eq!(e, OkxEvent::Applied { seq_id: 10 });
+        let up = |s, p| {
+            format!(
+                r#"{{"asks":[],"bids":[["1.5","2","0","1"]],"checksum":0,"seqId":{s},"prevSeqId":{p}}}"#
+            )
+        };
+        assert_eq!(
+            b.on_update(&data(&up(11, 10))),
+            OkxEvent::Applied { seq_id: 11 }
+        );
+        assert_eq!(b.on_update(&data(&up(11, 11))), OkxEvent::Dropped);
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[],"checksum":0,"seqId":12,"prevSeqId":12}"#
+            )),
+            OkxEvent::Resync(OkxResync::Gap {
+                expected: 11,
+                got: 12
+            })
+        );
+    }
+
+    #[test]
+    fn tc5_heartbeat_and_sequence_reset() {
+        let mut b = OkxBook::new();
+        b.on_ws_snapshot(&data(
+            r#"{"asks":[],"bids":[["1","1","0","1"]],"checksum":0,"seqId":10,"prevSeqId":-1}"#,
+        ));
+        // A heartbeat repeats the last seqId as both ids... after it, the chain continues.
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[],"checksum":0,"seqId":11,"prevSeqId":10}"#
+            )),
+            OkxEvent::Applied { seq_id: 11 }
+        );
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[],"checksum":0,"seqId":3,"prevSeqId":11}"#
+            )),
+            OkxEvent::Resync(OkxResync::SequenceReset)
+        );
+    }
+
+    #[test]
+    fn tc6_rest_snapshot_splices_the_buffered_chain() {
+        let mut b = OkxBook::new();
+        let up = |s: i64, p: i64, px: &str| {
+            format!(
+                r#"{{"asks":[],"bids":[["{px}","2","0","1"]],"checksum":0,"seqId":{s},"prevSeqId":{p}}}"#
+            )
+        };
+        assert_eq!(b.on_update(&data(&up(5, 4, "1"))), OkxEvent::Buffered);
+        assert_eq!(b.on_update(&data(&up(8, 5, "2"))), OkxEvent::Buffered);
+        assert_eq!(b.on_update(&data(&up(9, 8, "3"))), OkxEvent::Buffered);
+        // Snapshot at 6: drop 5 (<= 6); first kept has prev 5 <= 6 < 8.
+        let e = b.on_rest_snapshot(&data(
+            r#"{"asks":[["10","1","0","1"]],"bids":[["0.5","1","0","1"]],"seqId":6}"#,
+        ));
+        assert_eq!(e, OkxEvent::Applied { seq_id: 9 });
+        let bids: Vec<String> = b
+            .book()
+            .unwrap()
+            .levels(BookSide::Bid)
+            .iter()
+            .map(|l| l.price.to_string())
+            .collect();
+        assert_eq!(bids, ["3", "2", "0.5"]);
+    }
+
+    #[test]
+    fn tc7_a_rest_snapshot_older_than_the_buffer_is_stale() {
+        let mut b = OkxBook::new();
+        b.on_update(&data(
+            r#"{"asks":[],"bids":[],"checksum":0,"seqId":20,"prevSeqId":19}"#,
+        ));
+        assert_eq!(
+            b.on_rest_snapshot(&data(r#"{"asks":[],"bids":[],"seqId":10}"#)),
+            OkxEvent::Resync(OkxResync::StaleSnapshot)
+        );
+    }
+}

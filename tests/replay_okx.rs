@@ -17,10 +17,11 @@ struct Msg<'a> {
     data: Vec<BookData<'a>>,
 }
 
+/// Which frame to rewrite, and how.
+type Corrupt<'a> = Option<(usize, &'a dyn Fn(&str) -> String)>;
+
 /// Replays the capture; `corrupt` rewrites one frame first. Returns (verified, resyncs).
-fn replay(
-    corrupt: Option<(usize, &dyn Fn(&str) -> String)>,
-) -> Option<(usize, Vec<(String, OkxResync)>)> {
+fn replay(corrupt: Corrupt<'_>) -> Option<(usize, Vec<(String, OkxResync)>)> {
     let dir = common::fixtures()?;
     let frames = common::raw_frames(&dir.join("okx/books_snapshot_and_updates_2022-05-13.jsonl"));
     let mut books: HashMap<String, OkxBook> = HashMap::new();

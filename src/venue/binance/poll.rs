@@ -62,8 +62,9 @@ struct RatioRow<'a> {
     timestamp: Millis<'a>,
 }
 
-/// What a poll produced.
+/// What a poll produced (transient: built and consumed in one poll, never stored).
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Polled {
     /// A data point with its venue timestamp (ms).
     Point { ts_ms: u64, data: Data },

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub disconnects: Family<SocketLabels, Counter>,
     pub stale_streams: Family<SocketLabels, Counter>,
     pub rotations: Family<SocketLabels, Counter>,
+    pub subscribe_tokens: Family<SocketLabels, Gauge>,
+    pub subscribe_errors: Family<SocketLabels, Counter>,
     pub frames: Family<FrameLabels, Counter>,
     pub resyncs: Family<ResyncLabels, Counter>,
     pub book_levels_dropped: Family<StreamLabels, Counter>,
@@ -107,6 +109,8 @@ impl Metrics {
             disconnects: Family::default(),
             stale_streams: Family::default(),
             rotations: Family::default(),
+            subscribe_tokens: Family::default(),
+            subscribe_errors: Family::default(),
             frames: Family::default(),
             resyncs: Family::default(),
             book_levels_dropped: Family::default(),
@@ -147,6 +151,16 @@ impl Metrics {
             "ws_rotations",
             "Planned reconnects (lifetime limit, server shutdown notice)",
             m.rotations.clone(),
+        );
+        registry.register(
+            "ws_subscribe_tokens",
+            "Subscribe/unsubscribe requests the venue still allows on this connection (OKX: 480 per hour)",
+            m.subscribe_tokens.clone(),
+        );
+        registry.register(
+            "ws_subscribe_errors",
+            "Subscriptions the venue refused (error events), per socket",
+            m.subscribe_errors.clone(),
         );
         registry.register(
             "ws_frames",

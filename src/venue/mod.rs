@@ -45,7 +45,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, PlanError> {
     Ok(plan)
 }
 
-/// Builds the protocol that drives one planned socket; `None` where this build has none yet.
+/// Builds the protocol that drives one planned socket.
 pub fn protocol_for(
     socket: &SocketPlan,
     cfg: &Config,
@@ -59,6 +59,10 @@ pub fn protocol_for(
                 .map_or(crate::model::Market::Spot, |s| s.market);
             binance::protocol_for(socket, market, cfg, metrics)
         }
-        Exchange::Okx => None,
+        Exchange::Okx => Some(Box::new(okx::feed::OkxProtocol::new(
+            socket,
+            cfg,
+            metrics.clone(),
+        ))),
     }
 }

@@ -4,6 +4,7 @@
 //! Must not touch: sockets or other venues.
 
 pub mod book;
+pub mod feed;
 
 use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};

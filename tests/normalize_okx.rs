@@ -1,0 +1,279 @@
+//! The OKX socket protocol on real OKX frames: subscriptions, books through the checksum,
+//! trades, funding, open interest, liquidations filtered to the configured swaps, keepalive
+//! and the restart notice.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use marketbox::config::{Config, Format};
+use marketbox::metrics::Metrics;
+use marketbox::model::{Channel, Data, Exchange, Market, Message, Side};
+use marketbox::session::{Control, FrameKind, Io, Protocol};
+use marketbox::upstream::spool::Spool;
+use marketbox::upstream::{Publisher, StreamKey};
+use marketbox::venue::okx::feed::{OkxProtocol, PING_AFTER};
+
+const CONFIG: &str = r#"
+[book]
+depth = 5
+[[feeds]]
+exchange = "okx"
+market = "spot"
+symbols = ["BTC-USDT"]
+channels = ["orderbook", "trade"]
+[[feeds]]
+exchange = "okx"
+market = "perpetual"
+symbols = ["BTC-USDT", "WNCG-USDT"]
+channels = ["trade", "funding_rate", "open_interest", "liquidation"]
+"#;
+
+struct Rig {
+    proto: OkxProtocol,
+    publisher: Publisher,
+    spool: Spool,
+    send: Vec<String>,
+    rest: Vec<marketbox::session::rest::RestRequest>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let cfg = Config::parse(CONFIG, "okx.toml").unwrap();
+        let plan = marketbox::venue::plan(&cfg).unwrap();
+        assert_eq!(plan.sockets.len(), 1, "spot and swaps share one OKX socket");
+        let socket = &plan.sockets[0];
+        let keys: Vec<StreamKey> = socket
+            .streams
+            .iter()
+            .map(|s| StreamKey {
+                exchange: Exchange::Okx,
+                market: s.market,
+                symbol: s.symbol,
+                channel: s.channel,
+            })
+            .collect();
+        let spool = Spool::new(8 << 20, Default::default(), Default::default());
+        Rig {
+            proto: OkxProtocol::new(socket, &cfg, Arc::new(Metrics::new())),
+            publisher: Publisher::new(spool.clone(), Format::Json, &keys, None),
+            spool,
+            send: Vec::new(),
+            rest: Vec::new(),
+        }
+    }
+
+    fn text(&mut self, t: &str) -> (FrameKind, Control) {
+        let mut io = Io {
+            send: &mut self.send,
+            rest: &mut self.rest,
+            publisher: &mut self.publisher,
+        };
+        self.proto.on_text(t, Instant::now(), &mut io)
+    }
+
+    fn connect(&mut self, now: Instant) {
+        let mut io = Io {
+            send: &mut self.send,
+            rest: &mut self.rest,
+            publisher: &mut self.publisher,
+        };
+        self.proto.on_connected(now, &mut io);
+    }
+
+    fn tick(&mut self, now: Instant) -> Control {
+        let mut io = Io {
+            send: &mut self.send,
+            rest: &mut self.rest,
+            publisher: &mut self.publisher,
+        };
+        self.proto.on_tick(now, &mut io)
+    }
+
+    fn messages(&self) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while self.spool.try_pop(&mut buf).is_some() {
+            out.push(serde_json::from_slice(&buf).unwrap());
+        }
+        out
+    }
+}
+
+fn misc(kind: &str) -> Vec<String> {
+    let Some(dir) = common::fixtures() else {
+        return Vec::new();
+    };
+    let text = std::fs::read_to_string(dir.join("okx/misc_single_messages.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .map(|v| v["raw"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn connecting_subscribes_every_arg_in_one_request_with_one_liquidation_arg() {
+    let mut r = Rig::new();
+    r.connect(Instant::now());
+    assert_eq!(r.send.len(), 1, "{:?}", r.send);
+    let req: serde_json::Value = serde_json::from_str(&r.send[0]).unwrap();
+    assert_eq!(req["op"], "subscribe");
+    let args = req["args"].as_array().unwrap();
+    // books + trades for spot; trades, funding, open interest for 2 swaps; liquidations once.
+    assert_eq!(args.len(), 2 + 3 * 2 + 1, "{args:?}");
+    assert_eq!(
+        args.iter()
+            .filter(|a| a["channel"] == "liquidation-orders")
+            .count(),
+        1
+    );
+    assert!(
+        args.iter()
+            .any(|a| a["instId"] == "BTC-USDT-SWAP" && a["channel"] == "funding-rate")
+    );
+    assert!(r.send[0].len() < 64 << 10);
+}
+
+#[test]
+fn real_okx_frames_normalize() {
+    let mut frames = misc("trades");
+    frames.extend(misc("funding-rate"));
+    frames.extend(misc("open-interest"));
+    frames.extend(misc("liquidation-orders"));
+    if frames.is_empty() {
+        return;
+    }
+    let mut r = Rig::new();
+    let mut kinds = Vec::new();
+    for f in &frames {
+        kinds.push(r.text(f).0);
+    }
+    let msgs = r.messages();
+    // Spot and swap trades of BTC-USDT; BTC-USD-SWAP is not configured.
+    let trades: Vec<&Message> = msgs
+        .iter()
+        .filter(|m| m.channel == Channel::Trade)
+        .collect();
+    assert_eq!(trades.len(), 2);
+    let spot = trades.iter().find(|m| m.market == Market::Spot).unwrap();
+    let Data::Trade(t) = &spot.data else {
+        unreachable!()
+    };
+    assert_eq!(
+        (t.trade_id, t.price.to_string(), t.qty.to_string(), t.side),
+        (314161276, "43474.1".into(), "0.00373695".into(), Side::Buy)
+    );
+    assert_eq!(spot.ts_exchange_ms, 1646311839593);
+    // Funding of BTC-USDT-SWAP with the next rate.
+    let f = msgs
+        .iter()
+        .find_map(|m| match &m.data {
+            Data::FundingRate(f) => Some(f),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(f.funding_rate.to_string(), "0.0001534702159002");
+    assert_eq!(f.funding_time_ms, 1646323200000);
+    assert!(f.next_funding_rate.is_some());
+    // Open interest of WNCG-USDT-SWAP in coin and contracts.
+    let oi = msgs
+        .iter()
+        .find(|m| m.channel == Channel::OpenInterest)
+        .unwrap();
+    assert_eq!(oi.symbol.as_str(), "WNCG-USDT");
+    // Liquidations: subscribed for every swap, kept only for configured ones (BTC-USDT-SWAP).
+    let liqs: Vec<&Message> = msgs
+        .iter()
+        .filter(|m| m.channel == Channel::Liquidation)
+        .collect();
+    assert_eq!(liqs.len(), 1);
+    let Data::Liquidation(l) = &liqs[0].data else {
+        unreachable!()
+    };
+    assert_eq!(
+        (l.side, l.price.to_string(), l.qty.to_string()),
+        (Side::Sell, "82655.7".into(), "8.55".into())
+    );
+    assert!(!kinds.contains(&FrameKind::Malformed), "{kinds:?}");
+}
+
+#[test]
+fn the_2022_books_capture_publishes_verified_books_and_a_corruption_resyncs_only_that_book() {
+    let Some(dir) = common::fixtures() else {
+        return;
+    };
+    let frames = common::raw_frames(&dir.join("okx/books_snapshot_and_updates_2022-05-13.jsonl"));
+    let mut r = Rig::new();
+    let btc: Vec<&String> = frames
+        .iter()
+        .filter(|f| f.contains("\"instId\":\"BTC-USDT\""))
+        .collect();
+    for f in &btc {
+        assert_eq!(r.text(f).0, FrameKind::Data);
+    }
+    let books: Vec<Message> = r
+        .messages()
+        .into_iter()
+        .filter(|m| m.channel == Channel::Orderbook)
+        .collect();
+    assert_eq!(
+        books.len(),
+        btc.len(),
+        "every BTC-USDT book state verified and published"
+    );
+    let Data::Orderbook(last) = &books.last().unwrap().data else {
+        unreachable!()
+    };
+    assert_eq!((last.bids.len(), last.asks.len()), (5, 5));
+    assert!(last.bids[0].0 < last.asks[0].0, "crossed book");
+    // A corrupted level: caught by the checksum, that instrument resubscribes (the socket stays).
+    let mut r = Rig::new();
+    r.text(btc[0]);
+    // The first BTC-USDT update sets ask 30243.5 to 1.2112; say 1.2113 instead.
+    let bad = btc[1].replacen("\"1.2112\"", "\"1.2113\"", 1);
+    assert_ne!(&bad, btc[1]);
+    r.send.clear();
+    r.text(&bad);
+    assert!(
+        r.send
+            .iter()
+            .any(|s| s.contains("unsubscribe") && s.contains("BTC-USDT")),
+        "{:?}",
+        r.send
+    );
+    let n = r
+        .messages()
+        .iter()
+        .filter(|m| m.channel == Channel::Orderbook)
+        .count();
+    assert_eq!(
+        n, 1,
+        "only the snapshot was published; nothing after the mismatch"
+    );
+}
+
+#[test]
+fn keepalive_ping_and_restart_notice() {
+    let mut r = Rig::new();
+    let t0 = Instant::now();
+    r.connect(t0);
+    r.send.clear();
+    assert_eq!(r.tick(t0 + Duration::from_secs(5)), Control::Continue);
+    assert!(r.send.is_empty());
+    r.tick(t0 + PING_AFTER);
+    assert_eq!(r.send, ["ping"]);
+    assert_eq!(r.text("pong").0, FrameKind::Control);
+    assert_eq!(
+        r.text(r#"{"event":"notice","code":"64008","msg":"restart","connId":"a"}"#)
+            .1,
+        Control::Rotate
+    );
+    assert_eq!(
+        r.text(r#"{"event":"error","code":"60018","msg":"no such channel","connId":"a"}"#)
+            .0,
+        FrameKind::Control
+    );
+    assert_eq!(r.text("not json").0, FrameKind::Malformed);
+}

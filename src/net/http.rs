@@ -192,7 +192,8 @@ impl RestClient {
                 .inc();
         }
         if let Err(err) = &result {
-            tracing::warn!(%err, url = %format!("{}{}", base.as_str(), path_and_query), "REST request failed");
+            // Callers log with their own context (once per failure streak); this is detail.
+            tracing::debug!(%err, url = %format!("{}{}", base.as_str(), path_and_query), "REST request failed");
         }
         result
     }

@@ -105,9 +105,9 @@ impl App {
                 match session::run(exchange, name, proto, publisher, shared).await {}
             }));
         }
-        for spec in venue::binance::poll::pollers(cfg) {
+        for spec in venue::pollers(cfg) {
             let key = StreamKey {
-                exchange: crate::model::Exchange::Binance,
+                exchange: spec.exchange,
                 market: spec.market,
                 symbol: spec.symbol,
                 channel: spec.channel,
@@ -116,7 +116,7 @@ impl App {
                 Publisher::new(spool.clone(), cfg.upstream.format, &[key], Some(&metrics));
             let (client, limiters, m) = (rest.clone(), shared.limiters.clone(), metrics.clone());
             tasks.push(executor.spawn(async move {
-                match venue::binance::poll::run(spec, client, limiters, publisher, m).await {}
+                match session::poll::run(spec, client, limiters, publisher, m).await {}
             }));
         }
         Ok(App {

@@ -18,6 +18,7 @@
 
 pub mod backoff;
 pub mod link;
+pub mod poll;
 pub mod rate;
 pub mod rest;
 

@@ -66,3 +66,10 @@ pub fn protocol_for(
         ))),
     }
 }
+
+/// Every REST poller a config asks for.
+pub fn pollers(cfg: &Config) -> Vec<crate::session::poll::PollerSpec> {
+    let mut out = binance::poll::pollers(cfg);
+    out.extend(okx::poll::pollers(cfg));
+    out
+}

@@ -1,28 +1,18 @@
 //! Binance USD-M REST pollers: `open_interest`, `lsr_top_position`, `lsr_all_account`.
 //!
-//! Design: one task per (symbol, channel), each under the host's weight limiter and the
-//! connection budget (through the shared `RestClient`, one keep-alive per host). A poller
-//! publishes only when the venue reports a new data point (deduplicated by its timestamp),
-//! retries failures with capped backoff, honours 429/418, and is visible while failing
-//! (`marketbox_poller_up` = 0, `marketbox_poller_failures_total`). It never ends by itself.
-//!
-//! Owns: the REST paths and body shapes of these three endpoints.
+//! Owns: the REST paths, weights and body shapes of these three endpoints; the polling loop
+//! itself is venue-neutral (`session::poll`).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use serde::Deserialize;
-use smol::Timer;
 
 use super::rest_symbol;
 use crate::book::Decimal;
-use crate::config::{Config, Endpoint};
-use crate::metrics::{Metrics, StreamLabels};
-use crate::model::{Channel, Data, Exchange, LongShortRatioData, Market, OpenInterestData, Symbol};
-use crate::net::http::RestClient;
-use crate::session::backoff;
-use crate::session::rest::{self, Limiters, RateSpec, RestRequest};
-use crate::upstream::Publisher;
+use crate::config::Config;
+use crate::model::{Channel, Data, Exchange, LongShortRatioData, Market, OpenInterestData};
+use crate::session::poll::{Parser, PollError, Polled, PollerSpec};
+use crate::session::rest::RateSpec;
 
 /// `GET /fapi/v1/openInterest` body.
 #[derive(Debug, Deserialize)]
@@ -62,25 +52,6 @@ struct RatioRow<'a> {
     timestamp: Millis<'a>,
 }
 
-/// What a poll produced (transient: built and consumed in one poll, never stored).
-#[derive(Debug, PartialEq)]
-#[allow(clippy::large_enum_variant)]
-pub enum Polled {
-    /// A data point with its venue timestamp (ms).
-    Point { ts_ms: u64, data: Data },
-    /// The venue answered with nothing usable yet (empty list).
-    Empty,
-}
-
-/// Why a poll's body was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    #[error("unexpected body: {0}")]
-    Body(String),
-    #[error("bad decimal {field}: {value:?}")]
-    Decimal { field: &'static str, value: String },
-}
-
 fn dec(field: &'static str, value: &str) -> Result<Decimal, PollError> {
     Decimal::parse(value).map_err(|_| PollError::Decimal {
         field,
@@ -89,7 +60,7 @@ fn dec(field: &'static str, value: &str) -> Result<Decimal, PollError> {
 }
 
 /// Parses an open-interest body.
-pub fn parse_open_interest(body: &[u8]) -> Result<Polled, PollError> {
+pub fn parse_open_interest(body: &[u8], _period: &str) -> Result<Polled, PollError> {
     let oi: OpenInterest<'_> =
         serde_json::from_slice(body).map_err(|e| PollError::Body(e.to_string()))?;
     Ok(Polled::Point {
@@ -123,18 +94,6 @@ pub fn parse_ratio(body: &[u8], period: &str) -> Result<Polled, PollError> {
     })
 }
 
-/// One poller: what it asks, how often, what it publishes.
-#[derive(Debug, Clone)]
-pub struct PollerSpec {
-    pub market: Market,
-    pub symbol: Symbol,
-    pub channel: Channel,
-    pub base: Endpoint,
-    pub path: String,
-    pub period: &'static str,
-    pub interval: Duration,
-}
-
 /// USD-M request weight: 2400 per minute per IP, half of it ours (shared with snapshots).
 const USDM_WEIGHT: RateSpec = RateSpec {
     bucket: "weight",
@@ -157,26 +116,30 @@ pub fn pollers(cfg: &Config) -> Vec<PollerSpec> {
         for symbol in &feed.symbols {
             let s = rest_symbol(symbol);
             for &channel in &feed.channels {
-                let (path, interval) = match channel {
+                let (path, interval, parse): (String, Duration, Parser) = match channel {
                     Channel::OpenInterest => (
                         format!("/fapi/v1/openInterest?symbol={s}"),
                         OPEN_INTEREST_EVERY,
+                        parse_open_interest,
                     ),
                     Channel::LsrTopPosition => (
                         format!(
                             "/futures/data/topLongShortPositionRatio?symbol={s}&period={period}&limit=1"
                         ),
                         RATIO_EVERY,
+                        parse_ratio,
                     ),
                     Channel::LsrAllAccount => (
                         format!(
                             "/futures/data/globalLongShortAccountRatio?symbol={s}&period={period}&limit=1"
                         ),
                         RATIO_EVERY,
+                        parse_ratio,
                     ),
                     _ => continue,
                 };
                 out.push(PollerSpec {
+                    exchange: Exchange::Binance,
                     market: feed.market,
                     symbol: *symbol,
                     channel,
@@ -184,81 +147,14 @@ pub fn pollers(cfg: &Config) -> Vec<PollerSpec> {
                     path,
                     period,
                     interval,
+                    weight: 1,
+                    limit: USDM_WEIGHT,
+                    parse,
                 });
             }
         }
     }
     out
-}
-
-/// Polls forever: publishes each new data point once, keeps retrying failures with capped
-/// backoff (honouring `Retry-After`), and shows its state in `marketbox_poller_up`.
-pub async fn run(
-    spec: PollerSpec,
-    client: RestClient,
-    limiters: Limiters,
-    mut publisher: Publisher,
-    metrics: std::sync::Arc<Metrics>,
-) -> Infallible {
-    let labels = StreamLabels {
-        exchange: Exchange::Binance,
-        market: spec.market,
-        symbol: spec.symbol.to_string(),
-        channel: spec.channel,
-    };
-    let up = metrics.poller_up.get_or_create(&labels).clone();
-    let failures = metrics.poller_failures.get_or_create(&labels).clone();
-    let limiter = limiters.get(&spec.base, USDM_WEIGHT);
-    let mut last_ts = 0u64;
-    let mut failed = 0u32;
-    loop {
-        let req = RestRequest {
-            tag: 0,
-            base: spec.base.clone(),
-            path: spec.path.clone(),
-            weight: 1,
-            limit: USDM_WEIGHT,
-        };
-        let outcome = match rest::execute(&client, &limiter, req).await {
-            Ok(resp) if resp.status == 200 => {
-                let parsed = match spec.channel {
-                    Channel::OpenInterest => parse_open_interest(&resp.body),
-                    _ => parse_ratio(&resp.body, spec.period),
-                };
-                parsed.map_err(|e| (e.to_string(), None))
-            }
-            Ok(resp) => Err((format!("HTTP {}", resp.status), resp.retry_after)),
-            Err(e) => Err((e.to_string(), None)),
-        };
-        let wait = match outcome {
-            Ok(Polled::Point { ts_ms, data }) => {
-                up.set(1);
-                failed = 0;
-                if ts_ms > last_ts {
-                    last_ts = ts_ms;
-                    publisher.publish(0, ts_ms, ts_ms, data);
-                }
-                spec.interval
-            }
-            Ok(Polled::Empty) => {
-                up.set(1);
-                failed = 0;
-                spec.interval
-            }
-            Err((reason, retry_after)) => {
-                up.set(0);
-                failures.inc();
-                let d = backoff::delay(failed, Duration::from_secs(1), Duration::from_secs(120));
-                let d = retry_after.map_or(d, |r| r.max(d));
-                if failed == 0 {
-                    tracing::warn!(symbol = %spec.symbol, channel = %spec.channel, %reason, retry_in = ?d, "poll failed; retrying");
-                }
-                failed = failed.saturating_add(1);
-                d
-            }
-        };
-        Timer::after(wait).await;
-    }
 }
 
 #[cfg(test)]
@@ -269,6 +165,7 @@ mod tests {
     fn open_interest_body_parses() {
         let p = parse_open_interest(
             br#"{"symbol":"BTCUSDT","openInterest":"84617.188","time":1654336844754}"#,
+            "",
         )
         .unwrap();
         let Polled::Point {

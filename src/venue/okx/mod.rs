@@ -5,6 +5,7 @@
 
 pub mod book;
 pub mod feed;
+pub mod poll;
 
 use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};

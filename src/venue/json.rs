@@ -26,6 +26,30 @@ pub struct JsonError {
     pub what: &'static str,
 }
 
+/// Bytes that end the plain run of a string: `"`, `\\` and control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Bytes that matter when matching brackets: quotes and brackets.
+static BRACKET_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t
+};
+
 /// A cursor over a JSON text for hand-written parsers: read an object's keys one by one and
 /// each value in place, typed (`string`, `u64`) or raw (`value`, `array_raw`). Allocates
 /// nothing; every method either advances past a well-formed token or returns an error.
@@ -50,6 +74,7 @@ impl<'a> Scanner<'a> {
         self.text.get(from..to)
     }
 
+    #[inline]
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.pos).copied()
     }
@@ -60,17 +85,20 @@ impl<'a> Scanner<'a> {
         self.peek()
     }
 
+    #[inline]
     fn skip_ws(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
             self.pos += 1;
         }
     }
 
+    #[inline]
     fn err(&self, what: &'static str) -> JsonError {
         JsonError { at: self.pos, what }
     }
 
     /// Skips whitespace, then consumes `b` if it is next.
+    #[inline]
     fn eat(&mut self, b: u8) -> bool {
         self.skip_ws();
         if self.peek() == Some(b) {
@@ -81,6 +109,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    #[inline]
     fn expect(&mut self, b: u8, what: &'static str) -> Result<(), JsonError> {
         if self.eat(b) {
             Ok(())
@@ -131,10 +160,7 @@ impl<'a> Scanner<'a> {
         let start = self.pos;
         loop {
             let rest = bytes.get(self.pos..).unwrap_or_default();
-            let Some(k) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
+            let Some(k) = rest.iter().position(|&b| STRING_STOP[usize::from(b)]) else {
                 self.pos = bytes.len();
                 return Err(self.err("unterminated string"));
             };
@@ -284,10 +310,7 @@ impl<'a> Scanner<'a> {
         let mut depth = 0usize;
         loop {
             let rest = bytes.get(self.pos..).unwrap_or_default();
-            let Some(k) = rest
-                .iter()
-                .position(|&b| matches!(b, b'"' | b'[' | b']' | b'{' | b'}'))
-            else {
+            let Some(k) = rest.iter().position(|&b| BRACKET_STOP[usize::from(b)]) else {
                 self.pos = bytes.len();
                 return Err(self.err("unterminated array"));
             };
@@ -346,7 +369,40 @@ impl<'a> Levels<'a> {
         }
     }
 
+    /// The common shape `["p","q"]` (no whitespace, no escapes, exactly two strings), read
+    /// with two scans; `None` sends anything else down the general path.
+    fn entry_fast(&mut self) -> Option<(&'a str, &'a str)> {
+        let (text, start) = (self.cur.text, self.cur.pos);
+        let b = text.as_bytes();
+        let string_end = |from: usize| {
+            let k = b
+                .get(from..)?
+                .iter()
+                .position(|&c| STRING_STOP[usize::from(c)])?;
+            (b[from + k] == b'"').then_some(from + k)
+        };
+        if b.get(start..start + 2)? != b"[\"" {
+            return None;
+        }
+        let e1 = string_end(start + 2)?;
+        if b.get(e1 + 1..e1 + 3)? != b",\"" {
+            return None;
+        }
+        let e2 = string_end(e1 + 3)?;
+        if b.get(e2 + 1) != Some(&b']') {
+            return None;
+        }
+        // Every index sits next to an ASCII quote: char boundaries.
+        let pair = (text.get(start + 2..e1)?, text.get(e1 + 3..e2)?);
+        self.cur.pos = e2 + 2;
+        Some(pair)
+    }
+
     fn entry(&mut self) -> Result<(&'a str, &'a str), JsonError> {
+        self.cur.skip_ws();
+        if let Some(pair) = self.entry_fast() {
+            return Ok(pair);
+        }
         let c = &mut self.cur;
         c.expect(b'[', "expected a level array")?;
         let first = c.string()?;

@@ -19,7 +19,10 @@
 //! `U` are normal there).
 //!
 //! Buffered diffs are owned copies (the resync path may allocate); the synced path applies the
-//! borrowed frame straight into the book and allocates nothing.
+//! borrowed frame straight into the book and allocates nothing. The buffer holds at most
+//! [`MAX_BUFFERED`] diffs; one more restarts it and says `Resync(BufferOverflow)`. After a gap
+//! (or a stale snapshot found live) the diff that revealed it is kept: it is the first one the
+//! next snapshot may bridge. Ids come from the network, so no id arithmetic can overflow.
 
 use std::collections::VecDeque;
 
@@ -44,8 +47,11 @@ pub enum ResyncReason {
     StaleSnapshot,
     /// The book was cut (capacity or snapshot limit) below the published depth.
     Truncated,
-    /// A level could not be read.
+    /// A level could not be read, or a USD-M diff has no `pu`.
     Malformed,
+    /// More than [`MAX_BUFFERED`] diffs arrived while waiting for a snapshot: the buffer was
+    /// emptied and buffering starts over from this diff.
+    BufferOverflow,
 }
 
 impl ResyncReason {
@@ -56,6 +62,7 @@ impl ResyncReason {
             ResyncReason::StaleSnapshot => "stale_snapshot",
             ResyncReason::Truncated => "truncated",
             ResyncReason::Malformed => "malformed",
+            ResyncReason::BufferOverflow => "buffer_overflow",
         }
     }
 }
@@ -77,8 +84,9 @@ pub enum SyncEvent {
     Ignored,
 }
 
-/// Most diffs buffered while a snapshot is fetched (200 s of 100 ms diffs); older ones are
-/// dropped, which at worst makes the snapshot stale and fetched again.
+/// Most diffs buffered while a snapshot is fetched (200 s of 100 ms diffs). One more empties
+/// the buffer and says `Resync(BufferOverflow)`: the snapshot in flight can no longer be
+/// bridged from what is kept, so a new one is needed anyway.
 pub const MAX_BUFFERED: usize = 2000;
 
 #[derive(Debug, Clone)]
@@ -111,12 +119,22 @@ pub struct BookSync {
     dropped: u64,
 }
 
+/// One level as read from the venue: two decimals, neither negative.
+fn level(
+    lv: Result<(&str, &str), crate::venue::json::JsonError>,
+) -> Result<(Decimal, Decimal), ResyncReason> {
+    let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
+    let p = Decimal::parse(p).map_err(|_| ResyncReason::Malformed)?;
+    let q = Decimal::parse(q).map_err(|_| ResyncReason::Malformed)?;
+    if p.is_negative() || q.is_negative() {
+        return Err(ResyncReason::Malformed);
+    }
+    Ok((p, q))
+}
+
 fn parse_levels(levels: Levels<'_>, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), ResyncReason> {
     for lv in levels {
-        let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
-        let p = Decimal::parse(p).map_err(|_| ResyncReason::Malformed)?;
-        let q = Decimal::parse(q).map_err(|_| ResyncReason::Malformed)?;
-        out.push((p, q));
+        out.push(level(lv)?);
     }
     Ok(())
 }
@@ -128,12 +146,7 @@ fn apply_raw(
     levels: Levels<'_>,
 ) -> Result<(), ResyncReason> {
     for lv in levels {
-        let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
-        let p = Decimal::parse(p).map_err(|_| ResyncReason::Malformed)?;
-        let q = Decimal::parse(q).map_err(|_| ResyncReason::Malformed)?;
-        if p.is_negative() || q.is_negative() {
-            return Err(ResyncReason::Malformed);
-        }
+        let (p, q) = level(lv)?;
         book.apply(side, p, q);
     }
     Ok(())
@@ -180,16 +193,20 @@ impl BookSync {
     /// Whether a diff `(U, u, pu)` may follow a book at `last` (after the first applied diff).
     fn follows(&self, last: u64, first: u64, prev: Option<u64>) -> Result<(), ResyncReason> {
         match self.rule {
-            Continuity::Spot if first == last + 1 => Ok(()),
+            // Ids come from the network: no arithmetic that can overflow.
+            Continuity::Spot if last.checked_add(1) == Some(first) => Ok(()),
             Continuity::Spot => Err(ResyncReason::Gap {
-                expected: last + 1,
+                expected: last.saturating_add(1),
                 got: first,
             }),
-            Continuity::UsdM if prev == Some(last) => Ok(()),
-            Continuity::UsdM => Err(ResyncReason::Gap {
-                expected: last,
-                got: prev.unwrap_or(0),
-            }),
+            Continuity::UsdM => match prev {
+                Some(p) if p == last => Ok(()),
+                Some(p) => Err(ResyncReason::Gap {
+                    expected: last,
+                    got: p,
+                }),
+                None => Err(ResyncReason::Malformed),
+            },
         }
     }
 
@@ -204,7 +221,8 @@ impl BookSync {
     /// Whether a diff `[U, u]` is the first to apply on a snapshot `l`.
     fn spans(&self, l: u64, first: u64, last: u64) -> bool {
         match self.rule {
-            Continuity::Spot => first <= l + 1 && l < last,
+            // U <= L+1 <= u, without computing L+1.
+            Continuity::Spot => first.saturating_sub(1) <= l && l < last,
             Continuity::UsdM => first <= l && l <= last,
         }
     }
@@ -214,39 +232,61 @@ impl BookSync {
         SyncEvent::Resync(reason)
     }
 
+    /// Unsyncs for `reason` and buffers `d`, the first diff the next snapshot may bridge.
+    fn fail_keeping(&mut self, reason: ResyncReason, d: &DepthUpdate<'_>) -> SyncEvent {
+        self.unsync();
+        match self.buffer(d) {
+            Ok(()) => SyncEvent::Resync(reason),
+            Err(r) => SyncEvent::Resync(r),
+        }
+    }
+
+    /// Keeps an owned copy of `d` until the snapshot arrives (the resync path may allocate).
+    /// On a malformed diff the book starts over; on overflow the buffer restarts at `d`.
+    fn buffer(&mut self, d: &DepthUpdate<'_>) -> Result<(), ResyncReason> {
+        let mut owned = OwnedDiff {
+            first: d.first_id,
+            last: d.last_id,
+            prev: d.prev_last_id,
+            bids: Vec::new(),
+            asks: Vec::new(),
+        };
+        if let Err(r) = parse_levels(d.bids(), &mut owned.bids)
+            .and_then(|()| parse_levels(d.asks(), &mut owned.asks))
+        {
+            self.unsync();
+            return Err(r);
+        }
+        if !matches!(self.state, State::AwaitingSnapshot { .. }) {
+            self.state = State::AwaitingSnapshot {
+                buffered: VecDeque::new(),
+            };
+        }
+        let State::AwaitingSnapshot { buffered } = &mut self.state else {
+            return Ok(());
+        };
+        let overflow = buffered.len() >= MAX_BUFFERED;
+        if overflow {
+            buffered.clear();
+        }
+        buffered.push_back(owned);
+        if overflow {
+            Err(ResyncReason::BufferOverflow)
+        } else {
+            Ok(())
+        }
+    }
+
     /// One diff from the stream.
     pub fn on_diff(&mut self, d: &DepthUpdate<'_>) -> SyncEvent {
         let (first, last, prev) = (d.first_id, d.last_id, d.prev_last_id);
         match &mut self.state {
             State::AwaitingFirstDiff | State::AwaitingSnapshot { .. } => {
-                let mut owned = OwnedDiff {
-                    first,
-                    last,
-                    prev,
-                    bids: Vec::new(),
-                    asks: Vec::new(),
-                };
-                if let Err(r) = parse_levels(d.bids(), &mut owned.bids)
-                    .and_then(|()| parse_levels(d.asks(), &mut owned.asks))
-                {
-                    return self.fail(r);
-                }
                 let ask = matches!(self.state, State::AwaitingFirstDiff);
-                if ask {
-                    self.state = State::AwaitingSnapshot {
-                        buffered: VecDeque::new(),
-                    };
-                }
-                if let State::AwaitingSnapshot { buffered } = &mut self.state {
-                    if buffered.len() >= MAX_BUFFERED {
-                        buffered.pop_front();
-                    }
-                    buffered.push_back(owned);
-                }
-                if ask {
-                    SyncEvent::NeedSnapshot
-                } else {
-                    SyncEvent::Buffered
+                match self.buffer(d) {
+                    Ok(()) if ask => SyncEvent::NeedSnapshot,
+                    Ok(()) => SyncEvent::Buffered,
+                    Err(r) => SyncEvent::Resync(r),
                 }
             }
             State::Bridging { snapshot_id } => {
@@ -256,8 +296,9 @@ impl BookSync {
                     return SyncEvent::Dropped;
                 }
                 if !self.spans(l, first, last) {
-                    // The stream is already past the snapshot: the snapshot is stale.
-                    return self.fail(ResyncReason::StaleSnapshot);
+                    // The stream is already past the snapshot: the snapshot is stale. This
+                    // diff may bridge the next one.
+                    return self.fail_keeping(ResyncReason::StaleSnapshot, d);
                 }
                 self.apply_borrowed(d)
             }
@@ -268,7 +309,11 @@ impl BookSync {
                     return SyncEvent::Dropped;
                 }
                 if let Err(r) = self.follows(l, first, prev) {
-                    return self.fail(r);
+                    if r == ResyncReason::Malformed {
+                        return self.fail(r);
+                    }
+                    // The diff after the gap may bridge the next snapshot.
+                    return self.fail_keeping(r, d);
                 }
                 self.apply_borrowed(d)
             }
@@ -313,10 +358,7 @@ impl BookSync {
         for (side, levels) in [(BookSide::Bid, snap.bids()), (BookSide::Ask, snap.asks())] {
             let mut n = 0;
             for lv in levels {
-                let parsed = lv
-                    .ok()
-                    .and_then(|(p, q)| Some((Decimal::parse(p).ok()?, Decimal::parse(q).ok()?)));
-                let Some((p, q)) = parsed else {
+                let Ok((p, q)) = level(lv) else {
                     self.state = State::AwaitingSnapshot { buffered };
                     self.book.clear();
                     return SyncEvent::Resync(ResyncReason::Malformed);
@@ -576,5 +618,157 @@ mod tests {
         assert_eq!(s.fill(3, &mut out), Ok(true));
         assert_eq!(s.fill(4, &mut out), Err(ResyncReason::Truncated));
         assert!(!s.is_synced());
+    }
+
+    /// One input of a transition table and the event it must give.
+    #[derive(Clone, Copy)]
+    enum Step {
+        /// A diff `(U, u, pu)`.
+        Diff(u64, u64, Option<u64>, SyncEvent),
+        /// A snapshot with `lastUpdateId` L.
+        Snap(u64, SyncEvent),
+    }
+    use Step::{Diff, Snap};
+
+    const fn applied(update_id: u64) -> SyncEvent {
+        SyncEvent::Applied { update_id }
+    }
+    const fn gap(expected: u64, got: u64) -> SyncEvent {
+        SyncEvent::Resync(ResyncReason::Gap { expected, got })
+    }
+    const STALE: SyncEvent = SyncEvent::Resync(ResyncReason::StaleSnapshot);
+    const NEED: SyncEvent = SyncEvent::NeedSnapshot;
+
+    fn run_table(rule: Continuity, cases: &[&[Step]]) {
+        for (i, steps) in cases.iter().enumerate() {
+            let mut s = BookSync::new(rule);
+            for (j, step) in steps.iter().enumerate() {
+                let (got, want) = match *step {
+                    Diff(first, last, prev, want) => (feed(&mut s, first, last, prev, "5"), want),
+                    Snap(l, want) => (snap(&mut s, l), want),
+                };
+                assert_eq!(got, want, "{rule:?} TC{i} step {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn spot_transitions_at_the_edges() {
+        let none = None;
+        run_table(
+            Continuity::Spot,
+            &[
+                // TC0: u == L is dropped; the next diff with U == L+1 applies.
+                &[
+                    Diff(10, 12, none, NEED),
+                    Snap(12, applied(12)),
+                    Diff(13, 14, none, applied(14)),
+                ],
+                // TC1: U < L+1 == u bridges the snapshot from the buffer.
+                &[Diff(10, 12, none, NEED), Snap(11, applied(12))],
+                // TC2: U == L+1 bridges from the buffer.
+                &[Diff(13, 14, none, NEED), Snap(12, applied(14))],
+                // TC3: U == L+2: the snapshot is too old; the buffer is kept for the next one.
+                &[
+                    Diff(14, 15, none, NEED),
+                    Snap(12, STALE),
+                    Snap(13, applied(15)),
+                ],
+                // TC4: a snapshot past the buffer waits; a live U == L+2 means it was stale.
+                &[
+                    Diff(10, 12, none, NEED),
+                    Snap(13, applied(13)),
+                    Diff(15, 16, none, STALE),
+                ],
+                // TC5: after sync: U == u+1 applies, u <= last is dropped, a hole is a gap.
+                &[
+                    Diff(10, 14, none, NEED),
+                    Snap(12, applied(14)),
+                    Diff(15, 15, none, applied(15)),
+                    Diff(14, 15, none, SyncEvent::Dropped),
+                    Diff(17, 18, none, gap(16, 17)),
+                ],
+                // TC6: an overlapping diff (U <= last < u) is a gap too.
+                &[
+                    Diff(10, 14, none, NEED),
+                    Snap(12, applied(14)),
+                    Diff(14, 16, none, gap(15, 14)),
+                ],
+                // TC7: the diff after a gap is kept: a snapshot it spans re-syncs at once.
+                &[
+                    Diff(10, 14, none, NEED),
+                    Snap(12, applied(14)),
+                    Diff(17, 18, none, gap(15, 17)),
+                    Snap(17, applied(18)),
+                ],
+                // TC8: ids at the top of the range never overflow.
+                &[
+                    Diff(u64::MAX - 1, u64::MAX, none, NEED),
+                    Snap(u64::MAX - 1, applied(u64::MAX)),
+                    Diff(u64::MAX, u64::MAX, none, SyncEvent::Dropped),
+                    Diff(0, 0, none, SyncEvent::Dropped),
+                ],
+            ],
+        );
+    }
+
+    #[test]
+    fn usdm_transitions_at_the_edges() {
+        run_table(
+            Continuity::UsdM,
+            &[
+                // TC0: u < L is dropped; U <= L <= u applies live.
+                &[
+                    Diff(5, 9, Some(4), NEED),
+                    Snap(10, applied(10)),
+                    Diff(10, 12, Some(9), applied(12)),
+                ],
+                // TC1: u == L is kept (unlike spot) and bridges from the buffer.
+                &[Diff(8, 10, Some(7), NEED), Snap(10, applied(10))],
+                // TC2: U == L applies.
+                &[Diff(10, 11, Some(9), NEED), Snap(10, applied(11))],
+                // TC3: U == L+1: the snapshot is too old.
+                &[Diff(11, 12, Some(10), NEED), Snap(10, STALE)],
+                // TC4: after sync gaps in U are normal; pu must be the previous u.
+                &[
+                    Diff(10, 12, Some(9), NEED),
+                    Snap(11, applied(12)),
+                    Diff(20, 25, Some(12), applied(25)),
+                    Diff(30, 31, Some(24), gap(25, 24)),
+                ],
+                // TC5: a synced USD-M diff without pu cannot be checked.
+                &[
+                    Diff(10, 12, Some(9), NEED),
+                    Snap(11, applied(12)),
+                    Diff(13, 14, None, SyncEvent::Resync(ResyncReason::Malformed)),
+                ],
+                // TC6: ids at the top of the range never overflow.
+                &[
+                    Diff(u64::MAX, u64::MAX, Some(u64::MAX - 1), NEED),
+                    Snap(u64::MAX, applied(u64::MAX)),
+                    Diff(u64::MAX, u64::MAX, Some(u64::MAX), SyncEvent::Dropped),
+                ],
+            ],
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_restarts_and_says_so() {
+        let mut s = BookSync::new(Continuity::Spot);
+        // TC0: MAX_BUFFERED diffs are kept.
+        assert_eq!(feed(&mut s, 1, 1, None, "5"), NEED);
+        for id in 2..=MAX_BUFFERED as u64 {
+            assert_eq!(feed(&mut s, id, id, None, "5"), SyncEvent::Buffered);
+        }
+        // TC1: one more empties the buffer, keeps this diff, and asks for a resync.
+        let next = MAX_BUFFERED as u64 + 1;
+        assert_eq!(
+            feed(&mut s, next, next, None, "5"),
+            SyncEvent::Resync(ResyncReason::BufferOverflow)
+        );
+        // TC2: the old snapshot in flight is now stale; a fresh one bridges the kept diff.
+        assert_eq!(snap(&mut s, 5), STALE);
+        assert_eq!(snap(&mut s, next - 1), applied(next));
+        assert_eq!(ResyncReason::BufferOverflow.label(), "buffer_overflow");
     }
 }

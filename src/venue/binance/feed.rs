@@ -312,6 +312,43 @@ impl BinanceProtocol {
         }
     }
 
+    /// A `trade` or `aggTrade`: the taker sold when the buyer was the maker.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_trade(
+        &self,
+        symbol: &str,
+        id: u64,
+        price: &str,
+        qty: &str,
+        buyer_is_maker: bool,
+        ts_ms: u64,
+        io: &mut Io<'_>,
+    ) -> FrameKind {
+        let Some(stream) = self.find(symbol).and_then(|i| self.symbols[i].trade) else {
+            return FrameKind::Unknown;
+        };
+        let (Some(price), Some(qty)) = (dec(price), dec(qty)) else {
+            return FrameKind::Malformed;
+        };
+        let side = if buyer_is_maker {
+            Side::Sell
+        } else {
+            Side::Buy
+        };
+        io.publisher.publish(
+            stream,
+            ts_ms,
+            id,
+            Data::Trade(TradeData {
+                trade_id: id,
+                price,
+                qty,
+                side,
+            }),
+        );
+        FrameKind::Data
+    }
+
     fn handle_frame(
         &mut self,
         frame: Frame<'_>,
@@ -336,60 +373,30 @@ impl BinanceProtocol {
                     Control::Continue,
                 )
             }
-            Frame::Trade(t) => {
-                let Some((i, stream)) = self
-                    .find(t.symbol)
-                    .and_then(|i| Some((i, self.symbols[i].trade?)))
-                else {
-                    return (FrameKind::Unknown, Control::Continue);
-                };
-                let _ = i;
-                let (Some(price), Some(qty)) = (dec(t.price), dec(t.qty)) else {
-                    return (FrameKind::Malformed, Control::Continue);
-                };
-                let side = if t.buyer_is_maker {
-                    Side::Sell
-                } else {
-                    Side::Buy
-                };
-                io.publisher.publish(
-                    stream,
-                    t.trade_time,
+            Frame::Trade(t) => (
+                self.publish_trade(
+                    t.symbol,
                     t.id,
-                    Data::Trade(TradeData {
-                        trade_id: t.id,
-                        price,
-                        qty,
-                        side,
-                    }),
-                );
-                (FrameKind::Data, Control::Continue)
-            }
-            Frame::AggTrade(t) => {
-                let Some(stream) = self.find(t.symbol).and_then(|i| self.symbols[i].trade) else {
-                    return (FrameKind::Unknown, Control::Continue);
-                };
-                let (Some(price), Some(qty)) = (dec(t.price), dec(t.qty)) else {
-                    return (FrameKind::Malformed, Control::Continue);
-                };
-                let side = if t.buyer_is_maker {
-                    Side::Sell
-                } else {
-                    Side::Buy
-                };
-                io.publisher.publish(
-                    stream,
+                    t.price,
+                    t.qty,
+                    t.buyer_is_maker,
                     t.trade_time,
+                    io,
+                ),
+                Control::Continue,
+            ),
+            Frame::AggTrade(t) => (
+                self.publish_trade(
+                    t.symbol,
                     t.id,
-                    Data::Trade(TradeData {
-                        trade_id: t.id,
-                        price,
-                        qty,
-                        side,
-                    }),
-                );
-                (FrameKind::Data, Control::Continue)
-            }
+                    t.price,
+                    t.qty,
+                    t.buyer_is_maker,
+                    t.trade_time,
+                    io,
+                ),
+                Control::Continue,
+            ),
             Frame::MarkPrice(m) => {
                 let Some(stream) = self.find(m.symbol).and_then(|i| self.symbols[i].funding) else {
                     return (FrameKind::Unknown, Control::Continue);

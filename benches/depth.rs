@@ -217,6 +217,11 @@ fn bench(c: &mut Criterion) {
             pass(s, live, true, &mut o);
         },
     ));
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "(unoptimized build, e.g. `cargo test --all-targets`: the timings below mean nothing; use `cargo bench`)"
+        );
+    }
     eprintln!("ns per message: serde_json IgnoredAny {floor:.0}");
     for (what, ns) in [
         ("parse_frame", parse),

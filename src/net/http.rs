@@ -1,91 +1,190 @@
 //! The REST client: at most one keep-alive HTTP/1.1 connection per host, under the budget.
 //!
-//! Design: each host (`scheme://authority`) has one slot. A request locks the slot (requests to
-//! one host are serialized over its single connection), opens the connection on demand with a
-//! `Rest` permit, and reuses it afterwards. The hyper connection driver task owns the socket
-//! and the permit, so the permit returns exactly when the connection ends. A connection unused
-//! for `[rest] idle_timeout` is closed by a reaper, and any error or timeout closes it too.
-//! Bodies are bounded by `[rest] max_body_bytes`.
+//! Design: each host (`scheme://authority`) has one slot holding at most one connection.
+//! A request locks the slot, so requests to one host are serialized over that connection; it
+//! opens the connection on demand with a `Rest` permit (refused → [`RestError::Budget`], never
+//! a wait) and leaves it for the next request. The connection's driver task, spawned on the
+//! executor given to [`RestClient::new`], owns the socket *and* the permit (one value,
+//! `Driver`, socket field first), so the permit returns exactly when the socket closes:
+//! when the server ends the connection, when the client closes it, or when the task is
+//! dropped. The executor must be running for requests to make progress at all.
+//!
+//! A connection is closed
+//! - when it has been idle for `[rest] idle_timeout` (a reaper task per connection, armed
+//!   from its last use),
+//! - after any error or timeout (its state is unknown, so it is never reused),
+//! - when a request on it was abandoned (the caller dropped the `get` future): it is dropped
+//!   with the future (and, should that ever be missed, the next request or the reaper finds
+//!   it marked busy and closes it).
+//!
+//! Closing awaits the driver task's cancellation, so when it returns the fd is gone and the
+//! permit is back; a replacement connection therefore never needs a second permit.
+//!
+//! Every request is bounded by `[rest] request_timeout` (waiting for the slot included) and
+//! every body by `[rest] max_body_bytes`.
 //!
 //! Owns: HTTP framing and connection reuse. Must not touch: rate limits (see
-//! `session::rest`) or response bodies' meaning.
+//! `session::rest`) or what response bodies mean.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use futures_rustls::rustls::ClientConfig;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use prometheus_client::metrics::gauge::Gauge;
 use smol::{Executor, Task, Timer};
 use smol_hyper::rt::FuturesIo;
 
-use crate::budget::{Budget, BudgetExhausted, PermitKind};
+use super::tls::{self, Alpn, ConnectError, Transport};
+use crate::budget::{Budget, BudgetExhausted, Permit, PermitKind};
 use crate::config::{Endpoint, RestConfig};
 use crate::metrics::{HostLabels, Metrics, RestLabels};
-use crate::net::ws::{self, ConnectError};
 
-/// A REST answer (any status).
-#[derive(Debug, Clone)]
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("marketbox/", env!("CARGO_PKG_VERSION"));
+
+/// A REST answer, whatever its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestResponse {
     pub status: u16,
-    /// `Retry-After`, in seconds form.
+    /// `Retry-After` in its delay-seconds form (the HTTP-date form is ignored).
     pub retry_after: Option<Duration>,
-    /// Binance's `x-mbx-used-weight-1m`.
+    /// Binance's `x-mbx-used-weight-1m`, when present.
     pub used_weight: Option<u32>,
     pub body: Vec<u8>,
 }
 
-/// Why a REST call produced no answer.
+/// Why a REST call produced no answer. Every one of them closes the host's connection.
 #[derive(Debug, thiserror::Error)]
 pub enum RestError {
+    /// No permit for a new connection; back off and retry later.
     #[error(transparent)]
     Budget(#[from] BudgetExhausted),
     #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("no complete answer within {0:?}")]
-    Timeout(Duration),
+    Connect {
+        #[from]
+        source: ConnectError,
+    },
     #[error(
-        "response body larger than {limit} bytes (raise [rest] max_body_bytes if this is expected)"
+        "no complete answer within {after:?} (the host is slow or unreachable; \
+         [rest] request_timeout bounds each request)"
+    )]
+    Timeout { after: Duration },
+    #[error(
+        "response body over {limit} bytes (raise [rest] max_body_bytes if the venue really \
+         sends this much)"
     )]
     BodyTooLarge { limit: usize },
-    #[error("HTTP error: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("bad request: {0}")]
-    Request(String),
+    #[error("HTTP exchange failed: {source}")]
+    Http {
+        #[from]
+        source: hyper::Error,
+    },
+    #[error("{path:?} is not a valid request path: {source}")]
+    InvalidPath {
+        path: String,
+        #[source]
+        source: http::Error,
+    },
 }
 
-struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
-    /// Owns the socket and the permit; dropping it closes the connection.
-    _driver: Task<()>,
-    id: u64,
-}
-
-/// Counts one open connection while it lives.
-struct GaugeGuard(Gauge);
-
-impl GaugeGuard {
-    fn new(g: Gauge) -> Self {
-        g.inc();
-        GaugeGuard(g)
+impl RestError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RestError::Timeout { .. })
     }
 }
 
-impl Drop for GaugeGuard {
+/// Counts one open connection (client-wide and per host) while it lives.
+struct OpenGuard {
+    count: Arc<AtomicUsize>,
+    gauge: Gauge,
+}
+
+impl OpenGuard {
+    fn new(count: Arc<AtomicUsize>, gauge: Gauge) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        gauge.inc();
+        OpenGuard { count, gauge }
+    }
+}
+
+impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// The hyper connection future with everything that must end with it.
+struct Driver {
+    // Field order is drop order: socket, then the count, then the permit.
+    conn: Connection<FuturesIo<Transport>, Empty<Bytes>>,
+    _open: OpenGuard,
+    _permit: Permit,
+    host: Arc<str>,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match Pin::new(&mut self.conn).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(err)) => {
+                tracing::debug!(host = %self.host, %err, "REST connection ended with an error");
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// One keep-alive connection.
+struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    /// A request was started and has not finished: if the slot is free, it was abandoned.
+    busy: bool,
+    last_used: Instant,
+    id: u64,
+    driver: Task<()>,
+}
+
+impl Conn {
+    /// Closes the socket and returns the permit; both are done when this returns.
+    async fn close(self) {
+        drop(self.sender);
+        self.driver.cancel().await;
+    }
+}
+
+/// A locked slot. If the `get` future is dropped mid-request (the caller was cancelled), the
+/// connection it was using is dropped with it: its driver task is cancelled and the executor
+/// closes the socket and returns the permit right away, without waiting for the reaper.
+/// (hyper also ends a connection whose response future or body was dropped; this does not
+/// rely on that.)
+struct Locked<'a>(async_lock::MutexGuard<'a, Option<Conn>>);
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.0.as_ref().is_some_and(|c| c.busy) {
+            self.0.take();
+        }
     }
 }
 
 struct Slot {
-    base: String,
+    /// `scheme://authority`.
+    host: Arc<str>,
     conn: async_lock::Mutex<Option<Conn>>,
-    last_used: Mutex<Instant>,
-    open: Gauge,
+    gauge: Gauge,
 }
 
 struct Inner {
@@ -96,17 +195,28 @@ struct Inner {
     max_body: usize,
     executor: Arc<Executor<'static>>,
     metrics: Option<Arc<Metrics>>,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
-    next_id: std::sync::atomic::AtomicU64,
+    slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+    open: Arc<AtomicUsize>,
+    next_id: AtomicU64,
 }
 
-/// The process's REST client; cheap to clone.
+/// The process's REST client. Cheap to clone; clones share the connections.
 #[derive(Clone)]
 pub struct RestClient {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for RestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestClient")
+            .field("open_connections", &self.open_connections())
+            .finish_non_exhaustive()
+    }
+}
+
 impl RestClient {
+    /// A client whose connections take `Rest` permits from `budget` and run their drivers
+    /// and idle reapers on `executor`. `tls` is used with ALPN `http/1.1` whatever it offers.
     pub fn new(
         budget: Budget,
         tls: Arc<ClientConfig>,
@@ -117,113 +227,151 @@ impl RestClient {
         RestClient {
             inner: Arc::new(Inner {
                 budget,
-                tls,
+                tls: tls::with_alpn(&tls, Alpn::Http11),
                 idle: cfg.idle_timeout.0,
                 timeout: cfg.request_timeout.0,
                 max_body: cfg.max_body_bytes.0,
                 executor,
                 metrics,
                 slots: Mutex::new(HashMap::new()),
-                next_id: std::sync::atomic::AtomicU64::new(1),
+                open: Arc::new(AtomicUsize::new(0)),
+                next_id: AtomicU64::new(1),
             }),
         }
     }
 
-    fn slot(&self, base: &str) -> Arc<Slot> {
-        let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .entry(base.to_owned())
-            .or_insert_with(|| {
-                let open = self
-                    .inner
-                    .metrics
-                    .as_ref()
-                    .map_or_else(Gauge::default, |m| {
-                        m.rest_connections
-                            .get_or_create(&HostLabels {
-                                host: base.to_owned(),
-                            })
-                            .clone()
-                    });
-                Arc::new(Slot {
-                    base: base.to_owned(),
-                    conn: async_lock::Mutex::new(None),
-                    last_used: Mutex::new(Instant::now()),
-                    open,
-                })
-            })
-            .clone()
-    }
-
-    /// Open REST connections (all hosts).
+    /// Open REST connections, all hosts together.
     pub fn open_connections(&self) -> usize {
-        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.values().map(|s| s.open.get().max(0) as usize).sum()
+        self.inner.open.load(Ordering::Acquire)
     }
 
-    /// `GET base + path_and_query`.
+    /// `GET` `base` + `path_and_query` (which starts with `/`), within `[rest]
+    /// request_timeout`. Any status is an `Ok`; only a missing answer is an error.
+    ///
+    /// Cancel-safe in the sense that dropping the future never leaks: a connection left
+    /// mid-request is closed by the next request or the reaper.
     pub async fn get(
         &self,
         base: &Endpoint,
         path_and_query: &str,
     ) -> Result<RestResponse, RestError> {
-        let host = format!("{}://{}", base.scheme(), base.authority());
-        let path = format!("{}{}", base.path(), path_and_query);
-        let slot = self.slot(&host);
-        let timeout = self.inner.timeout;
+        let slot = self.slot(base);
+        let deadline = Instant::now() + self.inner.timeout;
         let result = self
-            .request(&slot, base, &path)
-            .or(async {
-                Timer::after(timeout).await;
-                Err(RestError::Timeout(timeout))
-            })
+            .locked_request(&slot, base, path_and_query, deadline)
             .await;
-        if result.is_err() {
-            // A connection in an unknown state is not reused.
-            *slot.conn.lock().await = None;
-        }
         if let Some(m) = &self.inner.metrics {
             let status = match &result {
                 Ok(r) => r.status.to_string(),
                 Err(_) => "error".to_owned(),
             };
             m.rest_requests
-                .get_or_create(&RestLabels { host, status })
+                .get_or_create(&RestLabels {
+                    host: slot.host.to_string(),
+                    status,
+                })
                 .inc();
         }
         if let Err(err) = &result {
             // Callers log with their own context (once per failure streak); this is detail.
-            tracing::debug!(%err, url = %format!("{}{}", base.as_str(), path_and_query), "REST request failed");
+            tracing::debug!(host = %slot.host, path = path_and_query, %err, "REST request failed");
+        }
+        result
+    }
+
+    fn slot(&self, base: &Endpoint) -> Arc<Slot> {
+        let host = format!("{}://{}", base.scheme(), base.authority());
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(host.as_str()) {
+            return Arc::clone(slot);
+        }
+        let gauge = self
+            .inner
+            .metrics
+            .as_ref()
+            .map_or_else(Gauge::default, |m| {
+                m.rest_connections
+                    .get_or_create(&HostLabels { host: host.clone() })
+                    .clone()
+            });
+        let host: Arc<str> = host.into();
+        let slot = Arc::new(Slot {
+            host: Arc::clone(&host),
+            conn: async_lock::Mutex::new(None),
+            gauge,
+        });
+        slots.insert(host, Arc::clone(&slot));
+        slot
+    }
+
+    /// Waits for the slot, runs the request, and closes the connection of a failed request
+    /// before the slot is released; waiting and requesting are bounded by `deadline`, the
+    /// close (quick: it only waits for the executor to drop the driver) is not, so that it
+    /// is complete when this returns.
+    async fn locked_request(
+        &self,
+        slot: &Arc<Slot>,
+        base: &Endpoint,
+        path_and_query: &str,
+        deadline: Instant,
+    ) -> Result<RestResponse, RestError> {
+        let after = self.inner.timeout;
+        let mut guard = async { Ok(Locked(slot.conn.lock().await)) }
+            .or(expire(deadline, after))
+            .await?;
+        let result = self
+            .request(&mut guard.0, slot, base, path_and_query)
+            .or(expire(deadline, after))
+            .await;
+        if result.is_err()
+            && let Some(conn) = guard.0.take()
+        {
+            conn.close().await;
         }
         result
     }
 
     async fn request(
         &self,
+        conn: &mut Option<Conn>,
         slot: &Arc<Slot>,
         base: &Endpoint,
-        path: &str,
+        path_and_query: &str,
     ) -> Result<RestResponse, RestError> {
-        let mut guard = slot.conn.lock().await;
-        let reusable = guard.as_ref().is_some_and(|c| !c.sender.is_closed());
-        if !reusable {
-            *guard = None;
-            *guard = Some(self.open(slot, base).await?);
+        let mut path = String::with_capacity(base.path().len() + path_and_query.len() + 1);
+        path.push_str(base.path());
+        path.push_str(path_and_query);
+        if path.is_empty() {
+            path.push('/');
         }
-        let Some(conn) = guard.as_mut() else {
-            return Err(RestError::Request("no connection".into()));
-        };
-        conn.sender.ready().await?;
-        let req = http::Request::get(path)
+        let req = http::Request::get(path.as_str())
             .header(http::header::HOST, base.authority())
-            .header(
-                http::header::USER_AGENT,
-                concat!("marketbox/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(http::header::USER_AGENT, USER_AGENT)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| RestError::Request(e.to_string()))?;
-        let resp = conn.sender.send_request(req).await?;
+            .map_err(|source| RestError::InvalidPath {
+                path: path.clone(),
+                source,
+            })?;
+
+        // Reuse only a connection that is idle and still open.
+        if let Some(c) = conn.as_mut() {
+            let alive = !c.busy && c.sender.ready().await.is_ok();
+            if !alive && let Some(old) = conn.take() {
+                old.close().await;
+            }
+        }
+        let c = match conn {
+            Some(c) => c,
+            None => {
+                let fresh = self.open(slot).await?;
+                conn.insert(fresh)
+            }
+        };
+        c.sender.ready().await?;
+        c.busy = true;
+        c.last_used = Instant::now();
+        let resp = c.sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let header_num = |name: &str| {
             resp.headers()
@@ -233,18 +381,11 @@ impl RestClient {
         };
         let retry_after = header_num("retry-after").map(Duration::from_secs);
         let used_weight =
-            header_num("x-mbx-used-weight-1m").map(|w| w.min(u64::from(u32::MAX)) as u32);
-        let limit = self.inner.max_body;
-        let body = Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| match e.downcast::<hyper::Error>() {
-                Ok(h) => RestError::Http(*h),
-                Err(_) => RestError::BodyTooLarge { limit },
-            })?
-            .to_bytes()
-            .to_vec();
-        *slot.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            header_num("x-mbx-used-weight-1m").map(|w| u32::try_from(w).unwrap_or(u32::MAX));
+        let declared = header_num("content-length");
+        let body = read_body(resp.into_body(), declared, self.inner.max_body).await?;
+        c.busy = false;
+        c.last_used = Instant::now();
         Ok(RestResponse {
             status,
             retry_after,
@@ -253,65 +394,97 @@ impl RestClient {
         })
     }
 
-    async fn open(&self, slot: &Arc<Slot>, base: &Endpoint) -> Result<Conn, RestError> {
-        let permit = self
-            .inner
-            .budget
-            .try_acquire(PermitKind::Rest, &slot.base)?;
-        let url = slot.base.as_str();
-        let (secure, host, port) = ws::split_url(url)
-            .ok_or_else(|| RestError::Request(format!("{url} is not an http(s) URL")))?;
-        let stream = ws::connect_stream(url, host, port, secure.then_some(&self.inner.tls)).await?;
-        let (sender, connection) = http1::handshake(FuturesIo::new(stream)).await?;
-        let open = GaugeGuard::new(slot.open.clone());
-        let driver = self.inner.executor.spawn(async move {
-            // The permit and the gauge live exactly as long as the connection, whether it ends
-            // by itself or the task is dropped (idle close, error).
-            let _permit = permit;
-            let _open = open;
-            let _ = connection.await;
-        });
-        let id = self
-            .inner
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *slot.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    /// Opens the slot's connection: permit, TCP, TLS, HTTP/1 handshake; spawns its driver
+    /// and its idle reaper.
+    async fn open(&self, slot: &Arc<Slot>) -> Result<Conn, RestError> {
+        let host = &*slot.host;
+        let target = tls::split_url(host)
+            .filter(|_| host.starts_with("http://") || host.starts_with("https://"))
+            .ok_or_else(|| ConnectError::Url {
+                url: host.to_owned(),
+            })?;
+        let permit = self.inner.budget.try_acquire(PermitKind::Rest, host)?;
+        // On any failure below, the transport is dropped (closed) before the permit.
+        let transport = tls::connect_transport(host, target, &self.inner.tls).await?;
+        let (sender, conn) = http1::handshake(FuturesIo::new(transport)).await?;
+        let driver = Driver {
+            conn,
+            _open: OpenGuard::new(Arc::clone(&self.inner.open), slot.gauge.clone()),
+            _permit: permit,
+            host: Arc::clone(&slot.host),
+        };
+        let driver = self.inner.executor.spawn(driver);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.spawn_reaper(Arc::downgrade(slot), id);
-        tracing::debug!(host = %base.authority(), "REST connection opened");
+        tracing::debug!(host, "REST connection opened");
         Ok(Conn {
             sender,
-            _driver: driver,
+            busy: false,
+            last_used: Instant::now(),
             id,
+            driver,
         })
     }
 
-    /// Closes connection `id` of the slot once it has been idle for `idle_timeout`.
+    /// Closes connection `id` of `slot` once it has been idle for `idle_timeout`, or as soon
+    /// as it is found closed by the server or abandoned mid-request. Ends with the
+    /// connection.
     fn spawn_reaper(&self, slot: Weak<Slot>, id: u64) {
         let idle = self.inner.idle;
+        let mut due = Instant::now() + idle;
         self.inner
             .executor
             .spawn(async move {
                 loop {
-                    let Some(s) = slot.upgrade() else { return };
-                    let last = *s.last_used.lock().unwrap_or_else(|e| e.into_inner());
-                    let due = last + idle;
-                    drop(s);
                     Timer::at(due).await;
-                    let Some(s) = slot.upgrade() else { return };
-                    let mut conn = s.conn.lock().await;
-                    match conn.as_ref() {
-                        Some(c) if c.id == id => {
-                            let last = *s.last_used.lock().unwrap_or_else(|e| e.into_inner());
-                            if last.elapsed() >= idle {
-                                // Dropping the driver closes the socket and returns the permit.
-                                *conn = None;
-                                return;
-                            }
+                    let Some(slot) = slot.upgrade() else { return };
+                    let mut guard = slot.conn.lock().await;
+                    let Some(c) = guard.as_ref().filter(|c| c.id == id) else {
+                        return;
+                    };
+                    let idle_until = c.last_used + idle;
+                    if c.busy || c.sender.is_closed() || Instant::now() >= idle_until {
+                        if let Some(c) = guard.take() {
+                            drop(guard);
+                            c.close().await;
+                            tracing::debug!(host = %slot.host, "idle REST connection closed");
                         }
-                        _ => return,
+                        return;
                     }
+                    due = idle_until;
                 }
             })
             .detach();
     }
+}
+
+/// Fails with [`RestError::Timeout`] at `deadline`.
+async fn expire<T>(deadline: Instant, after: Duration) -> Result<T, RestError> {
+    Timer::at(deadline).await;
+    Err(RestError::Timeout { after })
+}
+
+/// Reads a whole body, refusing more than `limit` bytes (before reading, when the
+/// `Content-Length` already says so).
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    declared: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u8>, RestError> {
+    let too_large = || RestError::BodyTooLarge { limit };
+    let capacity = match declared {
+        Some(n) if n > limit as u64 => return Err(too_large()),
+        Some(n) => n as usize,
+        None => 0,
+    };
+    let mut out = Vec::with_capacity(capacity);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if data.len() > limit - out.len() {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }

@@ -1,52 +1,92 @@
-//! TLS client configuration: webpki roots plus `[tls] extra_ca`, always verified.
+//! TLS client configuration and the TCP(+TLS) connector shared by `ws` and `http`.
 //!
-//! There is deliberately no way to disable certificate verification (DESIGN, Security stance).
+//! Design: trust is the webpki roots plus every certificate of `[tls] extra_ca`, and there is
+//! deliberately no way to disable certificate verification (DESIGN, Security stance): no
+//! `dangerous()` configuration is built anywhere in this crate. The crypto provider is ring,
+//! named explicitly so that a second provider pulled in by a dependency cannot change it.
+//!
+//! WebSockets and REST need different ALPN offers (none for WebSockets, since a server that
+//! picked `h2` could not upgrade; `http/1.1` for REST), so callers build one config of each
+//! kind with [`client_config`] and keep them for the life of the process.
+//!
+//! [`connect_transport`] resolves, connects and (for `wss`/`https`) runs the TLS handshake. It
+//! has no timeout of its own: `ws::connect` and `http::RestClient` bound it together with the
+//! rest of their handshakes.
 
-use std::path::Path;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::TlsConnector;
+use futures_rustls::client::TlsStream;
 use futures_rustls::rustls::{self, ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, ServerName};
+use smol::Async;
 
-/// Which application protocol to offer.
+/// Which application protocol to offer in the TLS handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alpn {
-    /// WebSockets: none.
+    /// WebSockets: no ALPN at all.
     None,
-    /// REST: `http/1.1`.
+    /// REST: `http/1.1` only.
     Http11,
 }
 
-/// TLS set-up failures.
+/// The ALPN value REST offers.
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// TLS set-up failures; each names the file and says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("extra CA file {path}: {reason}")]
-    ExtraCa { path: String, reason: String },
+    #[error(
+        "[tls] extra_ca {}: cannot read it ({source}); check the path and its permissions",
+        path.display()
+    )]
+    ExtraCaUnreadable {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    #[error(
+        "[tls] extra_ca {}: holds no certificate; give a PEM file with at least one \
+         -----BEGIN CERTIFICATE----- block",
+        path.display()
+    )]
+    ExtraCaEmpty { path: PathBuf },
+    #[error(
+        "[tls] extra_ca {}: certificate #{index} is not usable as a trust root: {source}",
+        path.display()
+    )]
+    ExtraCaRejected {
+        path: PathBuf,
+        /// 1-based position of the certificate in the file.
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
     #[error("TLS configuration failed: {0}")]
     Config(#[from] rustls::Error),
 }
 
-/// A client configuration trusting the webpki roots and every certificate in `extra_ca`.
+/// A verifying client configuration: webpki roots plus every certificate in `extra_ca`.
 pub fn client_config(extra_ca: Option<&Path>, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
-        let err = |reason: String| TlsError::ExtraCa {
-            path: path.display().to_string(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(format!("cannot read it: {e}")))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(format!("not valid PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(err("holds no CERTIFICATE block".into()));
-        }
-        for cert in certs {
+        for (i, cert) in read_extra_ca(path)?.into_iter().enumerate() {
             roots
                 .add(cert)
-                .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
+                .map_err(|source| TlsError::ExtraCaRejected {
+                    path: path.to_owned(),
+                    index: i + 1,
+                    source,
+                })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -54,8 +94,335 @@ pub fn client_config(extra_ca: Option<&Path>, alpn: Alpn) -> Result<Arc<ClientCo
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    if alpn == Alpn::Http11 {
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
+    cfg.alpn_protocols = match alpn {
+        Alpn::None => Vec::new(),
+        Alpn::Http11 => vec![ALPN_HTTP11.to_vec()],
+    };
     Ok(Arc::new(cfg))
+}
+
+/// Every `CERTIFICATE` block of a PEM file (other blocks, such as keys, are skipped).
+fn read_extra_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let unreadable = |source| TlsError::ExtraCaUnreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(unreadable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
+    if certs.is_empty() {
+        return Err(TlsError::ExtraCaEmpty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// `cfg` with exactly the ALPN offer `alpn`; the same `Arc` when it already has it.
+pub(crate) fn with_alpn(cfg: &Arc<ClientConfig>, alpn: Alpn) -> Arc<ClientConfig> {
+    let want: &[&[u8]] = match alpn {
+        Alpn::None => &[],
+        Alpn::Http11 => &[ALPN_HTTP11],
+    };
+    if cfg
+        .alpn_protocols
+        .iter()
+        .map(Vec::as_slice)
+        .eq(want.iter().copied())
+    {
+        return Arc::clone(cfg);
+    }
+    let mut c = ClientConfig::clone(cfg);
+    c.alpn_protocols = want.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// Why a connection could not be made. Shared by WebSockets and REST.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{url}: not a ws://, wss://, http:// or https:// URL with a host (fix the endpoint)")]
+    Url { url: String },
+    #[error(
+        "{url}: not connected within {timeout:?} (check the host, port and firewall, or raise \
+         the connect timeout)"
+    )]
+    Timeout { url: String, timeout: Duration },
+    #[error("{url}: cannot resolve {host} (check the host name and DNS): {source}")]
+    Dns {
+        url: String,
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{url}: TCP connect failed (is the port right and reachable?): {source}")]
+    Tcp {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{url}: TLS handshake failed (is the server certificate valid for this host and \
+         trusted? add its CA with [tls] extra_ca): {source}"
+    )]
+    Tls {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{url}: the server answered the WebSocket upgrade with HTTP {status} (check the URL's \
+         path and query)"
+    )]
+    Rejected { url: String, status: u16 },
+    #[error("{url}: WebSocket handshake failed: {source}")]
+    Handshake {
+        url: String,
+        #[source]
+        source: async_tungstenite::tungstenite::Error,
+    },
+}
+
+impl ConnectError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ConnectError::Timeout { .. })
+    }
+}
+
+/// A connected byte stream: plain TCP or TLS over TCP. Dropping it closes the socket.
+///
+/// The TLS state is boxed once per connection (it is large); reads and writes allocate
+/// nothing.
+pub enum Transport {
+    Plain(Async<TcpStream>),
+    Tls(Box<TlsStream<Async<TcpStream>>>),
+}
+
+impl Transport {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s.get_ref(),
+            Transport::Tls(s) => s.get_ref().0.get_ref(),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().peer_addr()
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_close(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// Where a URL points: TLS or not, host and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub tls: bool,
+    /// Without IPv6 brackets.
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// Splits `scheme://host[:port]/...` (`ws`, `wss`, `http`, `https`) into a [`Target`].
+pub fn split_url(url: &str) -> Option<Target<'_>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let tls = match scheme {
+        "wss" | "https" => true,
+        "ws" | "http" => false,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.contains('@') {
+        return None;
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (authority, default_port),
+        }
+    };
+    (!host.is_empty()).then_some(Target { tls, host, port })
+}
+
+/// Resolves and connects to `target`, with TCP_NODELAY, then runs the TLS handshake when the
+/// target asks for TLS (SNI and verification against `target.host`).
+///
+/// `url` only labels errors. No timeout: the caller bounds the whole handshake.
+pub async fn connect_transport(
+    url: &str,
+    target: Target<'_>,
+    tls: &Arc<ClientConfig>,
+) -> Result<Transport, ConnectError> {
+    let addrs = smol::net::resolve((target.host, target.port))
+        .await
+        .map_err(|source| ConnectError::Dns {
+            url: url.to_owned(),
+            host: target.host.to_owned(),
+            source,
+        })?;
+    if addrs.is_empty() {
+        return Err(ConnectError::Dns {
+            url: url.to_owned(),
+            host: target.host.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no address for this name"),
+        });
+    }
+    let mut last = None;
+    let mut tcp = None;
+    for addr in addrs {
+        match Async::<TcpStream>::connect(addr).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(tcp) = tcp else {
+        return Err(ConnectError::Tcp {
+            url: url.to_owned(),
+            source: last.unwrap_or_else(|| io::Error::other("no address to connect to")),
+        });
+    };
+    // Latency matters more than segment count for market data. Failing to set it is not
+    // worth failing the connection for.
+    if let Err(err) = tcp.get_ref().set_nodelay(true) {
+        tracing::debug!(%err, url, "TCP_NODELAY not set");
+    }
+    if !target.tls {
+        return Ok(Transport::Plain(tcp));
+    }
+    let name = ServerName::try_from(target.host.to_owned()).map_err(|_| ConnectError::Url {
+        url: url.to_owned(),
+    })?;
+    let stream = TlsConnector::from(Arc::clone(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|source| ConnectError::Tls {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(Transport::Tls(Box::new(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(tls: bool, host: &str, port: u16) -> Option<Target<'_>> {
+        Some(Target { tls, host, port })
+    }
+
+    #[test]
+    fn urls_split_into_tls_host_and_port() {
+        // TC0: explicit port, path and query.
+        assert_eq!(
+            split_url("wss://stream.binance.com:9443/stream?x=1"),
+            t(true, "stream.binance.com", 9443)
+        );
+        // TC1: default TLS port.
+        assert_eq!(
+            split_url("wss://fstream.binance.com/public"),
+            t(true, "fstream.binance.com", 443)
+        );
+        // TC2: plain, IP literal.
+        assert_eq!(
+            split_url("ws://127.0.0.1:8080"),
+            t(false, "127.0.0.1", 8080)
+        );
+        assert_eq!(split_url("http://example.com"), t(false, "example.com", 80));
+        // TC3: IPv6 literal with and without port.
+        assert_eq!(split_url("https://[::1]:4443/x"), t(true, "::1", 4443));
+        assert_eq!(split_url("https://[::1]/x"), t(true, "::1", 443));
+        // TC4: rejected shapes.
+        assert_eq!(split_url("ftp://x"), None);
+        assert_eq!(split_url("wss://:443"), None);
+        assert_eq!(split_url("wss://host:notaport/"), None);
+        assert_eq!(split_url("wss://user@host/"), None);
+        assert_eq!(split_url("wss://[::1]x/"), None);
+    }
+
+    #[test]
+    fn alpn_is_exactly_what_was_asked_for() {
+        let ws = client_config(None, Alpn::None).expect("config");
+        let rest = client_config(None, Alpn::Http11).expect("config");
+        assert!(ws.alpn_protocols.is_empty());
+        assert_eq!(rest.alpn_protocols, vec![ALPN_HTTP11.to_vec()]);
+        assert!(Arc::ptr_eq(&with_alpn(&rest, Alpn::Http11), &rest));
+        assert_eq!(
+            with_alpn(&ws, Alpn::Http11).alpn_protocols,
+            rest.alpn_protocols
+        );
+        assert!(with_alpn(&rest, Alpn::None).alpn_protocols.is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_empty_extra_ca_names_the_file() {
+        let missing = Path::new("/nonexistent/marketbox-ca.pem");
+        let err = client_config(Some(missing), Alpn::None).expect_err("missing file");
+        assert!(matches!(err, TlsError::ExtraCaUnreadable { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/marketbox-ca.pem"));
+
+        let empty = std::env::temp_dir().join(format!(
+            "marketbox-empty-ca-{}-{}.pem",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = client_config(Some(&empty), Alpn::None).expect_err("no certificate");
+        let _ = std::fs::remove_file(&empty);
+        assert!(matches!(err, TlsError::ExtraCaEmpty { .. }), "{err}");
+        assert!(err.to_string().contains(&*empty.to_string_lossy()));
+    }
 }

@@ -1,406 +1,775 @@
 //! The exchange simulator the integration tests run against.
 //!
-//! It speaks Binance's real public protocol over TLS on loopback (port 0) with a throwaway CA:
-//! combined-stream WebSockets (`/stream?streams=…` for spot; `/public/stream` and
-//! `/market/stream` for USD-M, each serving only its tier, as the venue does since 2026-04),
-//! live SUBSCRIBE/UNSUBSCRIBE, server pings, the 5-messages-per-second incoming limit, and the
-//! REST depth snapshot. Books are driven by a seeded process (`book.rs`) whose true state is
-//! recorded at every update id. Faults are injected from the test thread at any time.
+//! Design: a [`Sim`] owns one thread running its own smol executor; everything it serves is
+//! real protocol over TLS on loopback (port 0), signed by a throwaway CA whose PEM is written
+//! to a temp file for marketbox's `[tls] extra_ca`. It is written from the venues'
+//! documentation and captures (`../shared/PROTOCOLS.md`, `../shared/fixtures`), never from
+//! marketbox's own parsers, so the two can disagree and a test can see it.
 //!
-//! It is written from the venue's documentation and captures, independently of marketbox's
-//! own parsers.
+//! Listeners (each its own port, like the venue's hosts):
+//! - Binance spot WebSocket (`spot_ws()`): `/stream?streams=…` (combined) and `/ws/…` (raw).
+//! - Binance USD-M WebSocket (`perp_*_ws()`): `/public/…`, `/market/…` and the unrouted root,
+//!   which delivers only the `/public` tier (as the venue does since 2026-04-23).
+//! - REST: `spot_rest()` (`/api/v3/…`), `perp_rest()` (`/fapi/v1/…`, `/futures/data/…`) and
+//!   `rest()`, one host that answers both (kept for tests that point both markets at one base).
+//!
+//! Module map: `book.rs` is the venue-neutral seeded book process with its true-book history;
+//! `binance.rs` is everything Binance-specific (paths, frames, the per-connection protocol, the
+//! market clock, REST). A later `okx.rs` adds its endpoint beside it, reusing `book.rs` (whose
+//! diffs carry `prev_last_id`/`last_id`, i.e. OKX `prevSeqId`/`seqId`, and order counts),
+//! the client registry, the counters and the fault plumbing here.
+//!
+//! Faults are injected from the test thread at any time; every observation is an atomic or a
+//! short lock, so the test can poll while the simulator runs.
 #![allow(dead_code)]
 
+pub mod binance;
 pub mod book;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{SocketAddr, TcpListener};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_tungstenite::tungstenite::Message;
-use async_tungstenite::tungstenite::handshake::server::{Request, Response};
-use futures_lite::FutureExt;
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::rustls::{self, ServerConfig};
-use futures_util::StreamExt;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use smol::{Async, Executor, Timer};
 
-use book::{BookProcess, Diff, Format, Px, Qty, fmt_px, fmt_qty};
+use book::{BookProcess, fmt_units};
 
 /// A book as the venue writes it: (bids, asks) of (price, qty) strings, best first.
 pub type TextBook = (Vec<(String, String)>, Vec<(String, String)>);
 
-/// Which market a book or connection belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A venue market the simulator keeps books for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mkt {
+    /// Binance spot.
     Spot,
+    /// Binance USD-M perpetual.
     Perp,
 }
 
-/// How a fault ends a WebSocket.
+/// A WebSocket endpoint (which server a client connected to, by path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// Binance spot, `/stream` or `/ws`.
+    Spot,
+    /// Binance USD-M `/public`: `@depth*`, `@bookTicker`, `@trade`.
+    PerpPublic,
+    /// Binance USD-M `/market`: `@aggTrade`, `@markPrice*`, `@forceOrder`, `!forceOrder@arr`.
+    PerpMarket,
+    /// Binance USD-M without a routed path: delivers only what `/public` would.
+    PerpRoot,
+}
+
+impl Endpoint {
+    pub fn mkt(self) -> Mkt {
+        match self {
+            Endpoint::Spot => Mkt::Spot,
+            _ => Mkt::Perp,
+        }
+    }
+}
+
+/// How `disconnect_all` ends a WebSocket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disconnect {
-    /// A WebSocket close frame, then the socket closes.
+    /// A close frame (1000), a short wait for the client's reply, then TCP FIN.
     Close,
-    /// The socket is dropped without a close frame.
+    /// No close frame: the socket is closed with `SO_LINGER` 0, so the client gets a TCP RST.
     Reset,
-    /// The socket stays open but nothing is sent any more (no data, no pings).
+    /// The socket stays open but nothing more is sent (no data, no pings, no replies, not even
+    /// pongs) until the client closes it.
     Silence,
 }
 
-/// Frames the venue would never send correctly.
+/// Frames the venue should never send, for `send_malformed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Malformed {
+    /// A text frame that is not JSON (a truncated envelope).
     NotJson,
+    /// A valid JSON text frame of exactly `bytes` bytes.
     Oversized { bytes: usize },
+    /// A well-formed event of a kind nobody subscribed to (`kline` on `<s>@kline_1m`).
     UnknownEvent,
+    /// A subscribed stream's event with an impossible decimal (`"27O12.34000000"`).
+    BadDecimal,
+    /// A binary frame (gzip magic bytes).
     Binary,
 }
 
-/// REST refusals.
+/// REST refusals for `rest_fault`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestFault {
+    /// HTTP 429, code -1003, `Retry-After`.
     TooMany { retry_after_secs: u64 },
+    /// HTTP 418 (IP banned), code -1003, `Retry-After`.
     Banned { retry_after_secs: u64 },
 }
 
-/// Simulator settings.
+/// Which REST listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RestHost {
+    /// `api.binance.com`: `/api/v3/…`.
+    Spot,
+    /// `fapi.binance.com`: `/fapi/v1/…`, `/futures/data/…`.
+    Perp,
+    /// Both path sets on one host (`rest()`).
+    Any,
+}
+
+/// The latest row the long/short ratio endpoints return (older rows vary deterministically).
+#[derive(Clone, Debug)]
+pub struct LsrRow {
+    pub long_short_ratio: String,
+    pub long_account: String,
+    pub short_account: String,
+}
+
+/// Simulator settings. Venue values are in the comments; defaults are shorter where tests
+/// need them to be.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     pub seed: u64,
-    /// Symbols as the venue spells them in REST (`BTCUSDT`).
+    /// `BASE-QUOTE` (`BTC-USDT`); the venue spellings are `BTCUSDT` / `btcusdt`. Each symbol
+    /// gets a spot and a USD-M book.
     pub symbols: Vec<String>,
+    /// One diff per symbol per interval (the venue: 100 ms for `@depth@100ms`).
     pub diff_interval: Duration,
+    /// Server ping cadence (venue: spot 20 s, USD-M 3 min).
     pub ping_interval: Duration,
+    /// A ping unanswered this long drops the client (venue: spot 1 min, USD-M 10 min).
     pub pong_timeout: Duration,
-    /// Incoming messages per second a client may send before it is disconnected.
-    pub max_incoming_per_sec: u32,
+    /// Incoming messages (any frame, control frames included) allowed in any one-second
+    /// window before the connection is closed: spot 5, USD-M 10.
+    pub spot_max_incoming_per_sec: u32,
+    pub perp_max_incoming_per_sec: u32,
+    /// Streams per connection (venue: 1024).
+    pub max_streams_per_connection: usize,
+    /// Chance (percent) per diff interval and symbol that 1–3 trades print.
+    pub trade_chance_pct: u8,
+    /// `@markPrice@1s` cadence (1 s at the venue; `@markPrice` gets every third).
+    pub mark_price_interval: Duration,
+    /// At most one `forceOrder` per symbol per interval (venue: 1 s).
+    pub liquidation_interval: Duration,
+    /// Which USD-M endpoint serves `@trade`: `PerpPublic` (the default, see `binance.rs`) or
+    /// `PerpMarket`.
+    pub perp_trade_endpoint: Endpoint,
+    /// A stale snapshot is the book this many diffs ago (or the oldest kept).
+    pub stale_snapshot_lag: u64,
+    /// Diffs of history kept per book for `true_book`.
+    pub history: usize,
+    pub levels_per_side: usize,
+    /// `slow_writes` sends this many bytes per pause.
+    pub slow_write_chunk: usize,
+    /// `server_shutdown` closes the connection this long after the notice.
+    pub shutdown_grace: Duration,
+    /// Frames queued per client; a client that falls this far behind is closed (1008), as the
+    /// venue drops slow consumers.
+    pub client_queue: usize,
+    /// REST weight per minute before an automatic 429 (venue: spot 6000, USD-M 2400); `None`
+    /// turns the limit off.
+    pub spot_weight_limit_1m: Option<u32>,
+    pub perp_weight_limit_1m: Option<u32>,
+    /// Values of the newest long/short ratio row (default: a live 2026 response).
+    pub lsr_latest: LsrRow,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
             seed: 7,
-            symbols: vec!["BTCUSDT".into(), "ETHUSDT".into()],
-            diff_interval: Duration::from_millis(20),
+            symbols: vec!["BTC-USDT".into(), "ETH-USDT".into()],
+            diff_interval: Duration::from_millis(100),
             ping_interval: Duration::from_secs(2),
             pong_timeout: Duration::from_secs(6),
-            max_incoming_per_sec: 5,
+            spot_max_incoming_per_sec: 5,
+            perp_max_incoming_per_sec: 10,
+            max_streams_per_connection: 1024,
+            trade_chance_pct: 40,
+            mark_price_interval: Duration::from_secs(1),
+            liquidation_interval: Duration::from_secs(1),
+            perp_trade_endpoint: Endpoint::PerpPublic,
+            stale_snapshot_lag: 500,
+            history: 20_000,
+            levels_per_side: 300,
+            slow_write_chunk: 64,
+            shutdown_grace: Duration::from_secs(1),
+            client_queue: 8192,
+            spot_weight_limit_1m: Some(6000),
+            perp_weight_limit_1m: Some(2400),
+            lsr_latest: LsrRow {
+                long_short_ratio: "1.9823".into(),
+                long_account: "0.6647".into(),
+                short_account: "0.3353".into(),
+            },
         }
     }
 }
 
-enum Cmd {
-    Text(Arc<str>),
-    Close,
-    Reset,
-    Silence,
-    Binary,
-}
-
-struct Client {
-    id: u64,
-    mkt: Mkt,
-    /// `spot`, `public` or `market`.
-    tier: &'static str,
-    streams: Arc<Mutex<HashSet<String>>>,
-    tx: smol::channel::Sender<Cmd>,
-}
-
-struct State {
-    books: HashMap<(Mkt, String), BookProcess>,
-    clients: Vec<Client>,
-    gaps: HashSet<(Mkt, String)>,
-    stale_snapshots: u32,
-    rest_faults: VecDeque<RestFault>,
-    trade_id: u64,
-}
-
-/// Counters the tests read.
+/// Counters the tests read (all `SeqCst`).
 #[derive(Default)]
 pub struct Stats {
+    /// WebSocket TCP connections open now (from accept to close) and the most at any instant.
     pub open_ws: AtomicUsize,
     pub max_open_ws: AtomicUsize,
+    /// WebSocket TCP connections accepted.
     pub ws_accepts: AtomicU64,
+    /// TLS or WebSocket handshakes that failed (bad path included).
+    pub ws_handshake_failures: AtomicU64,
     pub open_rest: AtomicUsize,
     pub max_open_rest: AtomicUsize,
+    pub rest_accepts: AtomicU64,
     pub rest_requests: AtomicU64,
+    /// Connections closed for sending too many messages per second.
     pub rate_violations: AtomicU64,
+    /// Connections dropped for not answering a ping in time.
+    pub pong_timeouts: AtomicU64,
+    pub pings_sent: AtomicU64,
+    /// Pongs received (solicited or not).
     pub pongs: AtomicU64,
+    /// Text requests received (SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, …, bad ones too).
     pub subscribe_requests: AtomicU64,
+    /// Depth diffs sent (one per diff per subscribed client).
     pub diffs_sent: AtomicU64,
+    /// Clients closed because their queue overflowed.
+    pub slow_consumer_drops: AtomicU64,
+    /// Automatic 429s for exceeding the REST weight limit.
+    pub weight_limit_hits: AtomicU64,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    stats: Stats,
-    opts: SimOptions,
-    next_client: AtomicU64,
-    slow_writes_ms: AtomicU64,
-    stop: AtomicBool,
+/// What a connection task is told to do.
+pub(crate) enum Out {
+    /// An event on `stream`; wrapped as `{"stream","data"}` for combined connections.
+    Event {
+        stream: Arc<str>,
+        payload: Arc<str>,
+    },
+    /// A text frame sent exactly as is.
+    Raw(Arc<str>),
+    Binary(Vec<u8>),
+    Disconnect(Disconnect),
+    /// `serverShutdown`, then close after `shutdown_grace`.
+    Shutdown,
 }
 
-/// A running simulator. Dropping it stops it.
-pub struct Sim {
-    shared: Arc<Shared>,
-    ws_addr: SocketAddr,
-    rest_addr: SocketAddr,
-    ca_path: PathBuf,
-    thread: Option<std::thread::JoinHandle<()>>,
-    stop_tx: Option<smol::channel::Sender<()>>,
+/// A connected WebSocket client, as the market clock and the fault API see it.
+pub(crate) struct ClientHandle {
+    pub id: u64,
+    pub endpoint: Endpoint,
+    pub streams: Arc<Mutex<BTreeSet<String>>>,
+    pub tx: smol::channel::Sender<Out>,
+    /// Set when the queue overflowed: the connection closes itself.
+    pub overflow: Arc<AtomicBool>,
+    pub silenced: Arc<AtomicBool>,
 }
 
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn new(open: &'a AtomicUsize, max: &AtomicUsize) -> Self {
-        let now = open.fetch_add(1, Ordering::SeqCst) + 1;
-        max.fetch_max(now, Ordering::SeqCst);
-        Counted(open)
+impl ClientHandle {
+    /// Queues `o`; a full queue marks the client as a slow consumer instead.
+    pub fn push(&self, o: Out, stats: &Stats) {
+        if let Err(smol::channel::TrySendError::Full(_)) = self.tx.try_send(o)
+            && !self.overflow.swap(true, Ordering::SeqCst)
+        {
+            stats.slow_consumer_drops.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+/// One symbol of one market.
+pub(crate) struct SymbolState {
+    pub book: BookProcess,
+    pub trade_id: u64,
+    pub agg_id: u64,
+    /// Diffs still to be withheld (`inject_gap`).
+    pub gaps: u32,
+    /// Open interest in units of 0.001.
+    pub open_interest: i64,
+    /// Funding rate in units of 1e-8.
+    pub funding: i64,
+    /// Mark-price ticks sent (every third also goes to `@markPrice`).
+    pub marks: u64,
 }
 
-fn now_ms() -> u64 {
+pub(crate) struct Market {
+    pub books: BTreeMap<(Mkt, String), SymbolState>,
+    pub rng: fastrand::Rng,
+}
+
+pub(crate) struct Faults {
+    pub stale_snapshots: u32,
+    pub rest: VecDeque<RestFault>,
+}
+
+/// REST weight used in the current clock minute.
+#[derive(Default)]
+pub(crate) struct Weight {
+    pub minute: u64,
+    pub used: u32,
+}
+
+pub(crate) struct Shared {
+    pub opts: SimOptions,
+    pub stats: Stats,
+    pub market: Mutex<Market>,
+    pub clients: Mutex<Vec<ClientHandle>>,
+    pub faults: Mutex<Faults>,
+    /// Open WebSocket count after every accept and close, in order (bounded).
+    pub open_ws_log: Mutex<VecDeque<usize>>,
+    pub rest_paths: Mutex<HashMap<String, u64>>,
+    /// Keyed by the venue market the path belongs to.
+    pub weight: Mutex<HashMap<Mkt, Weight>>,
+    pub slow_ws_us: AtomicU64,
+    pub slow_rest_us: AtomicU64,
+    pub next_client: AtomicU64,
+    /// Long/short ratio responses per path and symbol (the timestamp form alternates).
+    pub lsr_responses: Mutex<HashMap<String, u64>>,
+}
+
+const OPEN_LOG_CAP: usize = 1 << 16;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-const SPOT_FMT: Format = Format { price_pad: 6 };
-const PERP_FMT: Format = Format { price_pad: 0 };
+/// `BTC-USDT`, `btcusdt` → `BTCUSDT`.
+pub fn venue_symbol(s: &str) -> String {
+    s.replace(['-', '/', '_'], "").to_ascii_uppercase()
+}
 
-fn fmt_of(m: Mkt) -> Format {
-    match m {
-        Mkt::Spot => SPOT_FMT,
-        Mkt::Perp => PERP_FMT,
+/// Holds one open TCP connection in the counters; dropped when the socket is closed.
+pub(crate) struct OpenGuard {
+    sh: Arc<Shared>,
+    ws: bool,
+}
+
+impl Shared {
+    fn ws_opened(self: &Arc<Self>) -> OpenGuard {
+        let mut log = lock(&self.open_ws_log);
+        let now = self.stats.open_ws.fetch_add(1, Ordering::SeqCst) + 1;
+        self.stats.max_open_ws.fetch_max(now, Ordering::SeqCst);
+        self.stats.ws_accepts.fetch_add(1, Ordering::SeqCst);
+        if log.len() == OPEN_LOG_CAP {
+            log.pop_front();
+        }
+        log.push_back(now);
+        OpenGuard {
+            sh: self.clone(),
+            ws: true,
+        }
+    }
+
+    fn rest_opened(self: &Arc<Self>) -> OpenGuard {
+        let now = self.stats.open_rest.fetch_add(1, Ordering::SeqCst) + 1;
+        self.stats.max_open_rest.fetch_max(now, Ordering::SeqCst);
+        self.stats.rest_accepts.fetch_add(1, Ordering::SeqCst);
+        OpenGuard {
+            sh: self.clone(),
+            ws: false,
+        }
     }
 }
 
-fn levels_json(levels: &[(Px, Qty)], f: Format) -> String {
-    let parts: Vec<String> = levels
-        .iter()
-        .map(|(p, q)| format!("[\"{}\",\"{}\"]", fmt_px(*p, f), fmt_qty(*q)))
-        .collect();
-    format!("[{}]", parts.join(","))
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.ws {
+            let mut log = lock(&self.sh.open_ws_log);
+            let now = self.sh.stats.open_ws.fetch_sub(1, Ordering::SeqCst) - 1;
+            if log.len() == OPEN_LOG_CAP {
+                log.pop_front();
+            }
+            log.push_back(now);
+        } else {
+            self.sh.stats.open_rest.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
+/// An I/O wrapper under TLS that, while `slow_writes`/`slow_rest` is on, writes at most
+/// `slow_write_chunk` bytes at a time with a pause after each piece.
+pub(crate) struct Throttle<S> {
+    inner: S,
+    sh: Arc<Shared>,
+    rest: bool,
+    pause: Option<Timer>,
+}
+
+impl<S> Throttle<S> {
+    pub fn new(inner: S, sh: Arc<Shared>, rest: bool) -> Self {
+        Throttle {
+            inner,
+            sh,
+            rest,
+            pause: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Throttle<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Throttle<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let us = if me.rest {
+            me.sh.slow_rest_us.load(Ordering::Relaxed)
+        } else {
+            me.sh.slow_ws_us.load(Ordering::Relaxed)
+        };
+        if us == 0 {
+            me.pause = None;
+            return Pin::new(&mut me.inner).poll_write(cx, buf);
+        }
+        if let Some(t) = me.pause.as_mut() {
+            ready!(Pin::new(t).poll(cx));
+            me.pause = None;
+        }
+        let n = buf.len().min(me.sh.opts.slow_write_chunk.max(1));
+        let r = ready!(Pin::new(&mut me.inner).poll_write(cx, &buf[..n]));
+        if matches!(r, Ok(w) if w > 0) {
+            me.pause = Some(Timer::after(Duration::from_micros(us)));
+        }
+        Poll::Ready(r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
+/// Makes the next `close` of `fd` send a TCP RST instead of a FIN (`SO_LINGER` 0).
+#[cfg(target_os = "linux")]
+pub(crate) fn abort_on_close(fd: std::os::fd::RawFd) {
+    #[repr(C)]
+    struct Linger {
+        l_onoff: i32,
+        l_linger: i32,
+    }
+    unsafe extern "C" {
+        fn setsockopt(
+            fd: i32,
+            level: i32,
+            name: i32,
+            val: *const std::ffi::c_void,
+            len: u32,
+        ) -> i32;
+    }
+    const SOL_SOCKET: i32 = 1;
+    const SO_LINGER: i32 = 13;
+    let l = Linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of the call, and the
+    // option value points to a live `struct linger` of the length given.
+    unsafe {
+        setsockopt(
+            fd,
+            SOL_SOCKET,
+            SO_LINGER,
+            (&raw const l).cast(),
+            std::mem::size_of::<Linger>() as u32,
+        );
+    }
+}
+
+/// Elsewhere a reset is an ordinary close.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn abort_on_close(_fd: i32) {}
+
+#[cfg(unix)]
+pub(crate) fn raw_fd(s: &Async<TcpStream>) -> i32 {
+    use std::os::fd::AsRawFd;
+    s.as_raw_fd()
+}
+
+#[cfg(not(unix))]
+pub(crate) fn raw_fd(_s: &Async<TcpStream>) -> i32 {
+    -1
+}
+
+/// A throwaway CA and a `localhost`/`127.0.0.1` leaf signed by it.
 fn make_tls() -> (Arc<ServerConfig>, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "marketbox test CA");
+        .push(rcgen::DnType::CommonName, "marketbox exchange simulator CA");
     ca_params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
     let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf_params =
+    let mut leaf_params =
         rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("leaf params");
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
     let leaf = leaf_params.signed_by(&leaf_key, &ca).expect("leaf");
     let certs = vec![CertificateDer::from(leaf.der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .expect("versions")
+        .expect("TLS versions")
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .expect("server cert");
+        .expect("server certificate");
     (Arc::new(cfg), ca.pem())
 }
 
+/// A running simulator. Dropping it stops its thread, closes every socket and removes the CA
+/// file.
+pub struct Sim {
+    shared: Arc<Shared>,
+    spot_ws_addr: SocketAddr,
+    perp_ws_addr: SocketAddr,
+    rest_any_addr: SocketAddr,
+    rest_spot_addr: SocketAddr,
+    rest_perp_addr: SocketAddr,
+    ca_path: PathBuf,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop_tx: smol::channel::Sender<()>,
+}
+
+fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind a loopback port")
+}
+
 impl Sim {
+    /// Starts the simulator on its own thread; it is serving when this returns.
     pub fn start(opts: SimOptions) -> Sim {
         let (tls, ca_pem) = make_tls();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let ca_path = std::env::temp_dir().join(format!(
-            "marketbox-sim-ca-{}-{}.pem",
+            "marketbox-sim-ca-{}-{}-{}.pem",
             std::process::id(),
-            fastrand::u64(..)
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            fastrand::u32(..)
         ));
-        std::fs::write(&ca_path, ca_pem).expect("write CA");
-        let mut books = HashMap::new();
-        for (i, s) in opts.symbols.iter().enumerate() {
-            let seed = opts.seed.wrapping_mul(31).wrapping_add(i as u64);
-            books.insert(
-                (Mkt::Spot, s.clone()),
-                BookProcess::new(seed, 2_700_000 + 1000 * i as i64, 1_000_000),
-            );
-            books.insert(
-                (Mkt::Perp, s.clone()),
-                BookProcess::new(seed ^ 0xfff, 2_700_100 + 1000 * i as i64, 5_000_000_000),
-            );
-        }
+        std::fs::write(&ca_path, ca_pem).expect("write the CA file");
+
+        let market = binance::new_market(&opts);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                books,
-                clients: Vec::new(),
-                gaps: HashSet::new(),
-                stale_snapshots: 0,
-                rest_faults: VecDeque::new(),
-                trade_id: 100,
-            }),
             stats: Stats::default(),
-            opts,
+            market: Mutex::new(market),
+            clients: Mutex::new(Vec::new()),
+            faults: Mutex::new(Faults {
+                stale_snapshots: 0,
+                rest: VecDeque::new(),
+            }),
+            open_ws_log: Mutex::new(VecDeque::new()),
+            rest_paths: Mutex::new(HashMap::new()),
+            weight: Mutex::new(HashMap::new()),
+            slow_ws_us: AtomicU64::new(0),
+            slow_rest_us: AtomicU64::new(0),
             next_client: AtomicU64::new(1),
-            slow_writes_ms: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
+            lsr_responses: Mutex::new(HashMap::new()),
+            opts,
         });
-        let ws_l = TcpListener::bind("127.0.0.1:0").expect("bind ws");
-        let rest_l = TcpListener::bind("127.0.0.1:0").expect("bind rest");
-        let (ws_addr, rest_addr) = (
-            ws_l.local_addr().expect("addr"),
-            rest_l.local_addr().expect("addr"),
-        );
+        let listeners = [bind(), bind(), bind(), bind(), bind()];
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("local addr"))
+            .collect();
         let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("exchange-sim".into())
             .spawn(move || {
                 let ex = Arc::new(Executor::new());
+                let weak = Arc::downgrade(&ex);
                 let acceptor = TlsAcceptor::from(tls);
-                let ws_l = Async::new(ws_l).expect("async ws");
-                let rest_l = Async::new(rest_l).expect("async rest");
-                ex.spawn(run_books(sh.clone())).detach();
-                ex.spawn(accept_ws(ex.clone(), sh.clone(), ws_l, acceptor.clone()))
+                let [spot_ws, perp_ws, rest_any, rest_spot, rest_perp] =
+                    listeners.map(|l| Async::new(l).expect("async listener"));
+                ex.spawn(binance::run_market(sh.clone())).detach();
+                ex.spawn(accept_ws(
+                    weak.clone(),
+                    sh.clone(),
+                    spot_ws,
+                    acceptor.clone(),
+                    binance::WsListener::Spot,
+                ))
+                .detach();
+                ex.spawn(accept_ws(
+                    weak.clone(),
+                    sh.clone(),
+                    perp_ws,
+                    acceptor.clone(),
+                    binance::WsListener::Perp,
+                ))
+                .detach();
+                for (l, host) in [
+                    (rest_any, RestHost::Any),
+                    (rest_spot, RestHost::Spot),
+                    (rest_perp, RestHost::Perp),
+                ] {
+                    ex.spawn(accept_rest(
+                        weak.clone(),
+                        sh.clone(),
+                        l,
+                        acceptor.clone(),
+                        host,
+                    ))
                     .detach();
-                ex.spawn(accept_rest(ex.clone(), sh.clone(), rest_l, acceptor))
-                    .detach();
+                }
                 smol::block_on(ex.run(async {
                     let _ = stop_rx.recv().await;
                 }));
+                // Dropping the executor drops every task, and with them every socket.
+                drop(ex);
             })
-            .expect("sim thread");
+            .expect("simulator thread");
         Sim {
             shared,
-            ws_addr,
-            rest_addr,
+            spot_ws_addr: addrs[0],
+            perp_ws_addr: addrs[1],
+            rest_any_addr: addrs[2],
+            rest_spot_addr: addrs[3],
+            rest_perp_addr: addrs[4],
             ca_path,
             thread: Some(thread),
-            stop_tx: Some(stop_tx),
+            stop_tx,
         }
     }
 
+    /// The CA certificate (PEM) that signed the simulator's `localhost` certificate.
     pub fn ca_pem_path(&self) -> &Path {
         &self.ca_path
     }
 
-    /// Base for `[venues.binance] spot_ws` (the client appends `/stream`).
+    /// Base for `[venues.binance] spot_ws` (the client appends `/stream?streams=…`).
     pub fn spot_ws(&self) -> String {
-        format!("wss://localhost:{}", self.ws_addr.port())
+        format!("wss://localhost:{}", self.spot_ws_addr.port())
     }
+    /// Base for `perpetual_public_ws`.
     pub fn perp_public_ws(&self) -> String {
-        format!("wss://localhost:{}/public", self.ws_addr.port())
+        format!("wss://localhost:{}/public", self.perp_ws_addr.port())
     }
+    /// Base for `perpetual_market_ws`.
     pub fn perp_market_ws(&self) -> String {
-        format!("wss://localhost:{}/market", self.ws_addr.port())
+        format!("wss://localhost:{}/market", self.perp_ws_addr.port())
     }
+    /// The USD-M host without a routed path (the legacy URL: only the `/public` tier flows).
+    pub fn perp_ws_root(&self) -> String {
+        format!("wss://localhost:{}", self.perp_ws_addr.port())
+    }
+    /// One REST host answering both spot and USD-M paths.
     pub fn rest(&self) -> String {
-        format!("https://localhost:{}", self.rest_addr.port())
+        format!("https://localhost:{}", self.rest_any_addr.port())
+    }
+    /// The spot REST host (`/api/v3/…` only).
+    pub fn spot_rest(&self) -> String {
+        format!("https://localhost:{}", self.rest_spot_addr.port())
+    }
+    /// The USD-M REST host (`/fapi/v1/…`, `/futures/data/…` only).
+    pub fn perp_rest(&self) -> String {
+        format!("https://localhost:{}", self.rest_perp_addr.port())
     }
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }
-
     pub fn open_ws(&self) -> usize {
         self.shared.stats.open_ws.load(Ordering::SeqCst)
     }
+    /// The most WebSocket connections open at any instant since start (or the last reset).
     pub fn max_open_ws(&self) -> usize {
         self.shared.stats.max_open_ws.load(Ordering::SeqCst)
+    }
+    /// Restarts `max_open_ws` from the number open now.
+    pub fn reset_max_open_ws(&self) {
+        let _log = lock(&self.shared.open_ws_log);
+        let now = self.shared.stats.open_ws.load(Ordering::SeqCst);
+        self.shared.stats.max_open_ws.store(now, Ordering::SeqCst);
+    }
+    pub fn ws_accepts(&self) -> u64 {
+        self.shared.stats.ws_accepts.load(Ordering::SeqCst)
+    }
+    pub fn open_rest(&self) -> usize {
+        self.shared.stats.open_rest.load(Ordering::SeqCst)
     }
     pub fn max_open_rest(&self) -> usize {
         self.shared.stats.max_open_rest.load(Ordering::SeqCst)
     }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn rest_requests(&self) -> u64 {
+        self.shared.stats.rest_requests.load(Ordering::SeqCst)
+    }
+    /// Requests whose path is exactly `path` (`/api/v3/depth`).
+    pub fn rest_requests_to(&self, path: &str) -> u64 {
+        lock(&self.shared.rest_paths)
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+    pub fn rate_violations(&self) -> u64 {
+        self.shared.stats.rate_violations.load(Ordering::SeqCst)
+    }
+    pub fn pong_timeouts(&self) -> u64 {
+        self.shared.stats.pong_timeouts.load(Ordering::SeqCst)
+    }
+    /// REST weight used this clock minute on a market's host.
+    pub fn used_weight_1m(&self, mkt: Mkt) -> u32 {
+        let w = lock(&self.shared.weight);
+        w.get(&mkt)
+            .filter(|w| w.minute == now_ms() / 60_000)
+            .map_or(0, |w| w.used)
     }
 
-    /// Ends (or silences) every open WebSocket.
-    pub fn disconnect_all(&self, how: Disconnect) {
-        let st = self.state();
-        for c in &st.clients {
-            let _ = c.tx.try_send(match how {
-                Disconnect::Close => Cmd::Close,
-                Disconnect::Reset => Cmd::Reset,
-                Disconnect::Silence => Cmd::Silence,
-            });
-        }
+    /// The streams of every connection on `endpoint` (one sorted list per connection, in
+    /// connection order).
+    pub fn subscriptions(&self, endpoint: Endpoint) -> Vec<Vec<String>> {
+        lock(&self.shared.clients)
+            .iter()
+            .filter(|c| c.endpoint == endpoint)
+            .map(|c| lock(&c.streams).iter().cloned().collect())
+            .collect()
     }
 
-    /// The next diff of `symbol` is applied to the true book but not sent: the chain breaks.
-    pub fn inject_gap(&self, mkt: Mkt, symbol: &str) {
-        self.state().gaps.insert((mkt, symbol.to_owned()));
+    /// Appends every open-WebSocket count the simulator has been at since the previous call
+    /// (one entry per accept and per close, in order; the last 65536 are kept), then the
+    /// current count. `max()` of what it appends is the peak over that period.
+    pub fn sample_open_ws_into(&self, out: &mut Vec<usize>) {
+        let mut log = lock(&self.shared.open_ws_log);
+        out.extend(log.drain(..));
+        out.push(self.shared.stats.open_ws.load(Ordering::SeqCst));
     }
 
-    /// The next `n` snapshots are older than the stream.
-    pub fn stale_snapshots(&self, n: u32) {
-        self.state().stale_snapshots += n;
-    }
-
-    pub fn rest_fault(&self, fault: RestFault, n: usize) {
-        let mut st = self.state();
-        for _ in 0..n {
-            st.rest_faults.push_back(fault);
-        }
-    }
-
-    /// Sends a bad frame to every client.
-    pub fn send_malformed(&self, kind: Malformed) {
-        let st = self.state();
-        for c in &st.clients {
-            let cmd = match kind {
-                Malformed::NotJson => Cmd::Text(Arc::from(
-                    "{\"stream\":\"btcusdt@depth@100ms\",\"data\":{oops",
-                )),
-                Malformed::Oversized { bytes } => Cmd::Text(Arc::from(format!(
-                    "{{\"stream\":\"x@trade\",\"data\":\"{}\"}}",
-                    "x".repeat(bytes)
-                ))),
-                Malformed::UnknownEvent => Cmd::Text(Arc::from(
-                    "{\"stream\":\"btcusdt@kline_1m\",\"data\":{\"e\":\"kline\",\"E\":1,\"s\":\"BTCUSDT\"}}",
-                )),
-                Malformed::Binary => Cmd::Binary,
-            };
-            let _ = c.tx.try_send(cmd);
-        }
-    }
-
-    /// Sends `serverShutdown` to every client (then they keep running until the client leaves).
-    pub fn server_shutdown(&self) {
-        let st = self.state();
-        for c in &st.clients {
-            let _ = c.tx.try_send(Cmd::Text(Arc::from(format!(
-                "{{\"e\":\"serverShutdown\",\"E\":{}}}",
-                now_ms()
-            ))));
-        }
-    }
-
-    /// Every frame is delayed by this much (a slow server).
-    pub fn slow_writes(&self, d: Duration) {
-        self.shared
-            .slow_writes_ms
-            .store(d.as_millis() as u64, Ordering::SeqCst);
-    }
-
-    /// The true top `depth` levels at `update_id`, as the venue writes them.
+    /// The true top `depth` levels right after the diff whose final update id is
+    /// `update_id`, as the venue writes them; `None` when that id is not a diff's final id
+    /// (or is older than the kept history). `symbol` in any spelling (`BTC-USDT`, `BTCUSDT`).
     pub fn true_book(
         &self,
         mkt: Mkt,
@@ -408,36 +777,104 @@ impl Sim {
         update_id: u64,
         depth: usize,
     ) -> Option<TextBook> {
-        let st = self.state();
-        let (b, a) = st
-            .books
-            .get(&(mkt, symbol.to_owned()))?
-            .true_top(update_id)?;
-        let f = fmt_of(mkt);
-        let conv = |v: &Vec<(Px, Qty)>| {
+        let mut m = lock(&self.shared.market);
+        let st = m.books.get_mut(&(mkt, venue_symbol(symbol)))?;
+        let spec = st.book.spec();
+        let snap = st.book.at(update_id, depth)?;
+        let text = |v: &[(i64, book::Level)]| {
             v.iter()
-                .take(depth)
-                .map(|(p, q)| (fmt_px(*p, f), fmt_qty(*q)))
+                .map(|(p, l)| (spec.price(*p), spec.qty(l.qty)))
                 .collect()
         };
-        Some((conv(b), conv(a)))
+        Some((text(&snap.bids), text(&snap.asks)))
     }
 
-    /// Current update id of a book.
-    pub fn last_id(&self, mkt: Mkt, symbol: &str) -> u64 {
-        self.state()
+    /// The newest update id of a book.
+    pub fn last_update_id(&self, mkt: Mkt, symbol: &str) -> Option<u64> {
+        lock(&self.shared.market)
             .books
-            .get(&(mkt, symbol.to_owned()))
-            .map_or(0, |b| b.last_id)
+            .get(&(mkt, venue_symbol(symbol)))
+            .map(|s| s.book.last_id())
+    }
+
+    /// `last_update_id`, 0 for an unknown symbol.
+    pub fn last_id(&self, mkt: Mkt, symbol: &str) -> u64 {
+        self.last_update_id(mkt, symbol).unwrap_or(0)
+    }
+
+    /// Ends (or silences) every open WebSocket.
+    pub fn disconnect_all(&self, how: Disconnect) {
+        for c in lock(&self.shared.clients).iter() {
+            c.push(Out::Disconnect(how), &self.shared.stats);
+        }
+    }
+
+    /// Ends (or silences) the WebSockets on one endpoint.
+    pub fn disconnect(&self, endpoint: Endpoint, how: Disconnect) {
+        for c in lock(&self.shared.clients)
+            .iter()
+            .filter(|c| c.endpoint == endpoint)
+        {
+            c.push(Out::Disconnect(how), &self.shared.stats);
+        }
+    }
+
+    /// The next diff of `symbol` is applied to the true book but never sent, so the next one
+    /// sent breaks the chain (spot: `U` ≠ previous `u` + 1; USD-M: `pu` ≠ previous `u`).
+    pub fn inject_gap(&self, mkt: Mkt, symbol: &str) {
+        if let Some(s) = lock(&self.shared.market)
+            .books
+            .get_mut(&(mkt, venue_symbol(symbol)))
+        {
+            s.gaps += 1;
+        }
+    }
+
+    /// The next `n` depth snapshots (any market) are `stale_snapshot_lag` diffs old.
+    pub fn stale_snapshots(&self, n: u32) {
+        lock(&self.shared.faults).stale_snapshots += n;
+    }
+
+    /// The next `n` REST requests (any host, any path) are refused with `fault`.
+    pub fn rest_fault(&self, fault: RestFault, n: usize) {
+        let mut f = lock(&self.shared.faults);
+        for _ in 0..n {
+            f.rest.push_back(fault);
+        }
+    }
+
+    /// Sends one bad frame of `kind` to every connected client.
+    pub fn send_malformed(&self, kind: Malformed) {
+        binance::send_malformed(&self.shared, kind);
+    }
+
+    /// Sends `{"e":"serverShutdown","E":…}` to every client and closes each connection
+    /// `shutdown_grace` later (1001).
+    pub fn server_shutdown(&self) {
+        for c in lock(&self.shared.clients).iter() {
+            c.push(Out::Shutdown, &self.shared.stats);
+        }
+    }
+
+    /// WebSocket bytes trickle out `slow_write_chunk` at a time with `pause` after each piece;
+    /// `Duration::ZERO` turns it off.
+    pub fn slow_writes(&self, pause: Duration) {
+        self.shared
+            .slow_ws_us
+            .store(pause.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// The same for REST responses.
+    pub fn slow_rest(&self, pause: Duration) {
+        self.shared
+            .slow_rest_us
+            .store(pause.as_micros() as u64, Ordering::SeqCst);
     }
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = tx.try_send(());
-        }
+        let _ = self.stop_tx.try_send(());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -445,332 +882,74 @@ impl Drop for Sim {
     }
 }
 
-fn depth_frame(mkt: Mkt, sym: &str, d: &Diff) -> String {
-    let lower = sym.to_ascii_lowercase();
-    let f = fmt_of(mkt);
-    let ts = now_ms();
-    match mkt {
-        Mkt::Spot => format!(
-            "{{\"stream\":\"{lower}@depth@100ms\",\"data\":{{\"e\":\"depthUpdate\",\"E\":{ts},\"s\":\"{sym}\",\"U\":{},\"u\":{},\"b\":{},\"a\":{}}}}}",
-            d.first,
-            d.last,
-            levels_json(&d.bids, f),
-            levels_json(&d.asks, f)
-        ),
-        Mkt::Perp => format!(
-            "{{\"stream\":\"{lower}@depth@100ms\",\"data\":{{\"e\":\"depthUpdate\",\"E\":{ts},\"T\":{ts},\"s\":\"{sym}\",\"U\":{},\"u\":{},\"pu\":{},\"b\":{},\"a\":{}}}}}",
-            d.first,
-            d.last,
-            d.prev_last,
-            levels_json(&d.bids, f),
-            levels_json(&d.asks, f)
-        ),
-    }
-}
-
-fn broadcast(st: &State, mkt: Mkt, tier: &str, stream: &str, text: &Arc<str>) {
-    for c in &st.clients {
-        if c.mkt == mkt
-            && c.tier == tier
-            && c.streams
-                .lock()
-                .map(|s| s.contains(stream))
-                .unwrap_or(false)
-        {
-            // A client that cannot keep up loses frames (the venue would drop it).
-            let _ = c.tx.try_send(Cmd::Text(text.clone()));
-        }
-    }
-}
-
-async fn run_books(sh: Arc<Shared>) {
-    let mut tick: u64 = 0;
-    while !sh.stop.load(Ordering::SeqCst) {
-        Timer::after(sh.opts.diff_interval).await;
-        tick += 1;
-        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-        let keys: Vec<(Mkt, String)> = st.books.keys().cloned().collect();
-        for (mkt, sym) in keys {
-            let skip = if mkt == Mkt::Perp { tick % 3 } else { 0 };
-            let Some(book) = st.books.get_mut(&(mkt, sym.clone())) else {
-                continue;
-            };
-            let diff = book.step(skip);
-            let mid = book.bids.keys().next_back().copied().unwrap_or(0);
-            if st.gaps.remove(&(mkt, sym.clone())) {
-                continue;
-            }
-            let lower = sym.to_ascii_lowercase();
-            let tier = if mkt == Mkt::Spot { "spot" } else { "public" };
-            let text: Arc<str> = Arc::from(depth_frame(mkt, &sym, &diff));
-            broadcast(&st, mkt, tier, &format!("{lower}@depth@100ms"), &text);
-            sh.stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
-            if mkt == Mkt::Perp && tick % 25 == 0 {
-                let ts = now_ms();
-                let f = fmt_of(mkt);
-                // The 2026 shape, extra `ap` and `st` included.
-                let mark = format!(
-                    "{{\"stream\":\"{lower}@markPrice@1s\",\"data\":{{\"e\":\"markPriceUpdate\",\"E\":{ts},\"s\":\"{sym}\",\"p\":\"{}\",\"ap\":\"{}\",\"P\":\"{}\",\"i\":\"{}\",\"r\":\"0.000{:05}\",\"T\":{},\"st\":1}}}}",
-                    fmt_px(mid, f),
-                    fmt_px(mid, f),
-                    fmt_px(mid - 3, f),
-                    fmt_px(mid + 1, f),
-                    tick % 100_000,
-                    (ts / 28_800_000 + 1) * 28_800_000
-                );
-                broadcast(
-                    &st,
-                    mkt,
-                    "market",
-                    &format!("{lower}@markPrice@1s"),
-                    &Arc::from(mark),
-                );
-            }
-            if mkt == Mkt::Perp && tick % 50 == 0 {
-                let ts = now_ms();
-                let f = fmt_of(mkt);
-                let liq = format!(
-                    "{{\"stream\":\"{lower}@forceOrder\",\"data\":{{\"e\":\"forceOrder\",\"E\":{ts},\"o\":{{\"s\":\"{sym}\",\"S\":\"{}\",\"o\":\"LIMIT\",\"f\":\"IOC\",\"q\":\"0.010\",\"p\":\"{}\",\"ap\":\"{}\",\"X\":\"FILLED\",\"l\":\"0.010\",\"z\":\"0.010\",\"T\":{ts},\"ps\":\"{sym}\",\"st\":1}}}}}}",
-                    if tick % 100 == 0 { "BUY" } else { "SELL" },
-                    fmt_px(mid - 50, f),
-                    fmt_px(mid - 45, f)
-                );
-                broadcast(
-                    &st,
-                    mkt,
-                    "market",
-                    &format!("{lower}@forceOrder"),
-                    &Arc::from(liq),
-                );
-            }
-            if tick % 4 == 0 {
-                st.trade_id += 1;
-                let ts = now_ms();
-                let f = fmt_of(mkt);
-                let trade = format!(
-                    "{{\"stream\":\"{lower}@trade\",\"data\":{{\"e\":\"trade\",\"E\":{ts},\"s\":\"{sym}\",\"t\":{},\"p\":\"{}\",\"q\":\"{}\",\"T\":{ts},\"m\":{},\"M\":true}}}}",
-                    st.trade_id,
-                    fmt_px(mid, f),
-                    fmt_qty(1_000_000 + tick),
-                    tick % 8 == 0
-                );
-                broadcast(&st, mkt, tier, &format!("{lower}@trade"), &Arc::from(trade));
-            }
-        }
-    }
-}
-
 async fn accept_ws(
-    ex: Arc<Executor<'static>>,
+    ex: Weak<Executor<'static>>,
     sh: Arc<Shared>,
     l: Async<TcpListener>,
     acceptor: TlsAcceptor,
+    kind: binance::WsListener,
 ) {
     loop {
         let Ok((tcp, _)) = l.accept().await else {
+            Timer::after(Duration::from_millis(10)).await;
             continue;
         };
-        let (sh, acceptor) = (sh.clone(), acceptor.clone());
-        ex.spawn(async move {
-            let _open = Counted::new(&sh.stats.open_ws, &sh.stats.max_open_ws);
-            sh.stats.ws_accepts.fetch_add(1, Ordering::SeqCst);
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let path = Arc::new(Mutex::new(String::new()));
-            let p2 = path.clone();
-            #[allow(clippy::result_large_err)] // tungstenite's callback signature
-            let cb = move |req: &Request, resp: Response| {
-                if let Ok(mut p) = p2.lock() {
-                    *p = req.uri().to_string();
-                }
-                Ok(resp)
-            };
-            let Ok(ws) = async_tungstenite::accept_hdr_async(tls, cb).await else {
-                return;
-            };
-            let uri = path.lock().map(|p| p.clone()).unwrap_or_default();
-            serve_ws(sh.clone(), ws, &uri).await;
-        })
+        // Counted at accept, before anything else can happen, so the peak is exact.
+        let guard = sh.ws_opened();
+        let Some(ex) = ex.upgrade() else { return };
+        ex.spawn(binance::serve_ws(
+            sh.clone(),
+            guard,
+            tcp,
+            acceptor.clone(),
+            kind,
+        ))
         .detach();
     }
 }
 
-async fn serve_ws<S>(sh: Arc<Shared>, ws: async_tungstenite::WebSocketStream<S>, uri: &str)
-where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
-{
-    let (mkt, tier) = if uri.starts_with("/public/") {
-        (Mkt::Perp, "public")
-    } else if uri.starts_with("/market/") {
-        (Mkt::Perp, "market")
-    } else {
-        (Mkt::Spot, "spot")
-    };
-    let streams: HashSet<String> = uri
-        .split_once("streams=")
-        .map(|(_, s)| s.split('/').map(str::to_owned).collect())
-        .unwrap_or_default();
-    let streams = Arc::new(Mutex::new(streams));
-    let (tx, rx) = smol::channel::bounded::<Cmd>(4096);
-    let id = sh.next_client.fetch_add(1, Ordering::SeqCst);
-    sh.state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clients
-        .push(Client {
-            id,
-            mkt,
-            tier,
-            streams: streams.clone(),
-            tx,
-        });
-    let (mut sink, mut source) = ws.split();
-    let mut silenced = false;
-    let mut last_pong = Instant::now();
-    let mut next_ping = Instant::now() + sh.opts.ping_interval;
-    let mut window = (Instant::now(), 0u32);
-    enum Ev {
-        Cmd(Option<Cmd>),
-        Msg(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
-        Ping,
-    }
-    loop {
-        let ev = async { Ev::Cmd(rx.recv().await.ok()) }
-            .or(async { Ev::Msg(source.next().await) })
-            .or(async {
-                Timer::at(next_ping).await;
-                Ev::Ping
-            })
-            .await;
-        match ev {
-            Ev::Cmd(None) => break,
-            Ev::Cmd(Some(cmd)) => match cmd {
-                Cmd::Text(t) if !silenced => {
-                    let slow = sh.slow_writes_ms.load(Ordering::Relaxed);
-                    if slow > 0 {
-                        Timer::after(Duration::from_millis(slow)).await;
-                    }
-                    if sink.send(Message::text(&*t)).await.is_err() {
-                        break;
-                    }
-                }
-                Cmd::Binary if !silenced => {
-                    let _ = sink.send(Message::binary(vec![0u8, 1, 2])).await;
-                }
-                Cmd::Close => {
-                    let _ = sink.close(None).await;
-                    break;
-                }
-                Cmd::Reset => break,
-                Cmd::Silence => silenced = true,
-                _ => {}
-            },
-            Ev::Msg(None) | Ev::Msg(Some(Err(_))) => break,
-            Ev::Msg(Some(Ok(msg))) => {
-                let now = Instant::now();
-                if now.duration_since(window.0) >= Duration::from_secs(1) {
-                    window = (now, 0);
-                }
-                window.1 += 1;
-                if window.1 > sh.opts.max_incoming_per_sec {
-                    sh.stats.rate_violations.fetch_add(1, Ordering::SeqCst);
-                    let _ = sink.close(None).await;
-                    break;
-                }
-                match msg {
-                    Message::Pong(_) => {
-                        sh.stats.pongs.fetch_add(1, Ordering::SeqCst);
-                        last_pong = now;
-                    }
-                    Message::Text(t) if !silenced => {
-                        let reply = handle_request(&sh, &streams, t.as_str());
-                        if sink.send(Message::text(reply)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
-                }
-            }
-            Ev::Ping => {
-                if silenced {
-                    next_ping = Instant::now() + Duration::from_secs(3600);
-                    continue;
-                }
-                if last_pong.elapsed() > sh.opts.pong_timeout + sh.opts.ping_interval {
-                    let _ = sink.close(None).await;
-                    break;
-                }
-                next_ping = Instant::now() + sh.opts.ping_interval;
-                if sink
-                    .send(Message::Ping(b"sim".to_vec().into()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    }
-    let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-    st.clients.retain(|c| c.id != id);
-}
-
-fn handle_request(sh: &Shared, streams: &Mutex<HashSet<String>>, text: &str) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return "{\"code\":2,\"msg\":\"Invalid JSON\"}".into();
-    };
-    let id = v["id"].clone();
-    let params: Vec<String> = v["params"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    sh.stats.subscribe_requests.fetch_add(1, Ordering::SeqCst);
-    let Ok(mut set) = streams.lock() else {
-        return "{\"code\":3}".into();
-    };
-    match v["method"].as_str() {
-        Some("SUBSCRIBE") => set.extend(params),
-        Some("UNSUBSCRIBE") => {
-            for p in params {
-                set.remove(&p);
-            }
-        }
-        Some("LIST_SUBSCRIPTIONS") => {
-            let list: Vec<_> = set.iter().cloned().collect();
-            return serde_json::json!({"result": list, "id": id}).to_string();
-        }
-        _ => return format!("{{\"code\":2,\"msg\":\"Invalid request\",\"id\":{id}}}"),
-    }
-    format!("{{\"result\":null,\"id\":{id}}}")
-}
-
 async fn accept_rest(
-    ex: Arc<Executor<'static>>,
+    ex: Weak<Executor<'static>>,
     sh: Arc<Shared>,
     l: Async<TcpListener>,
     acceptor: TlsAcceptor,
+    host: RestHost,
 ) {
     loop {
         let Ok((tcp, _)) = l.accept().await else {
+            Timer::after(Duration::from_millis(10)).await;
             continue;
         };
+        let guard = sh.rest_opened();
+        let Some(ex) = ex.upgrade() else { return };
         let (sh, acceptor) = (sh.clone(), acceptor.clone());
         ex.spawn(async move {
-            let _open = Counted::new(&sh.stats.open_rest, &sh.stats.max_open_rest);
-            let Ok(tls) = acceptor.accept(tcp).await else {
+            let _open = guard;
+            let _ = tcp.get_ref().set_nodelay(true);
+            let io = Throttle::new(tcp, sh.clone(), true);
+            let Some(Ok(tls)) = timeout(Duration::from_secs(5), acceptor.accept(io)).await else {
                 return;
             };
-            let sh2 = sh.clone();
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let sh = sh2.clone();
-                    async move { Ok::<_, std::convert::Infallible>(rest_answer(&sh, &req)) }
+                    let sh = sh.clone();
+                    async move {
+                        let r = binance::rest_answer(
+                            &sh,
+                            host,
+                            req.uri().path(),
+                            req.uri().query().unwrap_or(""),
+                        );
+                        let mut b = hyper::Response::builder()
+                            .status(r.status)
+                            .header("content-type", "application/json;charset=UTF-8");
+                        for (k, v) in &r.headers {
+                            b = b.header(*k, v);
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            b.body(Full::new(Bytes::from(r.body))).unwrap_or_default(),
+                        )
+                    }
                 });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -781,136 +960,17 @@ async fn accept_rest(
     }
 }
 
-fn query<'a>(q: &'a str, key: &str) -> Option<&'a str> {
-    q.split('&').find_map(|kv| {
-        kv.split_once('=')
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-    })
+/// `f`, or `None` when it takes longer than `d`.
+pub(crate) async fn timeout<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    async { Some(f.await) }
+        .or(async {
+            Timer::after(d).await;
+            None
+        })
+        .await
 }
 
-fn json(status: u16, body: String) -> hyper::Response<Full<Bytes>> {
-    hyper::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("x-mbx-used-weight-1m", "10")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
-}
-
-fn rest_answer(
-    sh: &Shared,
-    req: &hyper::Request<hyper::body::Incoming>,
-) -> hyper::Response<Full<Bytes>> {
-    sh.stats.rest_requests.fetch_add(1, Ordering::SeqCst);
-    let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(fault) = st.rest_faults.pop_front() {
-        let (status, secs) = match fault {
-            RestFault::TooMany { retry_after_secs } => (429, retry_after_secs),
-            RestFault::Banned { retry_after_secs } => (418, retry_after_secs),
-        };
-        let mut r = json(
-            status,
-            format!("{{\"code\":-1003,\"msg\":\"Too many requests; retry after {secs}s\"}}"),
-        );
-        if let Ok(v) = secs.to_string().parse() {
-            r.headers_mut().insert("retry-after", v);
-        }
-        return r;
-    }
-    let path = req.uri().path();
-    let q = req.uri().query().unwrap_or("");
-    let symbol = query(q, "symbol").unwrap_or("");
-    let known = st.books.contains_key(&(Mkt::Perp, symbol.to_owned()));
-    let n = sh.stats.rest_requests.load(Ordering::SeqCst);
-    match path {
-        "/fapi/v1/openInterest" if known => {
-            return json(
-                200,
-                format!(
-                    "{{\"symbol\":\"{symbol}\",\"openInterest\":\"{}.{:03}\",\"time\":{}}}",
-                    80_000 + n,
-                    n % 1000,
-                    now_ms()
-                ),
-            );
-        }
-        "/futures/data/topLongShortPositionRatio" | "/futures/data/globalLongShortAccountRatio"
-            if known =>
-        {
-            // One row per 5-minute period; the timestamp is a number or a string, as the venue
-            // has sent both.
-            let period = now_ms() / 300_000 * 300_000;
-            let ts = if n % 2 == 0 {
-                period.to_string()
-            } else {
-                format!("\"{period}\"")
-            };
-            return json(
-                200,
-                format!(
-                    "[{{\"symbol\":\"{symbol}\",\"longShortRatio\":\"1.9823\",\"longAccount\":\"0.6647\",\"shortAccount\":\"0.3353\",\"timestamp\":{ts}}}]"
-                ),
-            );
-        }
-        "/fapi/v1/openInterest"
-        | "/futures/data/topLongShortPositionRatio"
-        | "/futures/data/globalLongShortAccountRatio" => {
-            return json(400, "{\"code\":-1121,\"msg\":\"Invalid symbol.\"}".into());
-        }
-        _ => {}
-    }
-    let mkt = match path {
-        "/api/v3/depth" => Mkt::Spot,
-        "/fapi/v1/depth" => Mkt::Perp,
-        _ => return json(404, "{\"code\":-1,\"msg\":\"not found\"}".into()),
-    };
-    let limit: usize = query(q, "limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(100)
-        .min(5000);
-    let stale = st.stale_snapshots > 0;
-    if stale {
-        st.stale_snapshots -= 1;
-    }
-    let Some(book) = st.books.get(&(mkt, symbol.to_owned())) else {
-        return json(400, "{\"code\":-1121,\"msg\":\"Invalid symbol.\"}".into());
-    };
-    let f = fmt_of(mkt);
-    type Levels = Vec<(Px, Qty)>;
-    let (id, bids, asks): (u64, Levels, Levels) = match (stale, book.oldest()) {
-        (true, Some((id, b, a))) => (
-            *id,
-            b.iter().rev().take(limit).map(|(p, q)| (*p, *q)).collect(),
-            a.iter().take(limit).map(|(p, q)| (*p, *q)).collect(),
-        ),
-        _ => (
-            book.last_id,
-            book.bids
-                .iter()
-                .rev()
-                .take(limit)
-                .map(|(p, q)| (*p, *q))
-                .collect(),
-            book.asks
-                .iter()
-                .take(limit)
-                .map(|(p, q)| (*p, *q))
-                .collect(),
-        ),
-    };
-    let ts = now_ms();
-    let body = match mkt {
-        Mkt::Spot => format!(
-            "{{\"lastUpdateId\":{id},\"bids\":{},\"asks\":{}}}",
-            levels_json(&bids, f),
-            levels_json(&asks, f)
-        ),
-        Mkt::Perp => format!(
-            "{{\"lastUpdateId\":{id},\"E\":{ts},\"T\":{ts},\"bids\":{},\"asks\":{}}}",
-            levels_json(&bids, f),
-            levels_json(&asks, f)
-        ),
-    };
-    json(200, body)
+/// Writes `v` units of `10^-dec` with all decimals (Binance style).
+pub(crate) fn fixed(v: i64, dec: u32) -> String {
+    fmt_units(v, dec, book::NumStyle::Fixed)
 }

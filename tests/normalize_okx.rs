@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use marketbox::config::{Config, Format};
 use marketbox::metrics::Metrics;
 use marketbox::model::{Channel, Data, Exchange, Market, Message, Side};
+use marketbox::net::http::RestResponse;
 use marketbox::session::{Control, FrameKind, Io, Protocol};
 use marketbox::upstream::spool::Spool;
 use marketbox::upstream::{Publisher, StreamKey};
-use marketbox::venue::okx::feed::{OkxProtocol, PING_AFTER};
+use marketbox::venue::okx::feed::{ACK_WAIT, OkxProtocol, PING_AFTER, PONG_WAIT};
 
 const CONFIG: &str = r#"
 [book]
@@ -32,6 +33,7 @@ channels = ["trade", "funding_rate", "open_interest", "liquidation"]
 
 struct Rig {
     proto: OkxProtocol,
+    metrics: Arc<Metrics>,
     publisher: Publisher,
     spool: Spool,
     send: Vec<String>,
@@ -55,8 +57,10 @@ impl Rig {
             })
             .collect();
         let spool = Spool::new(8 << 20, Default::default(), Default::default());
+        let metrics = Arc::new(Metrics::new());
         Rig {
-            proto: OkxProtocol::new(socket, &cfg, Arc::new(Metrics::new())),
+            proto: OkxProtocol::new(socket, &cfg, metrics.clone()),
+            metrics,
             publisher: Publisher::new(spool.clone(), Format::Json, &keys, None),
             spool,
             send: Vec::new(),
@@ -65,12 +69,35 @@ impl Rig {
     }
 
     fn text(&mut self, t: &str) -> (FrameKind, Control) {
+        self.text_at(t, Instant::now())
+    }
+
+    fn text_at(&mut self, t: &str, now: Instant) -> (FrameKind, Control) {
         let mut io = Io {
             send: &mut self.send,
             rest: &mut self.rest,
             publisher: &mut self.publisher,
         };
-        self.proto.on_text(t, Instant::now(), &mut io)
+        self.proto.on_text(t, now, &mut io)
+    }
+
+    fn rest_answer(&mut self, tag: u64, body: &str, now: Instant) {
+        let mut io = Io {
+            send: &mut self.send,
+            rest: &mut self.rest,
+            publisher: &mut self.publisher,
+        };
+        let resp = RestResponse {
+            status: 200,
+            retry_after: None,
+            used_weight: None,
+            body: body.as_bytes().to_vec(),
+        };
+        self.proto.on_rest(tag, Ok(resp), now, &mut io);
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.metrics.sum(name, labels)
     }
 
     fn connect(&mut self, now: Instant) {
@@ -276,4 +303,181 @@ fn keepalive_ping_and_restart_notice() {
         FrameKind::Control
     );
     assert_eq!(r.text("not json").0, FrameKind::Malformed);
+}
+
+/// The args of the subscribe request `req` as sent.
+fn args_of(req: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(req).unwrap();
+    v["args"].as_array().unwrap().clone()
+}
+
+fn ack(id: &str, arg: &serde_json::Value) -> String {
+    format!(r#"{{"id":"{id}","event":"subscribe","arg":{arg},"connId":"a4d3ae55"}}"#)
+}
+
+#[test]
+fn refused_and_unacknowledged_args_are_counted_by_code_once_each() {
+    // Every arg but the last is acknowledged; the request also drew an error event.
+    let mut r = Rig::new();
+    let t0 = Instant::now();
+    r.connect(t0);
+    let args = args_of(&r.send[0]);
+    for a in &args[..args.len() - 1] {
+        assert_eq!(r.text_at(&ack("1", a), t0).0, FrameKind::Control);
+    }
+    r.text_at(
+        r#"{"id":"1","event":"error","code":"60018","msg":"Wrong URL or channel:trades,instId:WNCG-USDT-SWAP doesn't exist","connId":"a4d3ae55"}"#,
+        t0,
+    );
+    let errors = |r: &Rig, code| r.metric("marketbox_ws_subscribe_errors_total", &[("code", code)]);
+    assert_eq!(
+        errors(&r, "60018"),
+        1,
+        "the error event is counted with its code"
+    );
+    r.tick(t0 + ACK_WAIT);
+    assert_eq!(errors(&r, "60018"), 1);
+    assert_eq!(
+        errors(&r, "no_ack"),
+        0,
+        "a refused arg is not also unanswered"
+    );
+
+    // Without an error event, the arg the venue never acknowledged is counted as no_ack, once.
+    let mut r = Rig::new();
+    r.connect(t0);
+    let args = args_of(&r.send[0]);
+    for a in &args[1..] {
+        r.text_at(&ack("1", a), t0);
+    }
+    r.tick(t0 + ACK_WAIT - Duration::from_secs(1));
+    assert_eq!(errors(&r, "no_ack"), 0, "not before the deadline");
+    r.tick(t0 + ACK_WAIT);
+    r.tick(t0 + ACK_WAIT + Duration::from_secs(1));
+    assert_eq!(errors(&r, "no_ack"), 1);
+    // A venue code that is not a code does not become a label value.
+    r.text(r#"{"event":"error","code":"<script>","msg":"?"}"#);
+    assert_eq!(errors(&r, "other"), 1);
+}
+
+#[test]
+fn an_unanswered_ping_replaces_the_socket_and_a_pong_keeps_it() {
+    let mut r = Rig::new();
+    let t0 = Instant::now();
+    r.connect(t0);
+    r.send.clear();
+    r.tick(t0 + PING_AFTER);
+    assert_eq!(r.send, ["ping"]);
+    r.text_at("pong", t0 + PING_AFTER + Duration::from_secs(1));
+    assert_eq!(r.tick(t0 + PING_AFTER + PONG_WAIT), Control::Continue);
+    // Silence again: a second ping, and this one is never answered.
+    let t1 = t0 + PING_AFTER + Duration::from_secs(1);
+    r.send.clear();
+    r.tick(t1 + PING_AFTER);
+    assert_eq!(r.send, ["ping"]);
+    assert_eq!(
+        r.tick(t1 + PING_AFTER + PONG_WAIT - Duration::from_secs(1)),
+        Control::Continue
+    );
+    assert_eq!(r.tick(t1 + PING_AFTER + PONG_WAIT), Control::Dead);
+}
+
+fn update(inst: &str, seq: i64, prev: i64, bid: &str) -> String {
+    format!(
+        r#"{{"arg":{{"channel":"books","instId":"{inst}"}},"action":"update","data":[{{"asks":[],"bids":[["{bid}","1","0","1"]],"ts":"1","checksum":0,"seqId":{seq},"prevSeqId":{prev}}}]}}"#
+    )
+}
+
+#[test]
+fn without_websocket_snapshots_books_sync_and_resync_by_rest_snapshot_without_resubscribing() {
+    let mut r = Rig::new();
+    let t0 = Instant::now();
+    r.connect(t0);
+    r.send.clear();
+    // Updates but no snapshot: buffered, one REST snapshot asked for.
+    r.text_at(&update("BTC-USDT", 101, 100, "10"), t0);
+    r.text_at(&update("BTC-USDT", 103, 101, "11"), t0);
+    assert_eq!(r.rest.len(), 1, "one snapshot request while buffering");
+    let req = r.rest.remove(0);
+    assert_eq!(
+        req.path,
+        "/api/v5/market/books?instId=BTC-USDT&sz=400&source=0"
+    );
+    // The REST answer writes seqId as a string; it splices onto the buffered 103.
+    r.rest_answer(
+        req.tag,
+        r#"{"code":"0","msg":"","data":[{"asks":[["12","1","0","1"]],"bids":[["9","1","0","1"]],"ts":"5","seqId":"101"}]}"#,
+        t0,
+    );
+    let books: Vec<Message> = r
+        .messages()
+        .into_iter()
+        .filter(|m| m.channel == Channel::Orderbook)
+        .collect();
+    assert_eq!(books.len(), 1);
+    let Data::Orderbook(b) = &books[0].data else {
+        unreachable!()
+    };
+    assert_eq!(b.update_id, 103);
+    let bids: Vec<String> = b.bids.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(
+        bids,
+        ["11", "9"],
+        "101 was in the snapshot, 103 applied on top"
+    );
+    // A gap: resynced by a new REST snapshot, no unsubscribe spent (no WS snapshots here).
+    r.text_at(&update("BTC-USDT", 110, 105, "12"), t0);
+    assert_eq!(
+        r.metric("marketbox_book_resyncs_total", &[("reason", "gap")]),
+        1
+    );
+    assert!(r.send.is_empty(), "{:?}", r.send);
+    r.text_at(&update("BTC-USDT", 111, 110, "12"), t0);
+    assert_eq!(r.rest.len(), 1, "a new snapshot for the new chain");
+    assert!(r.messages().is_empty(), "nothing published while unsynced");
+    // A stale snapshot keeps the buffer and is fetched again after a pause.
+    let req = r.rest.remove(0);
+    r.rest_answer(
+        req.tag,
+        r#"{"code":"0","msg":"","data":[{"asks":[],"bids":[],"ts":"5","seqId":50}]}"#,
+        t0,
+    );
+    assert_eq!(
+        r.metric(
+            "marketbox_book_resyncs_total",
+            &[("reason", "stale_snapshot")]
+        ),
+        1
+    );
+    r.tick(t0 + Duration::from_millis(100));
+    assert!(r.rest.is_empty(), "not immediately");
+    r.tick(t0 + Duration::from_secs(1));
+    assert_eq!(r.rest.len(), 1, "fetched again");
+}
+
+#[test]
+fn with_websocket_snapshots_a_gap_resubscribes_that_instrument_only() {
+    let mut r = Rig::new();
+    let t0 = Instant::now();
+    r.connect(t0);
+    r.send.clear();
+    r.text_at(
+        r#"{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"snapshot","data":[{"asks":[["12","1","0","1"]],"bids":[["9","1","0","1"]],"ts":"1","checksum":0,"seqId":100,"prevSeqId":-1}]}"#,
+        t0,
+    );
+    r.text_at(&update("BTC-USDT", 104, 102, "10"), t0);
+    assert_eq!(r.send.len(), 2, "{:?}", r.send);
+    assert!(
+        r.send[0].contains(r#""op":"unsubscribe""#) && r.send[1].contains(r#""op":"subscribe""#)
+    );
+    for s in &r.send {
+        assert_eq!(args_of(s).len(), 1, "only the books arg of BTC-USDT: {s}");
+        assert!(s.contains(r#""channel":"books","instId":"BTC-USDT""#));
+    }
+    // Updates still in flight are buffered without a REST snapshot while the WS one is due...
+    r.text_at(&update("BTC-USDT", 105, 104, "10"), t0);
+    assert!(r.rest.is_empty());
+    // ...and if it does not come, REST is the fallback.
+    r.tick(t0 + Duration::from_secs(6));
+    assert_eq!(r.rest.len(), 1);
 }

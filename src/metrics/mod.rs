@@ -23,6 +23,27 @@ pub struct SocketLabels {
     pub socket: String,
 }
 
+/// Labels of a request the venue refused or never answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscribeErrorLabels {
+    pub exchange: Exchange,
+    pub socket: String,
+    /// The venue's error code (digits only, at most 8, else `other`), or `no_ack` when an arg
+    /// was never acknowledged.
+    pub code: String,
+}
+
+impl SubscribeErrorLabels {
+    /// Bounds the label to what a venue code looks like, so a venue cannot grow the series.
+    pub fn code(raw: &str) -> String {
+        if !raw.is_empty() && raw.len() <= 8 && raw.bytes().all(|b| b.is_ascii_digit()) {
+            raw.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
 /// Labels of a frame outcome on a socket.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FrameLabels {
@@ -83,7 +104,7 @@ pub struct Metrics {
     pub stale_streams: Family<SocketLabels, Counter>,
     pub rotations: Family<SocketLabels, Counter>,
     pub subscribe_tokens: Family<SocketLabels, Gauge>,
-    pub subscribe_errors: Family<SocketLabels, Counter>,
+    pub subscribe_errors: Family<SubscribeErrorLabels, Counter>,
     pub frames: Family<FrameLabels, Counter>,
     pub resyncs: Family<ResyncLabels, Counter>,
     pub book_levels_dropped: Family<StreamLabels, Counter>,
@@ -159,7 +180,7 @@ impl Metrics {
         );
         registry.register(
             "ws_subscribe_errors",
-            "Subscriptions the venue refused (error events), per socket",
+            "Subscription requests the venue refused (error events, by code) or left unacknowledged (code no_ack)",
             m.subscribe_errors.clone(),
         );
         registry.register(

@@ -61,6 +61,8 @@ pub enum Control {
     Continue,
     /// A planned replacement (server shutdown notice, maintenance notice).
     Rotate,
+    /// The protocol's own keepalive failed (a ping went unanswered): replace the socket now.
+    Dead,
 }
 
 /// Side effects a protocol may request while handling an input.
@@ -441,8 +443,10 @@ async fn read_loop(
                     ws::Message::Text(text) => {
                         let (kind, control) = proto.on_text(text.as_str(), now, &mut io);
                         h.frame(kind).inc();
-                        if control == Control::Rotate {
-                            return Ended::Rotate;
+                        match control {
+                            Control::Continue => {}
+                            Control::Rotate => return Ended::Rotate,
+                            Control::Dead => return Ended::Unplanned(EndReason::Idle),
                         }
                     }
                     ws::Message::Binary(_) => {
@@ -477,8 +481,15 @@ async fn read_loop(
                 }
                 if now >= next_tick {
                     next_tick = now + Duration::from_secs(1);
-                    if proto.on_tick(now, &mut io) == Control::Rotate {
-                        return Ended::Rotate;
+                    match proto.on_tick(now, &mut io) {
+                        Control::Continue => {}
+                        Control::Rotate => return Ended::Rotate,
+                        Control::Dead => {
+                            tracing::warn!(
+                                "the venue did not answer its keepalive; replacing the socket"
+                            );
+                            return Ended::Unplanned(EndReason::Idle);
+                        }
                     }
                     let rotate_at = timings.max_lifetime + lifetime_jitter;
                     if matches!(link, Link::Up { since, .. } if now.saturating_duration_since(since) >= rotate_at)

@@ -36,10 +36,35 @@ pub struct BookData<'a> {
     pub ts: Option<&'a str>,
     #[serde(default)]
     pub checksum: Option<i64>,
-    #[serde(rename = "seqId", default)]
+    #[serde(rename = "seqId", default, deserialize_with = "int_or_string")]
     pub seq_id: Option<i64>,
-    #[serde(rename = "prevSeqId", default)]
+    #[serde(rename = "prevSeqId", default, deserialize_with = "int_or_string")]
     pub prev_seq_id: Option<i64>,
+}
+
+/// The WebSocket writes sequence ids as JSON numbers; OKX's REST API writes most numbers as
+/// strings. Both are accepted, nothing else is.
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer, or an integer in a string")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v).map(Some).map_err(E::custom)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.parse().map(Some).map_err(E::custom)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 impl BookData<'_> {
@@ -196,6 +221,14 @@ impl OkxBook {
         self.book.clear();
     }
 
+    /// Updates kept while waiting for a snapshot.
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            State::AwaitingSnapshot { buffered } => buffered.len(),
+            State::Synced { .. } => 0,
+        }
+    }
+
     pub fn is_synced(&self) -> bool {
         matches!(self.state, State::Synced { .. })
     }
@@ -266,6 +299,19 @@ impl OkxBook {
             State::Synced { seq_id } => {
                 let last = *seq_id;
                 if let (Some(last), Some(seq), Some(prev)) = (last, d.seq_id, d.prev_seq_id) {
+                    if seq == prev && seq == last {
+                        // A heartbeat: nothing changed; its checksum (if any) is the book's.
+                        // Levels under an unchanged seqId contradict the chain.
+                        if Levels::new(d.bids.get()).next().is_some()
+                            || Levels::new(d.asks.get()).next().is_some()
+                        {
+                            return self.fail(OkxResync::Malformed);
+                        }
+                        return match self.verify(d.checksum.unwrap_or(0)) {
+                            Ok(()) => OkxEvent::Heartbeat,
+                            Err(e) => self.fail(e),
+                        };
+                    }
                     if seq < prev {
                         return self.fail(OkxResync::SequenceReset);
                     }
@@ -277,9 +323,6 @@ impl OkxBook {
                             expected: last,
                             got: prev,
                         });
-                    }
-                    if seq == prev {
-                        return OkxEvent::Heartbeat;
                     }
                 }
                 let r = apply_raw(&mut self.book, BookSide::Bid, d.bids)
@@ -411,7 +454,8 @@ mod tests {
             b.on_update(&data(&up(11, 10))),
             OkxEvent::Applied { seq_id: 11 }
         );
-        assert_eq!(b.on_update(&data(&up(11, 11))), OkxEvent::Dropped);
+        // A replayed update is older than the book.
+        assert_eq!(b.on_update(&data(&up(11, 10))), OkxEvent::Dropped);
         assert_eq!(
             b.on_update(&data(
                 r#"{"asks":[],"bids":[],"checksum":0,"seqId":12,"prevSeqId":12}"#
@@ -421,6 +465,15 @@ mod tests {
                 got: 12
             })
         );
+        // Levels under an unchanged seqId are not a heartbeat.
+        let mut c = OkxBook::new();
+        c.on_ws_snapshot(&data(
+            r#"{"asks":[],"bids":[["1","1","0","1"]],"checksum":0,"seqId":11,"prevSeqId":-1}"#,
+        ));
+        assert_eq!(
+            c.on_update(&data(&up(11, 11))),
+            OkxEvent::Resync(OkxResync::Malformed)
+        );
     }
 
     #[test]
@@ -429,12 +482,32 @@ mod tests {
         b.on_ws_snapshot(&data(
             r#"{"asks":[],"bids":[["1","1","0","1"]],"checksum":0,"seqId":10,"prevSeqId":-1}"#,
         ));
-        // A heartbeat repeats the last seqId as both ids... after it, the chain continues.
+        // A heartbeat repeats the last seqId as both ids; the chain continues after it.
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[],"checksum":0,"seqId":10,"prevSeqId":10}"#
+            )),
+            OkxEvent::Heartbeat
+        );
         assert_eq!(
             b.on_update(&data(
                 r#"{"asks":[],"bids":[],"checksum":0,"seqId":11,"prevSeqId":10}"#
             )),
             OkxEvent::Applied { seq_id: 11 }
+        );
+        // A heartbeat whose seqId is not the book's is a gap, not a heartbeat.
+        let mut c = OkxBook::new();
+        c.on_ws_snapshot(&data(
+            r#"{"asks":[],"bids":[["1","1","0","1"]],"checksum":0,"seqId":10,"prevSeqId":-1}"#,
+        ));
+        assert_eq!(
+            c.on_update(&data(
+                r#"{"asks":[],"bids":[],"checksum":0,"seqId":12,"prevSeqId":12}"#
+            )),
+            OkxEvent::Resync(OkxResync::Gap {
+                expected: 10,
+                got: 12
+            })
         );
         assert_eq!(
             b.on_update(&data(
@@ -480,5 +553,42 @@ mod tests {
             b.on_rest_snapshot(&data(r#"{"asks":[],"bids":[],"seqId":10}"#)),
             OkxEvent::Resync(OkxResync::StaleSnapshot)
         );
+    }
+
+    #[test]
+    fn a_rest_seq_id_written_as_a_string_is_read_and_junk_is_refused() {
+        let d = data(r#"{"asks":[],"bids":[],"seqId":"123","prevSeqId":null}"#);
+        assert_eq!((d.seq_id, d.prev_seq_id), (Some(123), None));
+        assert!(
+            serde_json::from_str::<BookData<'_>>(r#"{"asks":[],"bids":[],"seqId":"12a"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<BookData<'_>>(r#"{"asks":[],"bids":[],"seqId":1.5}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_with_the_wrong_checksum_resyncs() {
+        let mut b = OkxBook::new();
+        // 3366.1x7 / 3366.8x9: its checksum is crc("3366.1:7:3366.8:9").
+        let good = crc("3366.1:7:3366.8:9");
+        let snap = format!(
+            r#"{{"asks":[["3366.8","9","0","1"]],"bids":[["3366.1","7","0","1"]],"checksum":{good},"seqId":5,"prevSeqId":-1}}"#
+        );
+        assert_eq!(
+            b.on_ws_snapshot(&data(&snap)),
+            OkxEvent::Applied { seq_id: 5 }
+        );
+        let hb =
+            |c: i32| format!(r#"{{"asks":[],"bids":[],"checksum":{c},"seqId":5,"prevSeqId":5}}"#);
+        assert_eq!(b.on_update(&data(&hb(good))), OkxEvent::Heartbeat);
+        assert_eq!(
+            b.on_update(&data(&hb(good ^ 1))),
+            OkxEvent::Resync(OkxResync::Checksum {
+                venue: i64::from(good ^ 1),
+                ours: good
+            })
+        );
+        assert!(!b.is_synced());
     }
 }

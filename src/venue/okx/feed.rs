@@ -23,7 +23,7 @@ use super::book::{BookData, OkxBook, OkxEvent, OkxResync};
 use super::inst_id;
 use crate::book::Decimal;
 use crate::config::{Config, Endpoint};
-use crate::metrics::{Metrics, ResyncLabels, SocketLabels};
+use crate::metrics::{Metrics, ResyncLabels, SocketLabels, SubscribeErrorLabels};
 use crate::model::{
     Channel, Data, Exchange, FundingRateData, LiquidationData, Market, OpenInterestData, Side,
     Symbol, TradeData,
@@ -36,6 +36,15 @@ use crate::session::{Control, FrameKind, Io, Protocol};
 
 /// Send the text `ping` after this long without a frame (the venue closes at 30 s).
 pub const PING_AFTER: Duration = Duration::from_secs(20);
+/// A `ping` unanswered this long means the socket is dead.
+pub const PONG_WAIT: Duration = Duration::from_secs(10);
+/// An arg not acknowledged this long after its request is given up (and counted).
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// After a resubscribe, how long to wait for the venue's WebSocket snapshot before falling
+/// back to a REST snapshot.
+const WS_SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
+/// A REST snapshot older than the buffered chain is fetched again after this pause.
+const STALE_RETRY: Duration = Duration::from_millis(300);
 /// Largest subscribe request we build (the venue allows 64 KB).
 const MAX_REQUEST_BYTES: usize = 16 << 10;
 /// OKX: 480 subscribe/unsubscribe requests per hour per connection.
@@ -62,19 +71,51 @@ struct Inst {
     snapshot_in_flight: bool,
     snapshot_not_before: Instant,
     failures: u32,
+    /// Resubscribed to get a WebSocket snapshot: no REST snapshot before this instant.
+    ws_snapshot_until: Option<Instant>,
+}
+
+/// What the venue said about one subscription arg on the current connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    /// Not requested on this connection.
+    Idle,
+    /// Requested by request `id`, not acknowledged yet.
+    Pending { id: u64, since: Instant },
+    /// Acknowledged.
+    Live,
+    /// Refused by an error event, or never acknowledged: given up until the next connection.
+    Failed,
+}
+
+/// One subscription arg.
+struct Sub {
+    /// The arg exactly as sent.
+    json: String,
+    channel: &'static str,
+    /// `instId`, or `instType` for `liquidation-orders`.
+    key: String,
+    state: SubState,
 }
 
 /// The protocol of the OKX public socket.
 pub struct OkxProtocol {
     url: String,
+    socket: String,
     rest: Endpoint,
-    args: Vec<String>,
+    subs: Vec<Sub>,
+    /// Error events by request id (the newest few), matched to args at their ack deadline.
+    refused: Vec<(u64, String)>,
     insts: Vec<Inst>,
     depth: usize,
     metrics: Arc<Metrics>,
     subscribe_tokens: Gauge,
     sub_bucket: TokenBucket,
     last_rx: Instant,
+    /// A `ping` is out and no frame arrived since it was sent.
+    ping_sent: Option<Instant>,
+    /// The venue sent a WebSocket books snapshot on this connection, so a resubscribe gets one.
+    ws_snapshots: bool,
     next_id: u64,
     logged_malformed: bool,
 }
@@ -85,10 +126,14 @@ struct Arg<'a> {
     channel: &'a str,
     #[serde(rename = "instId", borrow, default)]
     inst_id: Option<&'a str>,
+    #[serde(rename = "instType", borrow, default)]
+    inst_type: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
 struct Frame<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a str>,
     #[serde(borrow, default)]
     event: Option<&'a str>,
     #[serde(borrow, default)]
@@ -168,6 +213,26 @@ struct RestBooks<'a> {
     data: Vec<BookData<'a>>,
 }
 
+/// Splits `items` into consecutive batches whose request (args joined by commas, plus the
+/// envelope) stays under `max` bytes. An item too large on its own goes alone.
+fn batches(items: &[usize], len: impl Fn(usize) -> usize, max: usize) -> Vec<Vec<usize>> {
+    const ENVELOPE: usize = 64;
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut size = ENVELOPE;
+    for &i in items {
+        let l = len(i) + 1;
+        match out.last_mut() {
+            Some(b) if size + l <= max => b.push(i),
+            _ => {
+                out.push(vec![i]);
+                size = ENVELOPE;
+            }
+        }
+        size += l;
+    }
+    out
+}
+
 fn dec(s: &str) -> Option<Decimal> {
     Decimal::parse(s).ok()
 }
@@ -188,7 +253,7 @@ impl OkxProtocol {
     pub fn new(socket: &SocketPlan, cfg: &Config, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
         let mut insts: Vec<Inst> = Vec::new();
-        let mut args = Vec::new();
+        let mut subs: Vec<Sub> = Vec::new();
         for (i, s) in socket.streams.iter().enumerate() {
             let id = inst_id(s.market, &s.symbol);
             let pos = match insts.iter().position(|x| x.id == id) {
@@ -206,36 +271,47 @@ impl OkxProtocol {
                         snapshot_in_flight: false,
                         snapshot_not_before: now,
                         failures: 0,
+                        ws_snapshot_until: None,
                     });
                     insts.len() - 1
                 }
             };
             let inst = &mut insts[pos];
-            let arg = match s.channel {
+            let (channel, key) = match s.channel {
                 Channel::Orderbook => {
                     inst.book = Some((i, OkxBook::new()));
-                    format!(r#"{{"channel":"books","instId":"{id}"}}"#)
+                    ("books", id)
                 }
                 Channel::Trade => {
                     inst.trade = Some(i);
-                    format!(r#"{{"channel":"trades","instId":"{id}"}}"#)
+                    ("trades", id)
                 }
                 Channel::FundingRate => {
                     inst.funding = Some(i);
-                    format!(r#"{{"channel":"funding-rate","instId":"{id}"}}"#)
+                    ("funding-rate", id)
                 }
                 Channel::OpenInterest => {
                     inst.open_interest = Some(i);
-                    format!(r#"{{"channel":"open-interest","instId":"{id}"}}"#)
+                    ("open-interest", id)
                 }
                 Channel::Liquidation => {
                     inst.liquidation = Some(i);
-                    r#"{"channel":"liquidation-orders","instType":"SWAP"}"#.to_owned()
+                    ("liquidation-orders", "SWAP".to_owned())
                 }
                 _ => continue,
             };
-            if !args.contains(&arg) {
-                args.push(arg);
+            if !subs.iter().any(|x| x.channel == channel && x.key == key) {
+                let field = if channel == "liquidation-orders" {
+                    "instType"
+                } else {
+                    "instId"
+                };
+                subs.push(Sub {
+                    json: format!(r#"{{"channel":"{channel}","{field}":"{key}"}}"#),
+                    channel,
+                    key,
+                    state: SubState::Idle,
+                });
             }
         }
         let subscribe_tokens = metrics
@@ -247,54 +323,100 @@ impl OkxProtocol {
             .clone();
         OkxProtocol {
             url: socket.url.clone(),
+            socket: socket.name.to_owned(),
             rest: cfg.venues.okx.rest.clone(),
-            args,
+            subs,
+            refused: Vec::new(),
             insts,
             depth: cfg.book.depth.0,
             metrics,
             subscribe_tokens,
             sub_bucket: TokenBucket::new(SUBSCRIBES_PER_HOUR, Duration::from_secs(3600), now),
             last_rx: now,
+            ping_sent: None,
+            ws_snapshots: false,
             next_id: 1,
             logged_malformed: false,
         }
     }
 
-    /// Builds subscribe (or unsubscribe) requests for `args`, each under the size limit.
-    fn requests(&mut self, op: &str, args: &[String], now: Instant, io: &mut Io<'_>) {
-        let mut batch: Vec<&str> = Vec::new();
-        let mut size = 0;
-        let flush = |batch: &mut Vec<&str>, io: &mut Io<'_>, this: &mut Self| {
-            if batch.is_empty() {
-                return;
-            }
-            if this.sub_bucket.take(now).is_err() {
+    /// Sends `op` (`subscribe` or `unsubscribe`) for the subs at `which`, in multi-arg
+    /// requests each under the size limit, each taking one token of the hourly budget. A
+    /// subscribe marks its args pending until the venue acknowledges them. Returns false when
+    /// the budget was spent (nothing more was sent).
+    fn requests(&mut self, op: &str, which: &[usize], now: Instant, io: &mut Io<'_>) -> bool {
+        let mut sent_all = true;
+        for chunk in batches(which, |i| self.subs[i].json.len(), MAX_REQUEST_BYTES) {
+            if self.sub_bucket.take(now).is_err() {
                 tracing::warn!(
                     op,
-                    "OKX subscribe budget (480 per hour) spent; request dropped"
+                    args = chunk.len(),
+                    "OKX subscribe budget (480 requests per hour per connection) spent; request not sent"
                 );
-                batch.clear();
-                return;
+                sent_all = false;
+                break;
             }
-            let id = this.next_id;
-            this.next_id += 1;
-            io.send.push(format!(
-                r#"{{"id":"{id}","op":"{op}","args":[{}]}}"#,
-                batch.join(",")
-            ));
-            batch.clear();
-        };
-        for a in args {
-            if size + a.len() + 64 > MAX_REQUEST_BYTES {
-                flush(&mut batch, io, self);
-                size = 0;
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut req = format!(r#"{{"id":"{id}","op":"{op}","args":["#);
+            for (n, &i) in chunk.iter().enumerate() {
+                if n > 0 {
+                    req.push(',');
+                }
+                req.push_str(&self.subs[i].json);
+                if op == "subscribe" {
+                    self.subs[i].state = SubState::Pending { id, since: now };
+                }
             }
-            size += a.len() + 1;
-            batch.push(a);
+            req.push_str("]}");
+            io.send.push(req);
         }
-        flush(&mut batch, io, self);
         self.subscribe_tokens
             .set(i64::from(self.sub_bucket.available(now)));
+        sent_all
+    }
+
+    fn sub_of(&self, channel: &str, key: &str) -> Option<usize> {
+        self.subs
+            .iter()
+            .position(|s| s.channel == channel && s.key == key)
+    }
+
+    /// `code` is a label value: a venue code through [`SubscribeErrorLabels::code`], or
+    /// `no_ack`.
+    fn count_subscribe_error(&self, code: String) {
+        self.metrics
+            .subscribe_errors
+            .get_or_create(&SubscribeErrorLabels {
+                exchange: Exchange::Okx,
+                socket: self.socket.clone(),
+                code,
+            })
+            .inc();
+    }
+
+    /// Args whose ack deadline passed: refused (if their request drew an error event) or
+    /// unanswered. Either way given up on this connection, logged once each and counted.
+    fn expire_pending(&mut self, now: Instant) {
+        for i in 0..self.subs.len() {
+            let SubState::Pending { id, since } = self.subs[i].state else {
+                continue;
+            };
+            if now.saturating_duration_since(since) < ACK_WAIT {
+                continue;
+            }
+            self.subs[i].state = SubState::Failed;
+            let arg = &self.subs[i].json;
+            match self.refused.iter().find(|(r, _)| *r == id) {
+                Some((_, code)) => {
+                    tracing::warn!(%arg, code = %code, request = id, "OKX refused this subscription; it stays off until the next connection");
+                }
+                None => {
+                    tracing::warn!(%arg, request = id, wait = ?ACK_WAIT, "OKX never acknowledged this subscription; it stays off until the next connection");
+                    self.count_subscribe_error("no_ack".to_owned());
+                }
+            }
+        }
     }
 
     fn count_resync(&self, i: usize, reason: &'static str) {
@@ -343,23 +465,42 @@ impl OkxProtocol {
                     Err(r) => self.resync(i, r, now, io),
                 }
             }
-            OkxEvent::Buffered => self.want_snapshot(i, now, io),
+            OkxEvent::Buffered => {
+                if self.insts[i].ws_snapshot_until.is_none_or(|t| now >= t) {
+                    self.want_snapshot(i, now, io);
+                }
+            }
+            OkxEvent::Resync(OkxResync::StaleSnapshot) => {
+                // The buffer is kept: fetch again shortly.
+                tracing::info!(inst = %self.insts[i].id, "OKX REST snapshot older than the buffered updates; fetching again");
+                self.count_resync(i, OkxResync::StaleSnapshot.label());
+                self.insts[i].snapshot_not_before = now + STALE_RETRY;
+            }
             OkxEvent::Resync(r) => self.resync(i, r, now, io),
             OkxEvent::Heartbeat | OkxEvent::Dropped => {}
         }
     }
 
-    /// Resyncs one instrument: a new REST snapshot onto a fresh chain, and a resubscribe so a
-    /// venue that still sends WebSocket snapshots sends one.
+    /// Resyncs one instrument, never the socket. Where the venue sends WebSocket snapshots on
+    /// this connection and the hourly budget allows, unsubscribe + subscribe brings a fresh
+    /// one; otherwise the updates that keep flowing are buffered and a REST snapshot is
+    /// spliced onto them (which is also the fallback when the WebSocket snapshot is late).
     fn resync(&mut self, i: usize, r: OkxResync, now: Instant, io: &mut Io<'_>) {
         tracing::warn!(inst = %self.insts[i].id, reason = ?r, "OKX book unsynced; resyncing this instrument");
         self.count_resync(i, r.label());
         if let Some((_, book)) = self.insts[i].book.as_mut() {
             book.reset();
         }
-        let arg = format!(r#"{{"channel":"books","instId":"{}"}}"#, self.insts[i].id);
-        self.requests("unsubscribe", std::slice::from_ref(&arg), now, io);
-        self.requests("subscribe", std::slice::from_ref(&arg), now, io);
+        self.insts[i].ws_snapshot_until = None;
+        if self.ws_snapshots && self.sub_bucket.available(now) >= 2 {
+            let id = self.insts[i].id.clone();
+            if let Some(sub) = self.sub_of("books", &id)
+                && self.requests("unsubscribe", &[sub], now, io)
+                && self.requests("subscribe", &[sub], now, io)
+            {
+                self.insts[i].ws_snapshot_until = Some(now + WS_SNAPSHOT_WAIT);
+            }
+        }
     }
 
     fn find(&self, id: &str) -> Option<usize> {
@@ -374,20 +515,41 @@ impl OkxProtocol {
     ) -> Result<(FrameKind, Control), &'static str> {
         if let Some(event) = f.event {
             return Ok(match event {
-                "subscribe" | "unsubscribe" => (FrameKind::Control, Control::Continue),
+                "subscribe" => {
+                    if let Some(a) = &f.arg
+                        && let Some(i) = a
+                            .inst_id
+                            .or(a.inst_type)
+                            .and_then(|k| self.sub_of(a.channel, k))
+                    {
+                        self.subs[i].state = SubState::Live;
+                    }
+                    (FrameKind::Control, Control::Continue)
+                }
+                "unsubscribe" => (FrameKind::Control, Control::Continue),
                 "error" => {
+                    let code = f.code.unwrap_or("");
+                    let request = f.id.and_then(|id| id.parse::<u64>().ok());
+                    let args: Vec<&str> = self
+                        .subs
+                        .iter()
+                        .filter(|s| matches!(s.state, SubState::Pending { id, .. } if Some(id) == request))
+                        .map(|s| s.json.as_str())
+                        .collect();
                     tracing::warn!(
-                        code = f.code.unwrap_or(""),
+                        code,
                         msg = f.msg.unwrap_or(""),
+                        request = f.id.unwrap_or("-"),
+                        pending_args = ?args,
                         "OKX refused a request"
                     );
-                    self.metrics
-                        .subscribe_errors
-                        .get_or_create(&SocketLabels {
-                            exchange: Exchange::Okx,
-                            socket: "public".into(),
-                        })
-                        .inc();
+                    self.count_subscribe_error(SubscribeErrorLabels::code(code));
+                    if let Some(id) = request {
+                        if self.refused.len() >= 16 {
+                            self.refused.remove(0);
+                        }
+                        self.refused.push((id, code.to_owned()));
+                    }
                     (FrameKind::Control, Control::Continue)
                 }
                 "notice" if f.code == Some(NOTICE_RESTART) => {
@@ -409,11 +571,16 @@ impl OkxProtocol {
                     .ok_or("unknown instrument")?;
                 let entries: Vec<BookData<'_>> =
                     serde_json::from_str(raw).map_err(|_| "bad books data")?;
+                let snapshot = f.action == Some("snapshot");
+                if snapshot {
+                    self.ws_snapshots = true;
+                    self.insts[i].ws_snapshot_until = None;
+                }
                 for d in &entries {
                     let Some((_, book)) = self.insts[i].book.as_mut() else {
                         return Err("books not planned");
                     };
-                    let ev = if f.action == Some("snapshot") {
+                    let ev = if snapshot {
                         book.on_ws_snapshot(d)
                     } else {
                         book.on_update(d)
@@ -554,16 +721,24 @@ impl Protocol for OkxProtocol {
                 book.reset();
             }
             inst.snapshot_in_flight = false;
+            inst.ws_snapshot_until = None;
         }
+        for sub in &mut self.subs {
+            sub.state = SubState::Idle;
+        }
+        self.refused.clear();
         self.last_rx = now;
+        self.ping_sent = None;
+        self.ws_snapshots = false;
         // A new connection has its own subscribe budget.
         self.sub_bucket = TokenBucket::new(SUBSCRIBES_PER_HOUR, Duration::from_secs(3600), now);
-        let args = self.args.clone();
-        self.requests("subscribe", &args, now, io);
+        let all: Vec<usize> = (0..self.subs.len()).collect();
+        self.requests("subscribe", &all, now, io);
     }
 
     fn on_text(&mut self, text: &str, now: Instant, io: &mut Io<'_>) -> (FrameKind, Control) {
         self.last_rx = now;
+        self.ping_sent = None;
         if text == "pong" {
             return (FrameKind::Control, Control::Continue);
         }
@@ -600,33 +775,31 @@ impl Protocol for OkxProtocol {
             return;
         };
         inst.snapshot_in_flight = false;
+        let backoff = |inst: &mut Inst, retry_after: Option<Duration>, why: &str| {
+            inst.failures += 1;
+            let d = crate::session::backoff::delay(
+                inst.failures,
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            );
+            let d = retry_after.map_or(d, |ra| ra.max(d));
+            inst.snapshot_not_before = now + d;
+            tracing::warn!(inst = %inst.id, retry_in = ?d, why, "OKX book snapshot failed");
+        };
         let body = match result {
             Ok(resp) if resp.status == 200 => resp.body,
-            other => {
-                inst.failures += 1;
-                let d = crate::session::backoff::delay(
-                    inst.failures,
-                    Duration::from_millis(500),
-                    Duration::from_secs(60),
-                );
-                let d = match &other {
-                    Ok(r) => r.retry_after.map_or(d, |ra| ra.max(d)),
-                    Err(_) => d,
-                };
-                inst.snapshot_not_before = now + d;
-                tracing::warn!(inst = %inst.id, retry_in = ?d, "OKX book snapshot failed");
-                return;
-            }
+            Ok(resp) => return backoff(inst, resp.retry_after, "HTTP status"),
+            Err(_) => return backoff(inst, None, "request failed"),
         };
         let Ok(parsed) = serde_json::from_slice::<RestBooks<'_>>(&body) else {
-            tracing::warn!(inst = %inst.id, "OKX book snapshot body is not a books answer");
-            return;
+            return backoff(inst, None, "the body is not a books answer");
         };
         if parsed.code != "0" {
-            tracing::warn!(inst = %inst.id, code = parsed.code, "OKX refused the book snapshot");
-            return;
+            return backoff(inst, None, "the venue answered with an error code");
         }
-        let Some(d) = parsed.data.first() else { return };
+        let Some(d) = parsed.data.first() else {
+            return backoff(inst, None, "no book in the answer");
+        };
         let Some((_, book)) = inst.book.as_mut() else {
             return;
         };
@@ -636,16 +809,24 @@ impl Protocol for OkxProtocol {
     }
 
     fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control {
-        if now.saturating_duration_since(self.last_rx) >= PING_AFTER {
-            io.send.push("ping".to_owned());
-            self.last_rx = now;
+        match self.ping_sent {
+            Some(at) if now.saturating_duration_since(at) >= PONG_WAIT => return Control::Dead,
+            Some(_) => {}
+            None if now.saturating_duration_since(self.last_rx) >= PING_AFTER => {
+                io.send.push("ping".to_owned());
+                self.ping_sent = Some(now);
+            }
+            None => {}
         }
+        self.expire_pending(now);
         for i in 0..self.insts.len() {
-            let waiting = self.insts[i]
+            // Retries a snapshot that failed or was stale, and falls back to REST when a
+            // resubscribe brought no WebSocket snapshot in time.
+            let buffering = self.insts[i]
                 .book
                 .as_ref()
-                .is_some_and(|(_, b)| !b.is_synced());
-            if waiting {
+                .is_some_and(|(_, b)| b.buffered() > 0);
+            if buffering && self.insts[i].ws_snapshot_until.is_none_or(|t| now >= t) {
                 self.want_snapshot(i, now, io);
             }
         }
@@ -664,5 +845,28 @@ impl Protocol for OkxProtocol {
 
     fn send_rate(&self) -> (u32, Duration) {
         (3, Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn batches_stay_under_the_request_limit_and_keep_order() {
+        let lens = [40usize, 40, 40, 40, 40];
+        // Envelope 64 + (41 each): two fit in 150, the third would not.
+        let b = batches(&[0, 1, 2, 3, 4], |i| lens[i], 150);
+        assert_eq!(b, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        for chunk in &b {
+            assert!(64 + chunk.iter().map(|&i| lens[i] + 1).sum::<usize>() <= 150);
+        }
+        // Everything in one request when it fits; an oversized item goes alone.
+        assert_eq!(batches(&[0, 1], |i| lens[i], 1 << 14), vec![vec![0, 1]]);
+        assert_eq!(
+            batches(&[0, 1], |i| [500, 10][i], 150),
+            vec![vec![0], vec![1]]
+        );
+        assert!(batches(&[], |_| 1, 150).is_empty());
     }
 }

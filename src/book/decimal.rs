@@ -140,10 +140,13 @@ impl Ord for Decimal {
     }
 }
 
-impl fmt::Display for Decimal {
-    /// Writes the digits as the venue wrote them, without allocating.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; 48];
+/// Room for any [`Decimal`] written out (19 digits, a point, a leading `0` and a sign).
+pub const DECIMAL_TEXT_MAX: usize = 48;
+
+impl Decimal {
+    /// Writes the digits as the venue wrote them into `buf` and returns them (ASCII digits,
+    /// `.` and `-` only).
+    pub fn write_ascii<'b>(&self, buf: &'b mut [u8; DECIMAL_TEXT_MAX]) -> &'b [u8] {
         let mut pos = buf.len();
         let mut m = self.mantissa.unsigned_abs();
         let mut frac = self.scale;
@@ -170,8 +173,16 @@ impl fmt::Display for Decimal {
             pos -= 1;
             buf[pos] = b'-';
         }
-        // Only ASCII digits, '.', '-' were written.
-        f.write_str(std::str::from_utf8(&buf[pos..]).map_err(|_| fmt::Error)?)
+        &buf[pos..]
+    }
+}
+
+impl fmt::Display for Decimal {
+    /// Writes the digits as the venue wrote them, without allocating.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; DECIMAL_TEXT_MAX];
+        let text = self.write_ascii(&mut buf);
+        f.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod decimal;
 
-pub use decimal::{Decimal, DecimalError, MAX_DIGITS};
+pub use decimal::{DECIMAL_TEXT_MAX, Decimal, DecimalError, MAX_DIGITS};
 
 mod levels;
 

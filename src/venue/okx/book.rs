@@ -13,12 +13,11 @@
 //! seqId existed carry none: then the checksum alone verifies.
 
 use std::collections::VecDeque;
-use std::fmt::Write;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::book::{BOOK_CAPACITY, Book, BookSide, Decimal};
+use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX, Decimal};
 use crate::model::OrderbookData;
 use crate::venue::json::Levels;
 
@@ -40,6 +39,15 @@ pub struct BookData<'a> {
     pub seq_id: Option<i64>,
     #[serde(rename = "prevSeqId", default, deserialize_with = "int_or_string")]
     pub prev_seq_id: Option<i64>,
+}
+
+/// The entries of one `books` push (the venue sends one; a few are tolerated), kept inline so
+/// the hot path does not allocate.
+pub type Entries<'a> = heapless::Vec<BookData<'a>, 4>;
+
+/// Parses the `data` array of a `books` push.
+pub fn parse_entries(raw: &str) -> Result<Entries<'_>, serde_json::Error> {
+    serde_json::from_str(raw)
 }
 
 /// The WebSocket writes sequence ids as JSON numbers; OKX's REST API writes most numbers as
@@ -73,29 +81,31 @@ impl BookData<'_> {
     }
 }
 
-/// Feeds formatted text straight into the CRC without building a string.
-struct CrcWriter(crc32fast::Hasher);
-
-impl Write for CrcWriter {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.update(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// OKX's checksum of a book: signed CRC32 over the top 25 levels interleaved.
+/// OKX's checksum of a book: signed CRC32 over the top 25 levels interleaved
+/// (`bid_px:bid_sz:ask_px:ask_sz:…`, one side continuing alone when the other runs out). The
+/// text is assembled in a stack buffer and hashed in one call.
 pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
+    // 50 levels of two decimals (at most 23 bytes each) and their separators.
+    const MAX: usize = 2 * CHECKSUM_LEVELS * 2 * (DECIMAL_TEXT_MAX + 1);
     let (bids, asks) = (book.levels(BookSide::Bid), book.levels(BookSide::Ask));
-    let mut w = CrcWriter(crc32fast::Hasher::new());
-    let mut first = true;
+    let mut text = [0u8; MAX];
+    let mut len = 0;
+    let mut num = [0u8; DECIMAL_TEXT_MAX];
+    let mut push = |bytes: &[u8], len: &mut usize| {
+        text[*len..*len + bytes.len()].copy_from_slice(bytes);
+        *len += bytes.len();
+    };
     for i in 0..CHECKSUM_LEVELS {
         for l in [bids.get(i), asks.get(i)].into_iter().flatten() {
-            let sep = if first { "" } else { ":" };
-            first = false;
-            let _ = write!(w, "{sep}{}:{}", l.price, l.qty);
+            if len > 0 {
+                push(b":", &mut len);
+            }
+            push(l.price.write_ascii(&mut num), &mut len);
+            push(b":", &mut len);
+            push(l.qty.write_ascii(&mut num), &mut len);
         }
     }
-    w.0.finalize() as i32
+    crc32fast::hash(&text[..len]) as i32
 }
 
 /// Why an OKX book was marked unsynced.

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::book::{BookData, OkxBook, OkxEvent, OkxResync};
+use super::book::{BookData, Entries, OkxBook, OkxEvent, OkxResync, parse_entries};
 use super::inst_id;
 use crate::book::Decimal;
 use crate::config::{Config, Endpoint};
@@ -211,6 +211,29 @@ struct RestBooks<'a> {
     code: &'a str,
     #[serde(borrow, default)]
     data: Vec<BookData<'a>>,
+}
+
+/// A `books` push as the socket parses it: the envelope, then its entries.
+pub struct BooksPush<'a> {
+    pub inst_id: &'a str,
+    pub snapshot: bool,
+    pub entries: Entries<'a>,
+}
+
+/// Parses a `books` push the way [`OkxProtocol`] does (for benchmarks and tools).
+pub fn parse_books_push(text: &str) -> Result<BooksPush<'_>, &'static str> {
+    let f: Frame<'_> = serde_json::from_str(text).map_err(|_| "not JSON")?;
+    let (Some(arg), Some(data)) = (f.arg, f.data) else {
+        return Err("not a push");
+    };
+    if arg.channel != "books" {
+        return Err("not books");
+    }
+    Ok(BooksPush {
+        inst_id: arg.inst_id.ok_or("no instId")?,
+        snapshot: f.action == Some("snapshot"),
+        entries: parse_entries(data.get()).map_err(|_| "bad books data")?,
+    })
 }
 
 /// Splits `items` into consecutive batches whose request (args joined by commas, plus the
@@ -569,8 +592,7 @@ impl OkxProtocol {
                     .inst_id
                     .and_then(|id| self.find(id))
                     .ok_or("unknown instrument")?;
-                let entries: Vec<BookData<'_>> =
-                    serde_json::from_str(raw).map_err(|_| "bad books data")?;
+                let entries = parse_entries(raw).map_err(|_| "bad books data")?;
                 let snapshot = f.action == Some("snapshot");
                 if snapshot {
                     self.ws_snapshots = true;

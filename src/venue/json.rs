@@ -528,6 +528,78 @@ impl<'a> Iterator for Object<'a> {
     }
 }
 
+/// Iterates the elements of a JSON array as raw values. After an error it yields nothing more.
+#[derive(Debug, Clone)]
+pub struct Array<'a> {
+    cur: Scanner<'a>,
+    scan: Scan,
+}
+
+impl<'a> Array<'a> {
+    /// Starts on a raw JSON array (checked lazily, while iterating).
+    pub fn new(raw: &'a str) -> Self {
+        Array {
+            cur: Scanner::new(raw),
+            scan: Scan::Start,
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<&'a str>, JsonError> {
+        loop {
+            match self.scan {
+                Scan::Start => {
+                    self.cur.expect(b'[', "expected '['")?;
+                    self.scan = Scan::First;
+                }
+                Scan::First | Scan::Next => {
+                    if self.cur.eat(b']') {
+                        self.cur.end()?;
+                        self.scan = Scan::Done;
+                        return Ok(None);
+                    }
+                    if self.scan == Scan::Next {
+                        self.cur
+                            .expect(b',', "expected ',' or ']' between elements")?;
+                    }
+                    let v = self.cur.value()?;
+                    self.scan = Scan::Next;
+                    return Ok(Some(v));
+                }
+                Scan::Done => return Ok(None),
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Array<'a> {
+    type Item = Result<&'a str, JsonError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(v) => v.map(Ok),
+            Err(e) => {
+                self.scan = Scan::Done;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// A raw JSON integer that fits an `i64` (`-1`, `0`, `7`); `None` for anything else.
+pub fn as_i64(raw: &str) -> Option<i64> {
+    match raw.strip_prefix('-') {
+        Some(digits) => {
+            let m = as_u64(digits)?;
+            if m == 1 << 63 {
+                Some(i64::MIN)
+            } else {
+                i64::try_from(m).ok().map(|v| -v)
+            }
+        }
+        None => i64::try_from(as_u64(raw)?).ok(),
+    }
+}
+
 /// The contents of a raw JSON string value without escapes; `None` for anything else.
 pub fn as_plain_str(raw: &str) -> Option<&str> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
@@ -563,6 +635,44 @@ pub fn as_bool(raw: &str) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn array_yields_raw_elements_and_stops_at_the_first_error() {
+        let got: Vec<_> = Array::new(r#" [ {"a":[1,2]} , "x" ,3,[] ] "#).collect();
+        assert_eq!(
+            got,
+            vec![Ok(r#"{"a":[1,2]}"#), Ok(r#""x""#), Ok("3"), Ok("[]")]
+        );
+        assert_eq!(Array::new("[]").count(), 0);
+        for bad in ["", "{}", "[1,", "[1 2]", "[1]x", r#"["a]"#] {
+            let items: Vec<_> = Array::new(bad).collect();
+            assert!(
+                items.last().is_some_and(|r| r.is_err()),
+                "{bad:?} gave {items:?}"
+            );
+            assert!(items.iter().filter(|r| r.is_err()).count() == 1);
+        }
+    }
+
+    #[test]
+    fn as_i64_reads_signed_integers_only() {
+        assert_eq!(as_i64("-1"), Some(-1));
+        assert_eq!(as_i64("0"), Some(0));
+        assert_eq!(as_i64("9223372036854775807"), Some(i64::MAX));
+        assert_eq!(as_i64("-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            "9223372036854775808",
+            "-9223372036854775809",
+            "-",
+            "1.5",
+            "\"1\"",
+            "01",
+            "--1",
+            "",
+        ] {
+            assert_eq!(as_i64(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     fn levels(s: &str) -> Result<Vec<(&str, &str)>, JsonError> {

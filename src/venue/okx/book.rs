@@ -14,71 +14,102 @@
 
 use std::collections::VecDeque;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX, Decimal};
 use crate::model::OrderbookData;
-use crate::venue::json::Levels;
+use crate::venue::json::{Array, JsonError, Levels, Object, as_i64, as_plain_str};
 
 /// Levels per side that enter the checksum.
 pub const CHECKSUM_LEVELS: usize = 25;
 
-/// One `books` data entry (snapshot or update), borrowed.
-#[derive(Debug, Deserialize)]
+/// One `books` data entry (snapshot or update), borrowed from the frame. `asks` and `bids`
+/// are the raw level arrays, walked only when applied.
+#[derive(Debug, Clone, Copy)]
 pub struct BookData<'a> {
-    #[serde(borrow)]
-    pub asks: &'a RawValue,
-    #[serde(borrow)]
-    pub bids: &'a RawValue,
-    #[serde(default, borrow)]
+    pub asks: &'a str,
+    pub bids: &'a str,
     pub ts: Option<&'a str>,
-    #[serde(default)]
     pub checksum: Option<i64>,
-    #[serde(rename = "seqId", default, deserialize_with = "int_or_string")]
     pub seq_id: Option<i64>,
-    #[serde(rename = "prevSeqId", default, deserialize_with = "int_or_string")]
     pub prev_seq_id: Option<i64>,
+}
+
+/// Why a `books` entry could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BookDataError {
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    #[error("`{0}` is missing")]
+    Missing(&'static str),
+    #[error("`{0}` is not what it should be")]
+    Invalid(&'static str),
+    #[error("more than 4 entries in one push")]
+    TooMany,
+}
+
+/// A sequence id: a JSON integer on the WebSocket; OKX's REST API writes most numbers as
+/// strings, so an integer in a string is accepted too. `null` is absent.
+fn seq(raw: &str, name: &'static str) -> Result<Option<i64>, BookDataError> {
+    if raw == "null" {
+        return Ok(None);
+    }
+    as_i64(raw)
+        .or_else(|| as_plain_str(raw).and_then(as_i64))
+        .map(Some)
+        .ok_or(BookDataError::Invalid(name))
+}
+
+impl<'a> BookData<'a> {
+    /// Reads one entry object without allocating. Unknown members are skipped.
+    pub fn parse(raw: &'a str) -> Result<Self, BookDataError> {
+        let (mut asks, mut bids) = (None, None);
+        let mut d = BookData {
+            asks: "[]",
+            bids: "[]",
+            ts: None,
+            checksum: None,
+            seq_id: None,
+            prev_seq_id: None,
+        };
+        for member in Object::new(raw) {
+            let (key, value) = member?;
+            match key {
+                "asks" => asks = Some(value),
+                "bids" => bids = Some(value),
+                "ts" => d.ts = Some(as_plain_str(value).ok_or(BookDataError::Invalid("ts"))?),
+                "checksum" => d.checksum = seq(value, "checksum")?,
+                "seqId" => d.seq_id = seq(value, "seqId")?,
+                "prevSeqId" => d.prev_seq_id = seq(value, "prevSeqId")?,
+                _ => {}
+            }
+        }
+        d.asks = asks.ok_or(BookDataError::Missing("asks"))?;
+        d.bids = bids.ok_or(BookDataError::Missing("bids"))?;
+        if !d.asks.starts_with('[') {
+            return Err(BookDataError::Invalid("asks"));
+        }
+        if !d.bids.starts_with('[') {
+            return Err(BookDataError::Invalid("bids"));
+        }
+        Ok(d)
+    }
+
+    pub fn ts_ms(&self) -> u64 {
+        self.ts.and_then(|t| t.parse().ok()).unwrap_or(0)
+    }
 }
 
 /// The entries of one `books` push (the venue sends one; a few are tolerated), kept inline so
 /// the hot path does not allocate.
 pub type Entries<'a> = heapless::Vec<BookData<'a>, 4>;
 
-/// Parses the `data` array of a `books` push.
-pub fn parse_entries(raw: &str) -> Result<Entries<'_>, serde_json::Error> {
-    serde_json::from_str(raw)
-}
-
-/// The WebSocket writes sequence ids as JSON numbers; OKX's REST API writes most numbers as
-/// strings. Both are accepted, nothing else is.
-fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    struct V;
-    impl<'de> serde::de::Visitor<'de> for V {
-        type Value = Option<i64>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an integer, or an integer in a string")
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            i64::try_from(v).map(Some).map_err(E::custom)
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            v.parse().map(Some).map_err(E::custom)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+/// Parses the raw `data` array of a `books` push (or of a REST books answer).
+pub fn parse_entries(raw: &str) -> Result<Entries<'_>, BookDataError> {
+    let mut out = Entries::new();
+    for item in Array::new(raw) {
+        out.push(BookData::parse(item?)?)
+            .map_err(|_| BookDataError::TooMany)?;
     }
-    d.deserialize_any(V)
-}
-
-impl BookData<'_> {
-    pub fn ts_ms(&self) -> u64 {
-        self.ts.and_then(|t| t.parse().ok()).unwrap_or(0)
-    }
+    Ok(out)
 }
 
 /// OKX's checksum of a book: signed CRC32 over the top 25 levels interleaved
@@ -183,8 +214,8 @@ pub struct OkxBook {
     book: Box<Book<BOOK_CAPACITY>>,
 }
 
-fn read_levels(raw: &RawValue, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), OkxResync> {
-    for lv in Levels::new(raw.get()) {
+fn read_levels(raw: &str, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), OkxResync> {
+    for lv in Levels::new(raw) {
         let (p, q) = lv.map_err(|_| OkxResync::Malformed)?;
         let p = Decimal::parse(p).map_err(|_| OkxResync::Malformed)?;
         let q = Decimal::parse(q).map_err(|_| OkxResync::Malformed)?;
@@ -193,12 +224,8 @@ fn read_levels(raw: &RawValue, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), 
     Ok(())
 }
 
-fn apply_raw(
-    book: &mut Book<BOOK_CAPACITY>,
-    side: BookSide,
-    raw: &RawValue,
-) -> Result<(), OkxResync> {
-    for lv in Levels::new(raw.get()) {
+fn apply_raw(book: &mut Book<BOOK_CAPACITY>, side: BookSide, raw: &str) -> Result<(), OkxResync> {
+    for lv in Levels::new(raw) {
         let (p, q) = lv.map_err(|_| OkxResync::Malformed)?;
         let p = Decimal::parse(p).map_err(|_| OkxResync::Malformed)?;
         let q = Decimal::parse(q).map_err(|_| OkxResync::Malformed)?;
@@ -312,8 +339,8 @@ impl OkxBook {
                     if seq == prev && seq == last {
                         // A heartbeat: nothing changed; its checksum (if any) is the book's.
                         // Levels under an unchanged seqId contradict the chain.
-                        if Levels::new(d.bids.get()).next().is_some()
-                            || Levels::new(d.asks.get()).next().is_some()
+                        if Levels::new(d.bids).next().is_some()
+                            || Levels::new(d.asks).next().is_some()
                         {
                             return self.fail(OkxResync::Malformed);
                         }
@@ -447,7 +474,7 @@ mod tests {
     }
 
     fn data(json: &str) -> BookData<'_> {
-        serde_json::from_str(json).unwrap()
+        BookData::parse(json).unwrap()
     }
 
     #[test]
@@ -569,12 +596,21 @@ mod tests {
     fn a_rest_seq_id_written_as_a_string_is_read_and_junk_is_refused() {
         let d = data(r#"{"asks":[],"bids":[],"seqId":"123","prevSeqId":null}"#);
         assert_eq!((d.seq_id, d.prev_seq_id), (Some(123), None));
-        assert!(
-            serde_json::from_str::<BookData<'_>>(r#"{"asks":[],"bids":[],"seqId":"12a"}"#).is_err()
-        );
-        assert!(
-            serde_json::from_str::<BookData<'_>>(r#"{"asks":[],"bids":[],"seqId":1.5}"#).is_err()
-        );
+        for bad in [
+            r#"{"asks":[],"bids":[],"seqId":"12a"}"#,
+            r#"{"asks":[],"bids":[],"seqId":1.5}"#,
+            r#"{"asks":[],"bids":[],"checksum":true}"#,
+            r#"{"asks":[],"seqId":1}"#,
+            r#"{"asks":{},"bids":[]}"#,
+            r#"{"asks":[],"bids":[],"ts":5}"#,
+            r#"{"asks":[],"bids":[]"#,
+        ] {
+            assert!(BookData::parse(bad).is_err(), "{bad}");
+        }
+        let e = parse_entries(r#"[{"asks":[],"bids":[]},{"asks":[],"bids":[]}]"#).unwrap();
+        assert_eq!(e.len(), 2);
+        let five = format!("[{}]", [r#"{"asks":[],"bids":[]}"#; 5].join(","));
+        assert_eq!(parse_entries(&five).unwrap_err(), BookDataError::TooMany);
     }
 
     #[test]

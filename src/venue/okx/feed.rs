@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::book::{BookData, Entries, OkxBook, OkxEvent, OkxResync, parse_entries};
 use super::inst_id;
@@ -33,6 +32,7 @@ use crate::plan::SocketPlan;
 use crate::session::rate::TokenBucket;
 use crate::session::rest::{RateSpec, RestRequest};
 use crate::session::{Control, FrameKind, Io, Protocol};
+use crate::venue::json::{Object, as_plain_str, as_u64};
 
 /// Send the text `ping` after this long without a frame (the venue closes at 30 s).
 pub const PING_AFTER: Duration = Duration::from_secs(20);
@@ -120,32 +120,67 @@ pub struct OkxProtocol {
     logged_malformed: bool,
 }
 
-#[derive(Deserialize)]
+/// A subscription arg as the venue echoes it.
+#[derive(Debug, Default, Clone, Copy)]
 struct Arg<'a> {
-    #[serde(borrow)]
     channel: &'a str,
-    #[serde(rename = "instId", borrow, default)]
     inst_id: Option<&'a str>,
-    #[serde(rename = "instType", borrow, default)]
     inst_type: Option<&'a str>,
 }
 
-#[derive(Deserialize)]
+impl<'a> Arg<'a> {
+    fn parse(raw: &'a str) -> Result<Self, &'static str> {
+        let mut a = Arg::default();
+        for m in Object::new(raw) {
+            let (k, v) = m.map_err(|_| "bad arg")?;
+            let text = || as_plain_str(v).ok_or("bad arg");
+            match k {
+                "channel" => a.channel = text()?,
+                "instId" => a.inst_id = Some(text()?),
+                "instType" => a.inst_type = Some(text()?),
+                _ => {}
+            }
+        }
+        if a.channel.is_empty() {
+            return Err("arg without a channel");
+        }
+        Ok(a)
+    }
+}
+
+/// A frame's envelope, read in one pass without allocating: an event (`subscribe`, `error`,
+/// `notice`, …) or a push (`arg` + `data`, with `action` for books). `data` stays raw.
+#[derive(Debug, Default)]
 struct Frame<'a> {
-    #[serde(borrow, default)]
     id: Option<&'a str>,
-    #[serde(borrow, default)]
     event: Option<&'a str>,
-    #[serde(borrow, default)]
     code: Option<&'a str>,
-    #[serde(borrow, default)]
+    /// The message text (raw JSON when it holds escapes); for logs only.
     msg: Option<&'a str>,
-    #[serde(borrow, default)]
     arg: Option<Arg<'a>>,
-    #[serde(borrow, default)]
     action: Option<&'a str>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
+    data: Option<&'a str>,
+}
+
+impl<'a> Frame<'a> {
+    fn parse(text: &'a str) -> Result<Self, &'static str> {
+        let mut f = Frame::default();
+        for m in Object::new(text) {
+            let (k, v) = m.map_err(|_| "not JSON")?;
+            match k {
+                "id" => f.id = as_plain_str(v),
+                "event" => f.event = Some(as_plain_str(v).ok_or("bad event")?),
+                // Written as a string; a number is tolerated.
+                "code" => f.code = as_plain_str(v).or_else(|| as_u64(v).map(|_| v)),
+                "msg" => f.msg = Some(as_plain_str(v).unwrap_or(v)),
+                "arg" => f.arg = Some(Arg::parse(v)?),
+                "action" => f.action = Some(as_plain_str(v).ok_or("bad action")?),
+                "data" => f.data = Some(v),
+                _ => {}
+            }
+        }
+        Ok(f)
+    }
 }
 
 #[derive(Deserialize)]
@@ -204,13 +239,27 @@ struct Liq<'a> {
     details: Vec<LiqDetail<'a>>,
 }
 
-/// `GET /api/v5/market/books` answer.
-#[derive(Deserialize)]
-struct RestBooks<'a> {
-    #[serde(borrow)]
-    code: &'a str,
-    #[serde(borrow, default)]
-    data: Vec<BookData<'a>>,
+/// A `GET /api/v5/market/books` answer: `code` and the first entry of `data`.
+fn rest_books(body: &str) -> Result<BookData<'_>, String> {
+    let (mut code, mut data) = (None, None);
+    for m in Object::new(body) {
+        let (k, v) = m.map_err(|e| e.to_string())?;
+        match k {
+            "code" => code = as_plain_str(v).or(Some(v)),
+            "data" => data = Some(v),
+            _ => {}
+        }
+    }
+    match code {
+        Some("0") => {}
+        Some(c) => return Err(format!("the venue answered code {c}")),
+        None => return Err("no code in the answer".into()),
+    }
+    let entries = parse_entries(data.ok_or("no data in the answer")?).map_err(|e| e.to_string())?;
+    entries
+        .first()
+        .copied()
+        .ok_or_else(|| "no book in the answer".into())
 }
 
 /// A `books` push as the socket parses it: the envelope, then its entries.
@@ -222,7 +271,7 @@ pub struct BooksPush<'a> {
 
 /// Parses a `books` push the way [`OkxProtocol`] does (for benchmarks and tools).
 pub fn parse_books_push(text: &str) -> Result<BooksPush<'_>, &'static str> {
-    let f: Frame<'_> = serde_json::from_str(text).map_err(|_| "not JSON")?;
+    let f = Frame::parse(text)?;
     let (Some(arg), Some(data)) = (f.arg, f.data) else {
         return Err("not a push");
     };
@@ -232,7 +281,7 @@ pub fn parse_books_push(text: &str) -> Result<BooksPush<'_>, &'static str> {
     Ok(BooksPush {
         inst_id: arg.inst_id.ok_or("no instId")?,
         snapshot: f.action == Some("snapshot"),
-        entries: parse_entries(data.get()).map_err(|_| "bad books data")?,
+        entries: parse_entries(data).map_err(|_| "bad books data")?,
     })
 }
 
@@ -585,7 +634,7 @@ impl OkxProtocol {
         let (Some(arg), Some(data)) = (f.arg, f.data) else {
             return Err("neither an event nor data");
         };
-        let raw = data.get();
+        let raw = data;
         match arg.channel {
             "books" => {
                 let i = arg
@@ -764,9 +813,7 @@ impl Protocol for OkxProtocol {
         if text == "pong" {
             return (FrameKind::Control, Control::Continue);
         }
-        let result = serde_json::from_str::<Frame<'_>>(text)
-            .map_err(|_| "not JSON")
-            .and_then(|f| self.handle(f, now, io));
+        let result = Frame::parse(text).and_then(|f| self.handle(f, now, io));
         match result {
             Ok(r) => r,
             Err(why) => {
@@ -813,19 +860,17 @@ impl Protocol for OkxProtocol {
             Ok(resp) => return backoff(inst, resp.retry_after, "HTTP status"),
             Err(_) => return backoff(inst, None, "request failed"),
         };
-        let Ok(parsed) = serde_json::from_slice::<RestBooks<'_>>(&body) else {
-            return backoff(inst, None, "the body is not a books answer");
-        };
-        if parsed.code != "0" {
-            return backoff(inst, None, "the venue answered with an error code");
-        }
-        let Some(d) = parsed.data.first() else {
-            return backoff(inst, None, "no book in the answer");
+        let parsed = std::str::from_utf8(&body)
+            .map_err(|_| "the body is not UTF-8".to_owned())
+            .and_then(rest_books);
+        let d = match parsed {
+            Ok(d) => d,
+            Err(why) => return backoff(inst, None, &why),
         };
         let Some((_, book)) = inst.book.as_mut() else {
             return;
         };
-        let ev = book.on_rest_snapshot(d);
+        let ev = book.on_rest_snapshot(&d);
         let ts = d.ts_ms();
         self.on_book_event(i, ev, ts, now, io);
     }

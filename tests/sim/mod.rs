@@ -15,9 +15,9 @@
 //!
 //! Module map: `book.rs` is the venue-neutral seeded book process with its true-book history;
 //! `binance.rs` is everything Binance-specific (paths, frames, the per-connection protocol, the
-//! market clock, REST). A later `okx.rs` adds its endpoint beside it, reusing `book.rs` (whose
-//! diffs carry `prev_last_id`/`last_id`, i.e. OKX `prevSeqId`/`seqId`, and order counts),
-//! the client registry, the counters and the fault plumbing here.
+//! market clock, REST). `okx.rs` is a separate simulator (`okx::OkxSim`, its own thread and
+//! listeners) reusing `book.rs` (whose diffs carry `prev_last_id`/`last_id`, i.e. OKX
+//! `prevSeqId`/`seqId`, and order counts) and the TLS and socket helpers here.
 //!
 //! Faults are injected from the test thread at any time; every observation is an atomic or a
 //! short lock, so the test can poll while the simulator runs.
@@ -25,6 +25,7 @@
 
 pub mod binance;
 pub mod book;
+pub mod okx;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -518,7 +519,7 @@ pub(crate) fn raw_fd(_s: &Async<TcpStream>) -> i32 {
 }
 
 /// A throwaway CA and a `localhost`/`127.0.0.1` leaf signed by it.
-fn make_tls() -> (Arc<ServerConfig>, String) {
+pub(crate) fn make_tls() -> (Arc<ServerConfig>, String) {
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

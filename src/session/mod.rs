@@ -97,6 +97,20 @@ pub trait Protocol: Send {
     fn on_disconnected(&mut self);
     /// Outgoing frames allowed per second on this socket (the venue's incoming limit).
     fn send_rate(&self) -> (u32, Duration);
+    /// Least time between two connection attempts of this socket (the venue's connection
+    /// rate limit, e.g. OKX's 3 per second); zero when backoff alone is enough.
+    fn min_connect_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// Waits until `interval` has passed since the previous connection attempt, then records this
+/// one.
+async fn pace(last: &mut Option<Instant>, interval: Duration) {
+    if let Some(t) = *last {
+        Timer::at(t + interval).await;
+    }
+    *last = Some(Instant::now());
 }
 
 /// Everything a session shares with the rest of the process.
@@ -233,6 +247,8 @@ pub async fn run(
     let mut next: Option<Live> = None;
     let mut send = Vec::new();
     let mut rest_reqs = Vec::new();
+    let mut last_attempt: Option<Instant> = None;
+    let connect_interval = proto.min_connect_interval();
     loop {
         let now = Instant::now();
         if let Link::Backoff { until, .. } = link {
@@ -253,6 +269,7 @@ pub async fn run(
                     }
                 };
                 link = link.permit_granted();
+                pace(&mut last_attempt, connect_interval).await;
                 match ws::connect(proto.url(), &shared.tls, permit, &shared.ws).await {
                     Ok(conn) => {
                         h.connects_ok.inc();
@@ -312,9 +329,12 @@ pub async fn run(
                 // Make-before-break when a spare permit exists, else close first.
                 let replacement = if shared.budget.spare() > 0 {
                     match shared.budget.try_acquire(PermitKind::WebSocket, &purpose) {
-                        Ok(permit) => ws::connect(proto.url(), &shared.tls, permit, &shared.ws)
-                            .await
-                            .ok(),
+                        Ok(permit) => {
+                            pace(&mut last_attempt, connect_interval).await;
+                            ws::connect(proto.url(), &shared.tls, permit, &shared.ws)
+                                .await
+                                .ok()
+                        }
                         Err(_) => None,
                     }
                 } else {
@@ -513,4 +533,30 @@ pub fn rest_tag(stream: usize, kind: u8) -> u64 {
 /// Splits a tag made by [`rest_tag`].
 pub fn split_tag(tag: u64) -> (usize, u8) {
     ((tag >> 8) as usize, (tag & 0xff) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_attempts_are_paced_by_the_venue_interval() {
+        smol::block_on(async {
+            let mut last = None;
+            let interval = Duration::from_millis(60);
+            let t0 = Instant::now();
+            pace(&mut last, interval).await;
+            assert!(t0.elapsed() < interval, "the first attempt does not wait");
+            pace(&mut last, interval).await;
+            pace(&mut last, interval).await;
+            assert!(t0.elapsed() >= interval * 2, "{:?}", t0.elapsed());
+            // No interval: never waits.
+            let mut last = None;
+            let t1 = Instant::now();
+            for _ in 0..3 {
+                pace(&mut last, Duration::ZERO).await;
+            }
+            assert!(t1.elapsed() < interval);
+        });
+    }
 }

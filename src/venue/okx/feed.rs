@@ -36,6 +36,8 @@ use crate::venue::json::{Object, as_plain_str, as_u64};
 
 /// Send the text `ping` after this long without a frame (the venue closes at 30 s).
 pub const PING_AFTER: Duration = Duration::from_secs(20);
+/// Least time between connection attempts: OKX allows 3 per second per IP.
+pub const CONNECT_INTERVAL: Duration = Duration::from_millis(350);
 /// A `ping` unanswered this long means the socket is dead.
 pub const PONG_WAIT: Duration = Duration::from_secs(10);
 /// An arg not acknowledged this long after its request is given up (and counted).
@@ -912,6 +914,11 @@ impl Protocol for OkxProtocol {
 
     fn send_rate(&self) -> (u32, Duration) {
         (3, Duration::from_secs(1))
+    }
+
+    /// OKX allows 3 connection requests per second per IP; this is the box's only OKX socket.
+    fn min_connect_interval(&self) -> Duration {
+        CONNECT_INTERVAL
     }
 }
 

@@ -187,14 +187,18 @@ mod tests {
     #[test]
     fn permits_are_refused_past_the_limit_and_returned_on_drop() {
         let b = Budget::new(2, None);
-        let p1 = b.try_acquire(PermitKind::WebSocket, "a").unwrap();
-        let p2 = b.try_acquire(PermitKind::Rest, "b").unwrap();
+        let p1 = b
+            .try_acquire(PermitKind::WebSocket, "a")
+            .expect("a free permit");
+        let p2 = b.try_acquire(PermitKind::Rest, "b").expect("a free permit");
         let err = b.try_acquire(PermitKind::WebSocket, "c").unwrap_err();
         assert_eq!((err.in_use, err.limit), (2, 2));
         assert_eq!(b.inner.refused.get(), 1);
         drop(p1);
         assert_eq!(b.in_use(), 1);
-        let _p3 = b.try_acquire(PermitKind::WebSocket, "c").unwrap();
+        let _p3 = b
+            .try_acquire(PermitKind::WebSocket, "c")
+            .expect("a free permit");
         assert_eq!(b.peak(), 2);
         drop(p2);
         assert_eq!(b.spare(), 1);
@@ -217,7 +221,7 @@ mod tests {
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            t.join().expect("the thread finished without panicking");
         }
         assert!(b.peak() <= 3);
         assert_eq!(b.in_use(), 0);

@@ -637,7 +637,7 @@ mod tests {
 
     #[test]
     fn default_config_holds_the_design_table() {
-        let cfg = Config::parse(DEFAULT, "marketbox.toml").unwrap();
+        let cfg = Config::parse(DEFAULT, "marketbox.toml").expect("the config parses");
         let feeds: Vec<_> = cfg.feeds().collect();
         assert_eq!(feeds.len(), 4);
         for f in &feeds {
@@ -700,7 +700,7 @@ mod tests {
 
     #[test]
     fn endpoints_split_into_parts() {
-        let e = Endpoint::parse("wss://127.0.0.1:4443/public/").unwrap();
+        let e = Endpoint::parse("wss://127.0.0.1:4443/public/").expect("a valid endpoint");
         assert_eq!(
             (e.scheme(), e.authority(), e.path()),
             ("wss", "127.0.0.1:4443", "/public")

@@ -439,13 +439,14 @@ mod tests {
     use super::*;
 
     fn sample() -> Message {
-        let d = |s| Decimal::parse(s).unwrap();
+        let d = |s| Decimal::parse(s).expect("a valid decimal");
         let mut bids = heapless::Vec::new();
-        bids.push((d("27000.10"), d("0.500"))).unwrap();
+        bids.push((d("27000.10"), d("0.500")))
+            .expect("room for the level");
         Message {
             exchange: Exchange::Binance,
             market: Market::Spot,
-            symbol: Symbol::parse("BTC-USDT").unwrap(),
+            symbol: Symbol::parse("BTC-USDT").expect("a valid symbol"),
             channel: Channel::Orderbook,
             seq: 3,
             ts_exchange_ms: 1_700_000_000_000,
@@ -453,7 +454,7 @@ mod tests {
             id: message_id(
                 Exchange::Binance,
                 Market::Spot,
-                Symbol::parse("BTC-USDT").unwrap(),
+                Symbol::parse("BTC-USDT").expect("a valid symbol"),
                 Channel::Orderbook,
                 42,
             ),
@@ -467,18 +468,18 @@ mod tests {
 
     #[test]
     fn json_has_the_contract_fields_in_order_with_string_decimals() {
-        let json = serde_json::to_string(&sample()).unwrap();
+        let json = serde_json::to_string(&sample()).expect("serializes to JSON");
         assert_eq!(
             json,
             "{\"exchange\":\"binance\",\"market\":\"spot\",\"symbol\":\"BTC-USDT\",\"channel\":\"orderbook\",\"seq\":3,\"ts_exchange_ms\":1700000000000,\"ts_local_ns\":1700000000000000001,\"id\":\"binance.spot.BTC-USDT.orderbook.42\",\"data\":{\"bids\":[[\"27000.10\",\"0.500\"]],\"asks\":[],\"update_id\":42}}"
         );
-        let back: Message = serde_json::from_str(&json).unwrap();
+        let back: Message = serde_json::from_str(&json).expect("deserializes from JSON");
         assert_eq!(back, sample());
     }
 
     #[test]
     fn every_payload_roundtrips_through_json_and_postcard() {
-        let d = |s| Decimal::parse(s).unwrap();
+        let d = |s| Decimal::parse(s).expect("a valid decimal");
         let payloads = [
             Data::Trade(TradeData {
                 trade_id: 9,
@@ -502,42 +503,49 @@ mod tests {
                 price: d("9"),
                 qty: d("1"),
                 avg_price: None,
-                status: Some(heapless::String::try_from("FILLED").unwrap()),
+                status: Some(heapless::String::try_from("FILLED").expect("fits the capacity")),
             }),
             Data::LongShortRatio(LongShortRatioData {
                 ratio: d("1.2"),
                 long: Some(d("0.55")),
                 short: Some(d("0.45")),
-                period: heapless::String::try_from("5m").unwrap(),
+                period: heapless::String::try_from("5m").expect("fits the capacity"),
             }),
         ];
         for data in payloads {
             let mut m = sample();
             m.data = data;
-            let json = serde_json::to_string(&m).unwrap();
-            assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), m, "{json}");
-            let bytes = postcard::to_allocvec(&m).unwrap();
-            assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), m);
+            let json = serde_json::to_string(&m).expect("serializes to JSON");
+            assert_eq!(
+                serde_json::from_str::<Message>(&json).expect("deserializes from JSON"),
+                m,
+                "{json}"
+            );
+            let bytes = postcard::to_allocvec(&m).expect("encodes with postcard");
+            assert_eq!(
+                postcard::from_bytes::<Message>(&bytes).expect("decodes with postcard"),
+                m
+            );
         }
     }
 
     #[test]
     fn postcard_roundtrips() {
-        let bytes = postcard::to_allocvec(&sample()).unwrap();
-        let back: Message = postcard::from_bytes(&bytes).unwrap();
+        let bytes = postcard::to_allocvec(&sample()).expect("encodes with postcard");
+        let back: Message = postcard::from_bytes(&bytes).expect("decodes with postcard");
         assert_eq!(back, sample());
     }
 
     #[test]
     fn symbol_parses_base_quote_and_refuses_other_shapes() {
-        let s = Symbol::parse("BTC-USDT").unwrap();
+        let s = Symbol::parse("BTC-USDT").expect("a valid symbol");
         assert_eq!(
             (s.base(), s.quote(), s.as_str()),
             ("BTC", "USDT", "BTC-USDT")
         );
         assert_eq!(
-            Symbol::from_parts("ETH", "USDT").unwrap(),
-            Symbol::parse("ETH-USDT").unwrap()
+            Symbol::from_parts("ETH", "USDT").expect("a valid symbol"),
+            Symbol::parse("ETH-USDT").expect("a valid symbol")
         );
         for bad in [
             "btc-usdt",
@@ -578,7 +586,7 @@ mod tests {
         let id = message_id(
             Exchange::Binance,
             Market::Perpetual,
-            Symbol::parse("BTC-USDT").unwrap(),
+            Symbol::parse("BTC-USDT").expect("a valid symbol"),
             Channel::LsrAllAccount,
             u64::MAX,
         );

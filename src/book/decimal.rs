@@ -234,7 +234,7 @@ mod tests {
     use super::*;
 
     fn d(s: &str) -> Decimal {
-        Decimal::parse(s).unwrap()
+        Decimal::parse(s).expect("a valid decimal")
     }
 
     #[test]
@@ -287,12 +287,12 @@ mod tests {
     #[test]
     fn serde_roundtrips_json_string_and_postcard_pair() {
         let v = d("0.00100");
-        let json = serde_json::to_string(&v).unwrap();
+        let json = serde_json::to_string(&v).expect("serializes to JSON");
         assert_eq!(json, "\"0.00100\"");
-        let back: Decimal = serde_json::from_str(&json).unwrap();
+        let back: Decimal = serde_json::from_str(&json).expect("deserializes from JSON");
         assert!(back.is_identical(v));
-        let bytes = postcard::to_allocvec(&v).unwrap();
-        let back: Decimal = postcard::from_bytes(&bytes).unwrap();
+        let bytes = postcard::to_allocvec(&v).expect("encodes with postcard");
+        let back: Decimal = postcard::from_bytes(&bytes).expect("decodes with postcard");
         assert!(back.is_identical(v));
     }
 }

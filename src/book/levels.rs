@@ -249,7 +249,7 @@ mod tests {
     use super::*;
 
     fn d(s: &str) -> Decimal {
-        Decimal::parse(s).unwrap()
+        Decimal::parse(s).expect("a valid decimal")
     }
 
     fn prices<const N: usize>(b: &Book<N>, side: BookSide) -> Vec<String> {
@@ -268,7 +268,10 @@ mod tests {
         }
         assert_eq!(prices(&b, BookSide::Bid), ["12", "11", "10"]);
         assert_eq!(prices(&b, BookSide::Ask), ["13", "14", "15"]);
-        assert_eq!(b.best(BookSide::Ask).unwrap().price, d("13"));
+        assert_eq!(
+            b.best(BookSide::Ask).expect("a level on that side").price,
+            d("13")
+        );
     }
 
     #[test]
@@ -331,7 +334,7 @@ mod tests {
             update_id: 0,
         };
         // TC7: an unbounded book publishes what it has, best first.
-        b.fill(2, &mut out).unwrap();
+        b.fill(2, &mut out).expect("the book fills the depth");
         assert_eq!(
             out.bids.iter().map(|l| l.0.to_string()).collect::<Vec<_>>(),
             ["10", "9"]

@@ -248,7 +248,7 @@ mod tests {
         RecordHeader {
             exchange: Exchange::Binance,
             market: Market::Spot,
-            symbol: Symbol::parse("BTC-USDT").unwrap(),
+            symbol: Symbol::parse("BTC-USDT").expect("a valid symbol"),
             channel: Channel::Trade,
             seq,
             id: MsgId::new(),
@@ -257,7 +257,10 @@ mod tests {
 
     /// Bytes one test record of 10 payload bytes takes (seq < 128).
     fn rec() -> usize {
-        10 + PREFIX + postcard::to_allocvec(&header(0)).unwrap().len()
+        10 + PREFIX
+            + postcard::to_allocvec(&header(0))
+                .expect("encodes with postcard")
+                .len()
     }
 
     fn spool(bytes: usize) -> Spool {
@@ -272,7 +275,10 @@ mod tests {
         }
         let mut out = Vec::new();
         for i in 0..5u8 {
-            assert_eq!(s.try_pop(&mut out).unwrap().seq, u64::from(i));
+            assert_eq!(
+                s.try_pop(&mut out).expect("a queued message").seq,
+                u64::from(i)
+            );
             assert_eq!(out, [i; 10]);
         }
         assert!(s.try_pop(&mut out).is_none());
@@ -288,7 +294,7 @@ mod tests {
         assert_eq!(s.push(&header(10), &[2; 10]).dropped, 1);
         assert_eq!(s.dropped.get(), 1);
         let mut out = Vec::new();
-        assert_eq!(s.try_pop(&mut out).unwrap().seq, 1);
+        assert_eq!(s.try_pop(&mut out).expect("a queued message").seq, 1);
         // TC1: a record larger than the spool is refused and counted.
         assert!(s.push(&header(11), &vec![0; 10 * rec()]).refused);
         assert_eq!(s.dropped.get(), 2);
@@ -304,7 +310,7 @@ mod tests {
             let r = s.push(&header(i), &vec![i as u8; len]);
             next_pop += r.dropped as u64;
             if i % 3 == 0 {
-                let h = s.try_pop(&mut out).unwrap();
+                let h = s.try_pop(&mut out).expect("a queued message");
                 assert_eq!(h.seq, next_pop);
                 assert!(
                     out.iter().all(|b| *b == h.seq as u8),
@@ -330,6 +336,9 @@ mod tests {
         s.push(&header(7), b"x");
         std::thread::sleep(std::time::Duration::from_millis(50));
         s.close();
-        assert_eq!(t.join().unwrap(), (Some(7), None));
+        assert_eq!(
+            t.join().expect("the thread finished without panicking"),
+            (Some(7), None)
+        );
     }
 }

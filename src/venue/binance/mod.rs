@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn symbols_are_spelled_the_binance_way() {
-        let s = Symbol::parse("BTC-USDT").unwrap();
+        let s = Symbol::parse("BTC-USDT").expect("a valid symbol");
         assert_eq!(
             (stream_symbol(&s), rest_symbol(&s)),
             ("btcusdt".into(), "BTCUSDT".into())

@@ -167,7 +167,7 @@ mod tests {
             br#"{"symbol":"BTCUSDT","openInterest":"84617.188","time":1654336844754}"#,
             "",
         )
-        .unwrap();
+        .expect("the open interest answer parses");
         let Polled::Point {
             ts_ms,
             data: Data::OpenInterest(oi),
@@ -187,13 +187,16 @@ mod tests {
             &br#"[{"symbol":"BTCUSDT","longAccount":"0.6647","longShortRatio":"1.9823","shortAccount":"0.3353","timestamp":1787372700000}]"#[..],
             &br#"[{"symbol":"BTCUSDT","longAccount":"0.6647","longShortRatio":"1.9823","shortAccount":"0.3353","timestamp":"1787372700000"}]"#[..],
         ] {
-            let p = parse_ratio(body, "5m").unwrap();
+            let p = parse_ratio(body, "5m").expect("the ratio answer parses");
             let Polled::Point { ts_ms, data: Data::LongShortRatio(r) } = p else { panic!("{p:?}") };
             assert_eq!(ts_ms, 1787372700000);
             assert_eq!((r.ratio.to_string(), r.period.as_str()), ("1.9823".into(), "5m"));
-            assert_eq!(r.long.unwrap().to_string(), "0.6647");
+            assert_eq!(r.long.expect("a long share").to_string(), "0.6647");
         }
-        assert_eq!(parse_ratio(b"[]", "5m").unwrap(), Polled::Empty);
+        assert_eq!(
+            parse_ratio(b"[]", "5m").expect("the ratio answer parses"),
+            Polled::Empty
+        );
         assert!(parse_ratio(br#"[{"longShortRatio":"x","timestamp":1}]"#, "5m").is_err());
         assert!(parse_ratio(br#"{"code":-1}"#, "5m").is_err());
     }

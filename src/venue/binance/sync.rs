@@ -438,7 +438,7 @@ mod tests {
 
     fn snap(s: &mut BookSync, l: u64) -> SyncEvent {
         let t = format!(r#"{{"lastUpdateId":{l},"bids":[["1","1"]],"asks":[["200","1"]]}}"#);
-        let snap = DepthSnapshot::parse(t.as_bytes()).unwrap();
+        let snap = DepthSnapshot::parse(t.as_bytes()).expect("the snapshot parses");
         s.on_snapshot(&snap, 1000)
     }
 
@@ -457,8 +457,14 @@ mod tests {
         feed(&mut s, 13, 15, None, "6"); // U = L+1: first applied
         feed(&mut s, 16, 16, None, "7");
         assert_eq!(snap(&mut s, 12), SyncEvent::Applied { update_id: 16 });
-        let book = s.book().unwrap();
-        assert_eq!(book.best(BookSide::Bid).unwrap().price.to_string(), "7");
+        let book = s.book().expect("a synced book");
+        assert_eq!(
+            book.best(BookSide::Bid)
+                .expect("a level on that side")
+                .price
+                .to_string(),
+            "7"
+        );
         // Snapshot bid 1 plus 6 and 7; the dropped diff's 5 never applied.
         assert_eq!(book.len(BookSide::Bid), 3);
     }
@@ -603,7 +609,7 @@ mod tests {
         let mut s = BookSync::new(Continuity::Spot);
         feed(&mut s, 10, 12, None, "5");
         let t = r#"{"lastUpdateId":11,"bids":[["1","1"],["0.5","1"]],"asks":[["200","1"]]}"#;
-        let snap = DepthSnapshot::parse(t.as_bytes()).unwrap();
+        let snap = DepthSnapshot::parse(t.as_bytes()).expect("the snapshot parses");
         // Asked for 2 levels and got 2 bids: the bid side is cut.
         assert_eq!(
             s.on_snapshot(&snap, 2),

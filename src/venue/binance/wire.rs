@@ -553,15 +553,19 @@ mod tests {
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let v: serde_json::Value = serde_json::from_str(l).expect("deserializes from JSON");
                 let kind = v["kind"].as_str().unwrap_or("").to_owned();
-                (kind, v["raw"].as_str().unwrap().to_owned())
+                (
+                    kind,
+                    v["raw"].as_str().expect("a raw frame string").to_owned(),
+                )
             })
             .collect()
     }
 
     fn levels(l: Levels<'_>) -> Vec<(&str, &str)> {
-        l.collect::<Result<Vec<_>, _>>().unwrap()
+        l.collect::<Result<Vec<_>, _>>()
+            .expect("every level parses")
     }
 
     #[test]
@@ -765,8 +769,8 @@ mod tests {
 
     #[test]
     fn symbols_compare_and_spell_without_allocating() {
-        let btc = Symbol::parse("BTC-USDT").unwrap();
-        let syms = [Symbol::parse("ETH-USDT").unwrap(), btc];
+        let btc = Symbol::parse("BTC-USDT").expect("a valid symbol");
+        let syms = [Symbol::parse("ETH-USDT").expect("a valid symbol"), btc];
         // TC0: both Binance spellings match; other symbols and splits do not.
         assert!(is_symbol("BTCUSDT", &btc) && is_symbol("btcusdt", &btc));
         assert!(!is_symbol("BTCUSDC", &btc) && !is_symbol("BTCUSDTX", &btc));
@@ -777,10 +781,10 @@ mod tests {
         assert_eq!(find_symbol("SOLUSDT", &syms), None);
         // TC2: spelling into a fixed buffer.
         let mut s = heapless::String::<16>::new();
-        write_stream_symbol(&btc, &mut s).unwrap();
+        write_stream_symbol(&btc, &mut s).expect("the symbol fits");
         assert_eq!(s, "btcusdt");
         s.clear();
-        write_rest_symbol(&btc, &mut s).unwrap();
+        write_rest_symbol(&btc, &mut s).expect("the symbol fits");
         assert_eq!(s, "BTCUSDT");
     }
 }

@@ -457,7 +457,7 @@ mod tests {
         assert_eq!(crc("3366.1:7:3366.8:9:3366:6:3368:8"), -1881014294);
         assert_eq!(crc("3366.1:7:3366.8:9:3368:8:3372:8"), 831078360);
         // TC2: the book builds the same string: bids 3366.1x7, 3366x6; asks 3366.8x9, 3368x8.
-        let d = |s| Decimal::parse(s).unwrap();
+        let d = |s| Decimal::parse(s).expect("a valid decimal");
         let mut b = Book::<8>::new();
         b.apply(BookSide::Bid, d("3366.1"), d("7"));
         b.apply(BookSide::Bid, d("3366"), d("6"));
@@ -474,7 +474,7 @@ mod tests {
     }
 
     fn data(json: &str) -> BookData<'_> {
-        BookData::parse(json).unwrap()
+        BookData::parse(json).expect("a valid books entry")
     }
 
     #[test]
@@ -572,7 +572,7 @@ mod tests {
         assert_eq!(e, OkxEvent::Applied { seq_id: 9 });
         let bids: Vec<String> = b
             .book()
-            .unwrap()
+            .expect("a synced book")
             .levels(BookSide::Bid)
             .iter()
             .map(|l| l.price.to_string())
@@ -607,7 +607,8 @@ mod tests {
         ] {
             assert!(BookData::parse(bad).is_err(), "{bad}");
         }
-        let e = parse_entries(r#"[{"asks":[],"bids":[]},{"asks":[],"bids":[]}]"#).unwrap();
+        let e = parse_entries(r#"[{"asks":[],"bids":[]},{"asks":[],"bids":[]}]"#)
+            .expect("valid books entries");
         assert_eq!(e.len(), 2);
         let five = format!("[{}]", [r#"{"asks":[],"bids":[]}"#; 5].join(","));
         assert_eq!(parse_entries(&five).unwrap_err(), BookDataError::TooMany);

@@ -116,7 +116,7 @@ mod tests {
             br#"{"code":"0","msg":"","data":[["1701417600000","1.25"],["1701417300000","1.2"]]}"#,
             "5m",
         )
-        .unwrap();
+        .expect("the ratio answer parses");
         let Polled::Point {
             ts_ms,
             data: Data::LongShortRatio(r),
@@ -129,7 +129,7 @@ mod tests {
             (1701417600000, "1.25".into(), "5m")
         );
         assert_eq!(
-            parse_ratio(br#"{"code":"0","data":[]}"#, "5m").unwrap(),
+            parse_ratio(br#"{"code":"0","data":[]}"#, "5m").expect("the ratio answer parses"),
             Polled::Empty
         );
         assert!(matches!(
@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn default_config_polls_both_ratios_for_both_swaps() {
-        let cfg = Config::parse(include_str!("../../../config/marketbox.toml"), "m.toml").unwrap();
+        let cfg = Config::parse(include_str!("../../../config/marketbox.toml"), "m.toml")
+            .expect("the config parses");
         let p = pollers(&cfg);
         assert_eq!(p.len(), 4);
         assert!(p.iter().all(|s| s.path.contains("-SWAP&period=5m")));

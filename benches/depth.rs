@@ -10,63 +10,23 @@
 //!
 //! Run: `cargo bench --bench depth -- --warm-up-time 1 --measurement-time 3`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::{DEPTH, fixtures, out, time_pass};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use marketbox::model::OrderbookData;
 use marketbox::venue::binance::sync::{BookSync, Continuity, SyncEvent};
 use marketbox::venue::binance::wire::{DepthSnapshot, Frame, parse_frame};
-
-/// Counts every allocation and reallocation.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Published depth per message (the default config's is in the same range).
-const DEPTH: usize = 20;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("MARKETBOX_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-}
 
 /// The snapshot body and the raw diff frames.
 fn load() -> Option<(String, Vec<String>)> {
     let dir = fixtures().join("binance_spot");
     let snap =
         std::fs::read_to_string(dir.join("NKNUSDT_rest_depth_snapshot_limit1000.json")).ok()?;
-    let text = std::fs::read_to_string(dir.join("NKNUSDT_depth100ms_diffs.jsonl")).ok()?;
-    let frames = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["raw"].as_str().map(str::to_owned))
-        .collect();
+    let frames = common::raw_frames(&dir.join("NKNUSDT_depth100ms_diffs.jsonl"))?;
     Some((snap, frames))
 }
 
@@ -86,14 +46,6 @@ fn synced(snap: &str, first: &str) -> BookSync {
     s
 }
 
-fn out() -> OrderbookData {
-    OrderbookData {
-        bids: heapless::Vec::new(),
-        asks: heapless::Vec::new(),
-        update_id: 0,
-    }
-}
-
 /// One pass: every live frame parsed and applied, and the depth filled when `fill`.
 fn pass(s: &mut BookSync, live: &[String], fill: bool, out: &mut OrderbookData) -> u64 {
     let mut applied = 0;
@@ -110,26 +62,6 @@ fn pass(s: &mut BookSync, live: &[String], fill: bool, out: &mut OrderbookData) 
     applied
 }
 
-/// Fastest pass of `f` over about `budget` of passes (setup excluded). The minimum, not the
-/// mean: the box is shared with builds, and interference only ever adds time.
-fn time_pass<S>(
-    budget: Duration,
-    mut setup: impl FnMut() -> S,
-    mut f: impl FnMut(&mut S),
-) -> Duration {
-    let (mut total, mut best, mut n) = (Duration::ZERO, Duration::MAX, 0u32);
-    while total < budget || n < 10 {
-        let mut s = setup();
-        let t = Instant::now();
-        f(&mut s);
-        let e = t.elapsed();
-        total += e;
-        best = best.min(e);
-        n += 1;
-    }
-    best
-}
-
 fn bench(c: &mut Criterion) {
     let Some((snap, frames)) = load() else {
         eprintln!(
@@ -144,9 +76,7 @@ fn bench(c: &mut Criterion) {
 
     // Steady-state allocations: one synced pass, the machine and output built beforehand.
     let mut s = synced(&snap, first);
-    let before = ALLOCS.load(Ordering::Relaxed);
-    let applied = pass(&mut s, live, true, &mut o);
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let (applied, allocs) = common::allocations_of(|| pass(&mut s, live, true, &mut o));
     assert_eq!(applied, n, "every live diff must apply");
     eprintln!(
         "allocations per message: {} ({allocs} over {n} messages, parse + apply + fill)",
@@ -156,10 +86,7 @@ fn bench(c: &mut Criterion) {
     let bytes: usize = live.iter().map(String::len).sum();
     eprintln!("{n} messages, {} bytes on average", bytes / live.len());
 
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs this file too: the allocation checks above are its
-        // test; timings need an optimized build (`cargo bench`).
-        eprintln!("not run by `cargo bench`: allocation checks only, no timings");
+    if !common::timed() {
         return;
     }
     let mut g = c.benchmark_group("binance_spot_depth_pass");
@@ -229,17 +156,15 @@ fn bench(c: &mut Criterion) {
             "(unoptimized build, e.g. `cargo test --all-targets`: the timings below mean nothing; use `cargo bench`)"
         );
     }
-    eprintln!("ns per message: serde_json IgnoredAny {floor:.0}");
-    for (what, ns) in [
-        ("parse_frame", parse),
-        ("parse + apply", apply),
-        ("parse + apply + fill", fill),
-    ] {
-        eprintln!(
-            "ns per message: {what} {ns:.0} ({:.2}x IgnoredAny)",
-            ns / floor
-        );
-    }
+    common::report(
+        "message",
+        floor,
+        &[
+            ("parse_frame", parse),
+            ("parse + apply", apply),
+            ("parse + apply + fill", fill),
+        ],
+    );
 }
 
 criterion_group!(benches, bench);

@@ -13,69 +13,28 @@
 //!
 //! Run: `cargo bench --bench okx_books`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{DEPTH, fixtures, out, time_pass};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use marketbox::config::{Config, Format};
 use marketbox::metrics::Metrics;
-use marketbox::model::{Exchange, OrderbookData};
+use marketbox::model::OrderbookData;
 use marketbox::session::{Io, Protocol};
 use marketbox::upstream::spool::Spool;
 use marketbox::upstream::{Publisher, StreamKey};
 use marketbox::venue::okx::book::{OkxBook, OkxEvent};
 use marketbox::venue::okx::feed::{OkxProtocol, parse_books_push};
 
-/// Counts every allocation and reallocation.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Published depth per message.
-const DEPTH: usize = 20;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("MARKETBOX_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-}
-
 /// The raw frames: (snapshots, updates), in capture order.
 fn load() -> Option<(Vec<String>, Vec<String>)> {
-    let text =
-        std::fs::read_to_string(fixtures().join("okx/books_snapshot_and_updates_2022-05-13.jsonl"))
-            .ok()?;
-    let frames: Vec<String> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["raw"].as_str().map(str::to_owned))
-        .collect();
+    let frames =
+        common::raw_frames(&fixtures().join("okx/books_snapshot_and_updates_2022-05-13.jsonl"))?;
     let (snaps, updates) = frames
         .into_iter()
         .partition(|f| f.contains(r#""action":"snapshot""#));
@@ -113,14 +72,6 @@ fn synced(snaps: &[String]) -> HashMap<String, OkxBook> {
         books.insert(p.inst_id.to_owned(), b);
     }
     books
-}
-
-fn out() -> OrderbookData {
-    OrderbookData {
-        bids: heapless::Vec::new(),
-        asks: heapless::Vec::new(),
-        update_id: 0,
-    }
 }
 
 /// One pass: every update parsed and applied (checksum verified), the depth filled when `fill`.
@@ -174,16 +125,7 @@ impl Socket {
         let cfg = Config::parse(CONFIG, "bench.toml").expect("config");
         let plan = marketbox::venue::plan(&cfg).expect("plan");
         let socket = &plan.sockets[0];
-        let keys: Vec<StreamKey> = socket
-            .streams
-            .iter()
-            .map(|s| StreamKey {
-                exchange: Exchange::Okx,
-                market: s.market,
-                symbol: s.symbol,
-                channel: s.channel,
-            })
-            .collect();
+        let keys = StreamKey::for_socket(socket);
         let spool = Spool::new(64 << 20, Default::default(), Default::default());
         let mut s = Socket {
             proto: OkxProtocol::new(socket, &cfg, Arc::new(Metrics::new())),
@@ -218,26 +160,6 @@ impl Socket {
     }
 }
 
-/// Fastest pass of `f` over about `budget` of passes (setup excluded). The minimum, not the
-/// mean: the box is shared with builds, and interference only ever adds time.
-fn time_pass<S>(
-    budget: Duration,
-    mut setup: impl FnMut() -> S,
-    mut f: impl FnMut(&mut S),
-) -> Duration {
-    let (mut total, mut best, mut n) = (Duration::ZERO, Duration::MAX, 0u32);
-    while total < budget || n < 10 {
-        let mut s = setup();
-        let t = Instant::now();
-        f(&mut s);
-        let e = t.elapsed();
-        total += e;
-        best = best.min(e);
-        n += 1;
-    }
-    best
-}
-
 fn bench(c: &mut Criterion) {
     let Some((snaps, updates)) = load() else {
         eprintln!(
@@ -257,9 +179,7 @@ fn bench(c: &mut Criterion) {
 
     // Steady-state allocations: one synced pass, machines and output built beforehand.
     let mut books = synced(&snaps);
-    let before = ALLOCS.load(Ordering::Relaxed);
-    let applied = pass(&mut books, &updates, true, &mut o);
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let (applied, allocs) = common::allocations_of(|| pass(&mut books, &updates, true, &mut o));
     assert_eq!(applied, n, "every update must verify and apply");
     eprintln!(
         "allocations per update: {} ({allocs} over {n} updates, parse + apply + checksum + fill)",
@@ -269,11 +189,11 @@ fn bench(c: &mut Criterion) {
     // The socket path, publishing included (BTC-USDT is the configured instrument).
     let mut sock = Socket::new(&snaps);
     sock.drain();
-    let before = ALLOCS.load(Ordering::Relaxed);
-    for f in &btc {
-        sock.text(f);
-    }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let ((), allocs) = common::allocations_of(|| {
+        for f in &btc {
+            sock.text(f);
+        }
+    });
     let published = sock.drain();
     assert_eq!(
         published,
@@ -289,10 +209,7 @@ fn bench(c: &mut Criterion) {
     let bytes: usize = updates.iter().map(String::len).sum();
     eprintln!("{n} updates, {} bytes on average", bytes / updates.len());
 
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs this file too: the allocation checks above are its
-        // test; timings need an optimized build (`cargo bench`).
-        eprintln!("not run by `cargo bench`: allocation checks only, no timings");
+    if !common::timed() {
         return;
     }
     let mut g = c.benchmark_group("okx_books_pass");
@@ -411,18 +328,16 @@ fn bench(c: &mut Criterion) {
             "(unoptimized build, e.g. `cargo test --all-targets`: the timings below mean nothing; use `cargo bench`)"
         );
     }
-    eprintln!("ns per update: serde_json IgnoredAny {floor:.0}");
-    for (what, ns) in [
-        ("parse", parse),
-        ("parse + apply, checksum 0 (2026 production)", apply_zero),
-        ("parse + apply + checksum", apply),
-        ("parse + apply + checksum + fill", fill),
-    ] {
-        eprintln!(
-            "ns per update: {what} {ns:.0} ({:.2}x IgnoredAny)",
-            ns / floor
-        );
-    }
+    common::report(
+        "update",
+        floor,
+        &[
+            ("parse", parse),
+            ("parse + apply, checksum 0 (2026 production)", apply_zero),
+            ("parse + apply + checksum", apply),
+            ("parse + apply + checksum + fill", fill),
+        ],
+    );
     eprintln!(
         "ns per update: socket path with publish (BTC-USDT only) {socket:.0} ({:.2}x its IgnoredAny {btc_floor:.0})",
         socket / btc_floor

@@ -80,16 +80,7 @@ impl App {
         };
         let mut tasks = Vec::new();
         for socket in &plan.sockets {
-            let keys: Vec<StreamKey> = socket
-                .streams
-                .iter()
-                .map(|s| StreamKey {
-                    exchange: socket.exchange,
-                    market: s.market,
-                    symbol: s.symbol,
-                    channel: s.channel,
-                })
-                .collect();
+            let keys = StreamKey::for_socket(socket);
             let publisher =
                 Publisher::new(spool.clone(), cfg.upstream.format, &keys, Some(&metrics));
             let Some(proto) = venue::protocol_for(socket, cfg, &metrics) else {

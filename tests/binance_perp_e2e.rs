@@ -71,20 +71,10 @@ fn perpetual_market_on_two_sockets_delivers_every_channel_through_churn() {
     );
     for i in 0..30 {
         let kind = [Disconnect::Close, Disconnect::Reset, Disconnect::Silence][i % 3];
-        let accepts = h
-            .sim
-            .stats()
-            .ws_accepts
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let accepts = h.sim.ws_accepts();
         h.sim.disconnect_all(kind);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while h
-            .sim
-            .stats()
-            .ws_accepts
-            .load(std::sync::atomic::Ordering::SeqCst)
-            < accepts + 2
-        {
+        while h.sim.ws_accepts() < accepts + 2 {
             assert!(
                 Instant::now() < deadline,
                 "both sockets did not come back after {kind:?}"

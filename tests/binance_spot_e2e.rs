@@ -73,20 +73,10 @@ fn two_hundred_forced_disconnects_never_exceed_the_plan_and_every_book_is_true()
     let kinds = [Disconnect::Close, Disconnect::Reset, Disconnect::Silence];
     let t0 = Instant::now();
     for i in 0..200 {
-        let accepts = h
-            .sim
-            .stats()
-            .ws_accepts
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let accepts = h.sim.ws_accepts();
         h.sim.disconnect_all(kinds[i % 3]);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while h
-            .sim
-            .stats()
-            .ws_accepts
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == accepts
-        {
+        while h.sim.ws_accepts() == accepts {
             assert!(
                 Instant::now() < deadline,
                 "no reconnect after disconnect {i} ({:?})",
@@ -109,11 +99,7 @@ fn two_hundred_forced_disconnects_never_exceed_the_plan_and_every_book_is_true()
         assert!(h.app.budget.peak() <= 3);
     }
     let churn = t0.elapsed();
-    let accepts = h
-        .sim
-        .stats()
-        .ws_accepts
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let accepts = h.sim.ws_accepts();
     eprintln!(
         "200 disconnects in {churn:?}; ws accepts {accepts}; max open ws at the simulator {}; fd samples min {} max {}",
         h.sim.max_open_ws(),
@@ -340,13 +326,7 @@ fn the_rest_connection_closes_when_idle_and_returns_its_permit() {
     assert!(h.wait_books(2, Duration::from_secs(10)));
     // Synced books need no REST; after [rest] idle_timeout (1 s) the keep-alive is closed.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.metric("marketbox_rest_connections", &[]) != 0
-        || h.sim
-            .stats()
-            .open_rest
-            .load(std::sync::atomic::Ordering::SeqCst)
-            != 0
-    {
+    while h.metric("marketbox_rest_connections", &[]) != 0 || h.sim.open_rest() != 0 {
         assert!(
             Instant::now() < deadline,
             "the idle REST connection stayed open"

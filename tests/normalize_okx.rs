@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use marketbox::config::{Config, Format};
 use marketbox::metrics::Metrics;
-use marketbox::model::{Channel, Data, Exchange, Market, Message, Side};
+use marketbox::model::{Channel, Data, Market, Message, Side};
 use marketbox::net::http::RestResponse;
 use marketbox::session::{Control, FrameKind, Io, Protocol};
 use marketbox::upstream::spool::Spool;
@@ -46,16 +46,7 @@ impl Rig {
         let plan = marketbox::venue::plan(&cfg).unwrap();
         assert_eq!(plan.sockets.len(), 1, "spot and swaps share one OKX socket");
         let socket = &plan.sockets[0];
-        let keys: Vec<StreamKey> = socket
-            .streams
-            .iter()
-            .map(|s| StreamKey {
-                exchange: Exchange::Okx,
-                market: s.market,
-                symbol: s.symbol,
-                channel: s.channel,
-            })
-            .collect();
+        let keys = StreamKey::for_socket(socket);
         let spool = Spool::new(8 << 20, Default::default(), Default::default());
         let metrics = Arc::new(Metrics::new());
         Rig {

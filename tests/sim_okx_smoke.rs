@@ -6,27 +6,28 @@
 mod sim;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use futures_lite::FutureExt;
-use futures_rustls::TlsConnector;
-use futures_rustls::client::TlsStream;
-use futures_rustls::rustls::{self, ClientConfig, RootCertStore};
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde_json::{Value, json};
 use sim::okx::{BookMode, ChecksumMode, OkxMalformed, OkxOptions, OkxSim, okx_checksum};
 use sim::{Disconnect, TextBook};
-use smol::Async;
 
-type Ws = WebSocketStream<TlsStream<Async<TcpStream>>>;
+use sim::client::{Ws, next_msg};
+
+async fn tls_connect(
+    sim: &OkxSim,
+    url: &str,
+) -> futures_rustls::client::TlsStream<smol::Async<std::net::TcpStream>> {
+    sim::client::tls_connect(sim.ca_pem_path(), url).await
+}
+
+async fn try_ws(sim: &OkxSim, url: &str) -> Result<Ws, WsError> {
+    sim::client::try_ws(sim.ca_pem_path(), url).await
+}
 
 const BOOKS_PATH: &str = "/api/v5/market/books";
 const TOP_PATH: &str = "/api/v5/rubik/stat/contracts/long-short-position-ratio-contract-top-trader";
@@ -89,63 +90,10 @@ fn fast() -> OkxOptions {
     }
 }
 
-fn client_tls(sim: &OkxSim) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(sim.ca_pem_path()).expect("CA file") {
-        roots.add(c.expect("CA PEM")).expect("CA cert");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// `wss://localhost:1234/ws/v5/public` → 1234.
-fn port_of(url: &str) -> u16 {
-    let hostport = url.split("://").nth(1).expect("scheme");
-    let hostport = hostport.split('/').next().expect("host");
-    hostport
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("port number")
-}
-
-async fn tls_connect(sim: &OkxSim, url: &str) -> TlsStream<Async<TcpStream>> {
-    let tcp = Async::<TcpStream>::connect(([127, 0, 0, 1], port_of(url)))
-        .await
-        .expect("connect");
-    TlsConnector::from(client_tls(sim))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake (the simulator's CA must be trusted)")
-}
-
-async fn try_ws(sim: &OkxSim, url: &str) -> Result<Ws, WsError> {
-    let tls = tls_connect(sim, url).await;
-    async_tungstenite::client_async(url, tls)
-        .await
-        .map(|(ws, _)| ws)
-}
-
 async fn ws(sim: &OkxSim) -> Ws {
     try_ws(sim, &sim.ws_url())
         .await
         .expect("WebSocket handshake")
-}
-
-async fn next_msg(ws: &mut Ws, wait: Duration) -> Option<Result<Message, WsError>> {
-    async { ws.next().await }
-        .or(async {
-            smol::Timer::after(wait).await;
-            None
-        })
-        .await
 }
 
 /// The next text frame, or `None` after `wait` or at the end.

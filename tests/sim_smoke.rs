@@ -5,26 +5,27 @@
 mod sim;
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use futures_lite::FutureExt;
-use futures_rustls::TlsConnector;
-use futures_rustls::client::TlsStream;
-use futures_rustls::rustls::{self, ClientConfig, RootCertStore};
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde_json::Value;
 use sim::{Disconnect, Endpoint, Malformed, Mkt, RestFault, Sim, SimOptions, TextBook};
-use smol::Async;
 
-type Ws = WebSocketStream<TlsStream<Async<TcpStream>>>;
+use sim::client::{Ws, next_msg};
+
+async fn tls_connect(
+    sim: &Sim,
+    base: &str,
+) -> futures_rustls::client::TlsStream<smol::Async<std::net::TcpStream>> {
+    sim::client::tls_connect(sim.ca_pem_path(), base).await
+}
+
+async fn try_ws(sim: &Sim, base: &str, path: &str) -> Result<Ws, WsError> {
+    sim::client::try_ws(sim.ca_pem_path(), &format!("{base}{path}")).await
+}
 
 #[test]
 fn the_simulator_can_be_shared_with_other_threads() {
@@ -101,62 +102,8 @@ fn fast() -> SimOptions {
     }
 }
 
-fn client_tls(sim: &Sim) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(sim.ca_pem_path()).expect("CA file") {
-        roots.add(c.expect("CA PEM")).expect("CA cert");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// `wss://localhost:1234/public` → 1234.
-fn port_of(base: &str) -> u16 {
-    let hostport = base.split("://").nth(1).expect("scheme");
-    let hostport = hostport.split('/').next().expect("host");
-    hostport
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("port number")
-}
-
-async fn tls_connect(sim: &Sim, base: &str) -> TlsStream<Async<TcpStream>> {
-    let tcp = Async::<TcpStream>::connect(([127, 0, 0, 1], port_of(base)))
-        .await
-        .expect("connect");
-    TlsConnector::from(client_tls(sim))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake (the simulator's CA must be trusted)")
-}
-
-async fn try_ws(sim: &Sim, base: &str, path: &str) -> Result<Ws, WsError> {
-    let tls = tls_connect(sim, base).await;
-    async_tungstenite::client_async(format!("{base}{path}"), tls)
-        .await
-        .map(|(ws, _)| ws)
-}
-
 async fn ws(sim: &Sim, base: &str, path: &str) -> Ws {
     try_ws(sim, base, path).await.expect("WebSocket handshake")
-}
-
-/// The next message of any kind, or `None` after `wait`.
-async fn next_msg(ws: &mut Ws, wait: Duration) -> Option<Result<Message, WsError>> {
-    async { ws.next().await }
-        .or(async {
-            smol::Timer::after(wait).await;
-            None
-        })
-        .await
 }
 
 /// The next text frame (pings and pongs skipped), or `None` after `wait` or at the end.

@@ -21,6 +21,7 @@ use crate::metrics::{Metrics, StreamLabels};
 use crate::model::{
     Channel, Data, Exchange, Market, Message, MsgId, OrderbookData, Symbol, message_id,
 };
+use crate::plan::SocketPlan;
 use spool::{RecordHeader, Spool};
 
 /// One output stream: what a message's `seq` counts.
@@ -30,6 +31,23 @@ pub struct StreamKey {
     pub market: Market,
     pub symbol: Symbol,
     pub channel: Channel,
+}
+
+impl StreamKey {
+    /// The output streams of one planned socket, in the plan's stream order (the index a
+    /// protocol publishes to).
+    pub fn for_socket(socket: &SocketPlan) -> Vec<StreamKey> {
+        socket
+            .streams
+            .iter()
+            .map(|s| StreamKey {
+                exchange: socket.exchange,
+                market: s.market,
+                symbol: s.symbol,
+                channel: s.channel,
+            })
+            .collect()
+    }
 }
 
 struct StreamState {

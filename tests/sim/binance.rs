@@ -35,20 +35,20 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::server::{
     Callback, ErrorResponse, Request, Response,
 };
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Bytes, Message};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, FutureExt, StreamExt};
 use futures_rustls::TlsAcceptor;
 use smol::{Async, Timer};
 
 use super::book::{BookParams, BookProcess, Diff, IdRule, Level, NumStyle, Spec};
-use super::timeout;
 use super::{
     ClientHandle, Disconnect, Endpoint, Malformed, Market, Mkt, OpenGuard, Out, RestFault,
     RestHost, Shared, SimOptions, SymbolState, Throttle, abort_on_close, fixed, lock, now_ms,
     raw_fd, venue_symbol,
 };
+use super::{close, timeout};
 
 /// Which WebSocket host a connection arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,30 +434,6 @@ enum Ev {
     In(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
     Raw(std::io::Result<usize>),
     Timer,
-}
-
-/// Sends a close frame, then waits briefly for the client's reply (or EOF).
-async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    if timeout(Duration::from_secs(1), ws.close(Some(frame)))
-        .await
-        .is_some_and(|r| r.is_ok())
-    {
-        timeout(Duration::from_secs(1), async {
-            while let Some(Ok(m)) = ws.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
 }
 
 impl Conn {

@@ -25,6 +25,7 @@
 
 pub mod binance;
 pub mod book;
+pub mod client;
 pub mod okx;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -37,7 +38,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::rustls::{self, ServerConfig};
 use http_body_util::Full;
@@ -220,16 +225,8 @@ impl Default for SimOptions {
 /// Counters the tests read (all `SeqCst`).
 #[derive(Default)]
 pub struct Stats {
-    /// WebSocket TCP connections open now (from accept to close) and the most at any instant.
-    pub open_ws: AtomicUsize,
-    pub max_open_ws: AtomicUsize,
-    /// WebSocket TCP connections accepted.
-    pub ws_accepts: AtomicU64,
     /// TLS or WebSocket handshakes that failed (bad path included).
     pub ws_handshake_failures: AtomicU64,
-    pub open_rest: AtomicUsize,
-    pub max_open_rest: AtomicUsize,
-    pub rest_accepts: AtomicU64,
     pub rest_requests: AtomicU64,
     /// Connections closed for sending too many messages per second.
     pub rate_violations: AtomicU64,
@@ -323,8 +320,9 @@ pub(crate) struct Shared {
     pub market: Mutex<Market>,
     pub clients: Mutex<Vec<ClientHandle>>,
     pub faults: Mutex<Faults>,
-    /// Open WebSocket count after every accept and close, in order (bounded).
-    pub open_ws_log: Mutex<VecDeque<usize>>,
+    /// WebSocket and REST TCP connections, from accept to close.
+    pub ws_open: Arc<OpenCount>,
+    pub rest_open: Arc<OpenCount>,
     pub rest_paths: Mutex<HashMap<String, u64>>,
     /// Keyed by the venue market the path belongs to.
     pub weight: Mutex<HashMap<Mkt, Weight>>,
@@ -352,51 +350,65 @@ pub fn venue_symbol(s: &str) -> String {
     s.replace(['-', '/', '_'], "").to_ascii_uppercase()
 }
 
-/// Holds one open TCP connection in the counters; dropped when the socket is closed.
-pub(crate) struct OpenGuard {
-    sh: Arc<Shared>,
-    ws: bool,
+/// Connections of one kind open at a simulator, from accept to close: the count now, the most
+/// at any instant, accepts, and every count it has been at (after each accept and close, in
+/// order; the last 65536 kept) for `sample_open_ws_into`. Both simulators use it.
+#[derive(Default)]
+pub(crate) struct OpenCount {
+    open: AtomicUsize,
+    max: AtomicUsize,
+    accepts: AtomicU64,
+    log: Mutex<VecDeque<usize>>,
 }
 
-impl Shared {
-    fn ws_opened(self: &Arc<Self>) -> OpenGuard {
-        let mut log = lock(&self.open_ws_log);
-        let now = self.stats.open_ws.fetch_add(1, Ordering::SeqCst) + 1;
-        self.stats.max_open_ws.fetch_max(now, Ordering::SeqCst);
-        self.stats.ws_accepts.fetch_add(1, Ordering::SeqCst);
-        if log.len() == OPEN_LOG_CAP {
-            log.pop_front();
-        }
-        log.push_back(now);
-        OpenGuard {
-            sh: self.clone(),
-            ws: true,
-        }
+fn log_count(log: &mut VecDeque<usize>, now: usize) {
+    if log.len() == OPEN_LOG_CAP {
+        log.pop_front();
     }
+    log.push_back(now);
+}
 
-    fn rest_opened(self: &Arc<Self>) -> OpenGuard {
-        let now = self.stats.open_rest.fetch_add(1, Ordering::SeqCst) + 1;
-        self.stats.max_open_rest.fetch_max(now, Ordering::SeqCst);
-        self.stats.rest_accepts.fetch_add(1, Ordering::SeqCst);
-        OpenGuard {
-            sh: self.clone(),
-            ws: false,
-        }
+impl OpenCount {
+    /// Counts one accepted connection until the guard is dropped (at accept, before anything
+    /// else can happen, so the peak is exact).
+    pub fn opened(self: &Arc<Self>) -> OpenGuard {
+        let mut log = lock(&self.log);
+        let now = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        self.accepts.fetch_add(1, Ordering::SeqCst);
+        log_count(&mut log, now);
+        OpenGuard(self.clone())
+    }
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+    pub fn accepts(&self) -> u64 {
+        self.accepts.load(Ordering::SeqCst)
+    }
+    /// Restarts the peak from the number open now.
+    pub fn reset_max(&self) {
+        let _log = lock(&self.log);
+        self.max.store(self.open(), Ordering::SeqCst);
+    }
+    /// Appends every count since the previous call, then the current one.
+    pub fn sample_into(&self, out: &mut Vec<usize>) {
+        let mut log = lock(&self.log);
+        out.extend(log.drain(..));
+        out.push(self.open());
     }
 }
+
+/// Holds one open TCP connection in its [`OpenCount`]; dropped when the socket is closed.
+pub(crate) struct OpenGuard(Arc<OpenCount>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if self.ws {
-            let mut log = lock(&self.sh.open_ws_log);
-            let now = self.sh.stats.open_ws.fetch_sub(1, Ordering::SeqCst) - 1;
-            if log.len() == OPEN_LOG_CAP {
-                log.pop_front();
-            }
-            log.push_back(now);
-        } else {
-            self.sh.stats.open_rest.fetch_sub(1, Ordering::SeqCst);
-        }
+        let mut log = lock(&self.0.log);
+        let now = self.0.open.fetch_sub(1, Ordering::SeqCst) - 1;
+        log_count(&mut log, now);
     }
 }
 
@@ -591,7 +603,8 @@ impl Sim {
                 stale_snapshots: 0,
                 rest: VecDeque::new(),
             }),
-            open_ws_log: Mutex::new(VecDeque::new()),
+            ws_open: Arc::default(),
+            rest_open: Arc::default(),
             rest_paths: Mutex::new(HashMap::new()),
             weight: Mutex::new(HashMap::new()),
             slow_ws_us: AtomicU64::new(0),
@@ -704,26 +717,24 @@ impl Sim {
         &self.shared.stats
     }
     pub fn open_ws(&self) -> usize {
-        self.shared.stats.open_ws.load(Ordering::SeqCst)
+        self.shared.ws_open.open()
     }
     /// The most WebSocket connections open at any instant since start (or the last reset).
     pub fn max_open_ws(&self) -> usize {
-        self.shared.stats.max_open_ws.load(Ordering::SeqCst)
+        self.shared.ws_open.max()
     }
     /// Restarts `max_open_ws` from the number open now.
     pub fn reset_max_open_ws(&self) {
-        let _log = lock(&self.shared.open_ws_log);
-        let now = self.shared.stats.open_ws.load(Ordering::SeqCst);
-        self.shared.stats.max_open_ws.store(now, Ordering::SeqCst);
+        self.shared.ws_open.reset_max();
     }
     pub fn ws_accepts(&self) -> u64 {
-        self.shared.stats.ws_accepts.load(Ordering::SeqCst)
+        self.shared.ws_open.accepts()
     }
     pub fn open_rest(&self) -> usize {
-        self.shared.stats.open_rest.load(Ordering::SeqCst)
+        self.shared.rest_open.open()
     }
     pub fn max_open_rest(&self) -> usize {
-        self.shared.stats.max_open_rest.load(Ordering::SeqCst)
+        self.shared.rest_open.max()
     }
     pub fn rest_requests(&self) -> u64 {
         self.shared.stats.rest_requests.load(Ordering::SeqCst)
@@ -763,9 +774,7 @@ impl Sim {
     /// (one entry per accept and per close, in order; the last 65536 are kept), then the
     /// current count. `max()` of what it appends is the peak over that period.
     pub fn sample_open_ws_into(&self, out: &mut Vec<usize>) {
-        let mut log = lock(&self.shared.open_ws_log);
-        out.extend(log.drain(..));
-        out.push(self.shared.stats.open_ws.load(Ordering::SeqCst));
+        self.shared.ws_open.sample_into(out);
     }
 
     /// The true top `depth` levels right after the diff whose final update id is
@@ -895,8 +904,7 @@ async fn accept_ws(
             Timer::after(Duration::from_millis(10)).await;
             continue;
         };
-        // Counted at accept, before anything else can happen, so the peak is exact.
-        let guard = sh.ws_opened();
+        let guard = sh.ws_open.opened();
         let Some(ex) = ex.upgrade() else { return };
         ex.spawn(binance::serve_ws(
             sh.clone(),
@@ -921,7 +929,7 @@ async fn accept_rest(
             Timer::after(Duration::from_millis(10)).await;
             continue;
         };
-        let guard = sh.rest_opened();
+        let guard = sh.rest_open.opened();
         let Some(ex) = ex.upgrade() else { return };
         let (sh, acceptor) = (sh.clone(), acceptor.clone());
         ex.spawn(async move {
@@ -974,4 +982,28 @@ pub(crate) async fn timeout<T>(d: Duration, f: impl std::future::Future<Output =
 /// Writes `v` units of `10^-dec` with all decimals (Binance style).
 pub(crate) fn fixed(v: i64, dec: u32) -> String {
     fmt_units(v, dec, book::NumStyle::Fixed)
+}
+
+/// Sends a close frame, then waits briefly for the client's reply (or EOF).
+pub(crate) async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if timeout(Duration::from_secs(1), ws.close(Some(frame)))
+        .await
+        .is_some_and(|r| r.is_ok())
+    {
+        timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,8 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::handshake::server::{
     Callback, ErrorResponse, Request, Response,
 };
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, FutureExt, StreamExt};
 use futures_rustls::TlsAcceptor;
 use http_body_util::Full;
@@ -53,7 +53,7 @@ use smol::{Async, Executor, Timer};
 use super::book::{BookParams, BookProcess, IdRule, Level, NumStyle, Spec, fmt_units};
 /// Re-exported so a test needs only `sim::okx::*`.
 pub use super::{Disconnect, TextBook};
-use super::{abort_on_close, lock, make_tls, now_ms, raw_fd, timeout};
+use super::{OpenCount, OpenGuard, abort_on_close, close, lock, make_tls, now_ms, raw_fd, timeout};
 
 /// The only WebSocket path served.
 pub const WS_PATH: &str = "/ws/v5/public";
@@ -169,10 +169,6 @@ impl Default for OkxOptions {
 /// Counters the tests read (all `SeqCst`).
 #[derive(Default)]
 pub struct OkxStats {
-    pub open_ws: AtomicUsize,
-    pub max_open_ws: AtomicUsize,
-    /// WebSocket TCP connections accepted (refused upgrades included).
-    pub ws_accepts: AtomicU64,
     /// TLS or upgrade failures (429 and 404 refusals included).
     pub ws_handshake_failures: AtomicU64,
     /// Upgrades refused with 429 for the connection rate.
@@ -187,9 +183,6 @@ pub struct OkxStats {
     pub subscribe_limit_hits: AtomicU64,
     /// Error events sent.
     pub error_events: AtomicU64,
-    pub open_rest: AtomicUsize,
-    pub max_open_rest: AtomicUsize,
-    pub rest_accepts: AtomicU64,
     pub rest_requests: AtomicU64,
     pub rubik_limit_hits: AtomicU64,
     pub books_limit_hits: AtomicU64,
@@ -432,7 +425,9 @@ struct OkxShared {
     inst_ids: BTreeMap<String, bool>,
     clients: Mutex<Vec<OkxClient>>,
     faults: Mutex<Faults>,
-    open_ws_log: Mutex<VecDeque<usize>>,
+    /// WebSocket TCP connections (refused upgrades included) and REST ones.
+    ws_open: Arc<OpenCount>,
+    rest_open: Arc<OpenCount>,
     rest_paths: Mutex<HashMap<String, u64>>,
     /// Upgrade requests in the last second.
     connects: Mutex<VecDeque<Instant>>,
@@ -441,56 +436,6 @@ struct OkxShared {
     books_window: Mutex<VecDeque<Instant>>,
     books_responses: AtomicU64,
     next_client: AtomicU64,
-}
-
-const OPEN_LOG_CAP: usize = 1 << 16;
-
-/// Holds one open TCP connection in the counters until dropped.
-struct OpenGuard {
-    sh: Arc<OkxShared>,
-    ws: bool,
-}
-
-impl OpenGuard {
-    fn ws(sh: &Arc<OkxShared>) -> OpenGuard {
-        let mut log = lock(&sh.open_ws_log);
-        let now = sh.stats.open_ws.fetch_add(1, Ordering::SeqCst) + 1;
-        sh.stats.max_open_ws.fetch_max(now, Ordering::SeqCst);
-        sh.stats.ws_accepts.fetch_add(1, Ordering::SeqCst);
-        if log.len() == OPEN_LOG_CAP {
-            log.pop_front();
-        }
-        log.push_back(now);
-        OpenGuard {
-            sh: sh.clone(),
-            ws: true,
-        }
-    }
-
-    fn rest(sh: &Arc<OkxShared>) -> OpenGuard {
-        let now = sh.stats.open_rest.fetch_add(1, Ordering::SeqCst) + 1;
-        sh.stats.max_open_rest.fetch_max(now, Ordering::SeqCst);
-        sh.stats.rest_accepts.fetch_add(1, Ordering::SeqCst);
-        OpenGuard {
-            sh: sh.clone(),
-            ws: false,
-        }
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        if self.ws {
-            let mut log = lock(&self.sh.open_ws_log);
-            let now = self.sh.stats.open_ws.fetch_sub(1, Ordering::SeqCst) - 1;
-            if log.len() == OPEN_LOG_CAP {
-                log.pop_front();
-            }
-            log.push_back(now);
-        } else {
-            self.sh.stats.open_rest.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
 }
 
 /// Drops entries older than `span`; true (and nothing recorded) when `max` remain, else
@@ -563,7 +508,8 @@ impl OkxSim {
                 stale_snapshots: 0,
                 rest: VecDeque::new(),
             }),
-            open_ws_log: Mutex::new(VecDeque::new()),
+            ws_open: Arc::default(),
+            rest_open: Arc::default(),
             rest_paths: Mutex::new(HashMap::new()),
             connects: Mutex::new(VecDeque::new()),
             rubik: Mutex::new(VecDeque::new()),
@@ -626,27 +572,23 @@ impl OkxSim {
         a.load(Ordering::SeqCst)
     }
     pub fn open_ws(&self) -> usize {
-        self.shared.stats.open_ws.load(Ordering::SeqCst)
+        self.shared.ws_open.open()
     }
     /// The most WebSocket connections open at any instant since start (or the last reset).
     pub fn max_open_ws(&self) -> usize {
-        self.shared.stats.max_open_ws.load(Ordering::SeqCst)
+        self.shared.ws_open.max()
     }
     /// Restarts `max_open_ws` from the number open now.
     pub fn reset_max_open_ws(&self) {
-        let _log = lock(&self.shared.open_ws_log);
-        let now = self.shared.stats.open_ws.load(Ordering::SeqCst);
-        self.shared.stats.max_open_ws.store(now, Ordering::SeqCst);
+        self.shared.ws_open.reset_max();
     }
     pub fn ws_accepts(&self) -> u64 {
-        Self::get(&self.shared.stats.ws_accepts)
+        self.shared.ws_open.accepts()
     }
     /// Appends every open-WebSocket count since the previous call (one per accept and close,
     /// in order; the last 65536 kept), then the current count.
     pub fn sample_open_ws_into(&self, out: &mut Vec<usize>) {
-        let mut log = lock(&self.shared.open_ws_log);
-        out.extend(log.drain(..));
-        out.push(self.shared.stats.open_ws.load(Ordering::SeqCst));
+        self.shared.ws_open.sample_into(out);
     }
     pub fn connect_rate_violations(&self) -> u64 {
         Self::get(&self.shared.stats.connect_rate_violations)
@@ -668,10 +610,10 @@ impl OkxSim {
         Self::get(&self.shared.stats.error_events)
     }
     pub fn open_rest(&self) -> usize {
-        self.shared.stats.open_rest.load(Ordering::SeqCst)
+        self.shared.rest_open.open()
     }
     pub fn max_open_rest(&self) -> usize {
-        self.shared.stats.max_open_rest.load(Ordering::SeqCst)
+        self.shared.rest_open.max()
     }
     pub fn rest_requests(&self) -> u64 {
         Self::get(&self.shared.stats.rest_requests)
@@ -808,7 +750,7 @@ async fn accept_ws(
             continue;
         };
         // Counted at accept, before anything else can happen, so the peak is exact.
-        let guard = OpenGuard::ws(&sh);
+        let guard = sh.ws_open.opened();
         let Some(ex) = ex.upgrade() else { return };
         ex.spawn(serve_ws(sh.clone(), guard, tcp, acceptor.clone()))
             .detach();
@@ -944,30 +886,6 @@ enum Ev {
     In(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
     Raw(std::io::Result<usize>),
     Timer,
-}
-
-/// Sends a close frame, then waits briefly for the client's reply (or EOF).
-async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    if timeout(Duration::from_secs(1), ws.close(Some(frame)))
-        .await
-        .is_some_and(|r| r.is_ok())
-    {
-        timeout(Duration::from_secs(1), async {
-            while let Some(Ok(m)) = ws.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
 }
 
 /// A validated subscription argument.
@@ -1885,7 +1803,7 @@ async fn accept_rest(
             Timer::after(Duration::from_millis(10)).await;
             continue;
         };
-        let guard = OpenGuard::rest(&sh);
+        let guard = sh.rest_open.opened();
         let Some(ex) = ex.upgrade() else { return };
         let (sh, acceptor) = (sh.clone(), acceptor.clone());
         ex.spawn(async move {

@@ -581,6 +581,13 @@ impl OkxProtocol {
         self.insts.iter().position(|x| x.id == id)
     }
 
+    /// The configured instrument a push is for.
+    fn inst_of(&self, arg: &Arg<'_>) -> Result<usize, &'static str> {
+        arg.inst_id
+            .and_then(|id| self.find(id))
+            .ok_or("unknown instrument")
+    }
+
     fn handle(
         &mut self,
         f: Frame<'_>,
@@ -639,10 +646,7 @@ impl OkxProtocol {
         let raw = data;
         match arg.channel {
             "books" => {
-                let i = arg
-                    .inst_id
-                    .and_then(|id| self.find(id))
-                    .ok_or("unknown instrument")?;
+                let i = self.inst_of(&arg)?;
                 let entries = parse_entries(raw).map_err(|_| "bad books data")?;
                 let snapshot = f.action == Some("snapshot");
                 if snapshot {
@@ -662,10 +666,7 @@ impl OkxProtocol {
                 }
             }
             "trades" => {
-                let i = arg
-                    .inst_id
-                    .and_then(|id| self.find(id))
-                    .ok_or("unknown instrument")?;
+                let i = self.inst_of(&arg)?;
                 let stream = self.insts[i].trade.ok_or("trades not planned")?;
                 let rows: Vec<Trade<'_>> =
                     serde_json::from_str(raw).map_err(|_| "bad trades data")?;
@@ -689,10 +690,7 @@ impl OkxProtocol {
                 }
             }
             "funding-rate" => {
-                let i = arg
-                    .inst_id
-                    .and_then(|id| self.find(id))
-                    .ok_or("unknown instrument")?;
+                let i = self.inst_of(&arg)?;
                 let stream = self.insts[i].funding.ok_or("funding not planned")?;
                 let rows: Vec<Funding<'_>> =
                     serde_json::from_str(raw).map_err(|_| "bad funding data")?;
@@ -719,10 +717,7 @@ impl OkxProtocol {
                 }
             }
             "open-interest" => {
-                let i = arg
-                    .inst_id
-                    .and_then(|id| self.find(id))
-                    .ok_or("unknown instrument")?;
+                let i = self.inst_of(&arg)?;
                 let stream = self.insts[i]
                     .open_interest
                     .ok_or("open interest not planned")?;

@@ -140,11 +140,15 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             .spawn(move || smol::block_on(ex.run(std::future::pending::<()>())));
     }
     let result = smol::block_on(executor.run(async {
-        match cfg.upstream.kind {
+        match cfg.upstream.kind() {
             UpstreamKind::Stdout => {
                 let out = smol::Unblock::new(std::io::stdout());
                 crate::upstream::stdout::run(app.spool.clone(), cfg.upstream.format, out).await
             }
+            kind => Err(std::io::Error::other(format!(
+                "[upstream] kind = \"{}\" is not available in this build",
+                kind.as_str()
+            ))),
         }
     }));
     if let Err(err) = result {

@@ -24,7 +24,7 @@ use smol::channel::{Receiver, Sender};
 use smol::{Async, Executor, Timer};
 
 use marketbox::budget::{Budget, PermitKind};
-use marketbox::config::{Dur, Endpoint, Positive, RestConfig};
+use marketbox::config::{Dur, Endpoint, Int, RestConfig};
 use marketbox::metrics::{HostLabels, Metrics, RestLabels};
 use marketbox::net::http::{RestClient, RestError};
 use marketbox::net::tls::{self, Alpn};
@@ -571,7 +571,7 @@ fn rest_setup(ex: &Arc<Executor<'static>>, budget_limit: usize, cfg: RestConfig)
         Some(Arc::clone(&metrics)),
     );
     let host = format!("https://localhost:{port}");
-    let base = Endpoint::parse(&format!("{host}/api")).expect("endpoint");
+    let base = Endpoint::parse(&format!("{host}/api"), &["https", "http"]).expect("endpoint");
     Rest {
         client,
         budget,
@@ -587,7 +587,7 @@ fn rest_cfg(idle_ms: u64, timeout_ms: u64, max_body: usize) -> RestConfig {
     RestConfig {
         idle_timeout: Dur(Duration::from_millis(idle_ms)),
         request_timeout: Dur(Duration::from_millis(timeout_ms)),
-        max_body_bytes: Positive(max_body),
+        max_body_bytes: Int(max_body),
     }
 }
 

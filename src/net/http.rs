@@ -405,7 +405,7 @@ impl RestClient {
             })?;
         let permit = self.inner.budget.try_acquire(PermitKind::Rest, host)?;
         // On any failure below, the transport is dropped (closed) before the permit.
-        let transport = tls::connect_transport(host, target, &self.inner.tls).await?;
+        let transport = tls::connect_transport(host, target, &self.inner.tls, &permit).await?;
         let (sender, conn) = http1::handshake(FuturesIo::new(transport)).await?;
         let driver = Driver {
             conn,

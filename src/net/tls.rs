@@ -9,9 +9,10 @@
 //! picked `h2` could not upgrade; `http/1.1` for REST), so callers build one config of each
 //! kind with [`client_config`] and keep them for the life of the process.
 //!
-//! [`connect_transport`] resolves, connects and (for `wss`/`https`) runs the TLS handshake. It
-//! has no timeout of its own: `ws::connect` and `http::RestClient` bound it together with the
-//! rest of their handshakes.
+//! `connect_transport` resolves, connects and (for `wss`/`https`) runs the TLS handshake. It
+//! is private to `net` and asks for the budget permit the connection will hold, so a socket
+//! cannot be opened outside the budget. It has no timeout of its own: `ws::connect` and
+//! `http::RestClient` bound it together with the rest of their handshakes.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -25,9 +26,11 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::TlsConnector;
 use futures_rustls::client::TlsStream;
 use futures_rustls::rustls::{self, ClientConfig, RootCertStore};
-use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use smol::Async;
+
+use crate::budget::Permit;
 
 /// Which application protocol to offer in the TLS handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,22 +48,18 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(
-        "[tls] extra_ca {}: cannot read it ({source}); check the path and its permissions",
+        "trust roots {}: {reason}; give a readable PEM file of CA certificates",
         path.display()
     )]
-    ExtraCaUnreadable {
-        path: PathBuf,
-        #[source]
-        source: pem::Error,
-    },
+    ExtraCaUnreadable { path: PathBuf, reason: String },
     #[error(
-        "[tls] extra_ca {}: holds no certificate; give a PEM file with at least one \
+        "trust roots {}: the file holds no certificate; give a PEM file with at least one \
          -----BEGIN CERTIFICATE----- block",
         path.display()
     )]
     ExtraCaEmpty { path: PathBuf },
     #[error(
-        "[tls] extra_ca {}: certificate #{index} is not usable as a trust root: {source}",
+        "trust roots {}: certificate #{index} is not usable as a trust root: {source}",
         path.display()
     )]
     ExtraCaRejected {
@@ -101,20 +100,37 @@ pub fn client_config(extra_ca: Option<&Path>, alpn: Alpn) -> Result<Arc<ClientCo
     Ok(Arc::new(cfg))
 }
 
-/// Every `CERTIFICATE` block of a PEM file (other blocks, such as keys, are skipped).
-fn read_extra_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let unreadable = |source| TlsError::ExtraCaUnreadable {
-        path: path.to_owned(),
-        source,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(unreadable)?
+/// Every `CERTIFICATE` block of a PEM file (other blocks, such as keys, are skipped), read
+/// with a size bound: a folder, a device, garbage or a huge file is a clear error.
+pub fn read_extra_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes =
+        crate::config::read_bounded(path, crate::config::MAX_CA_BYTES).map_err(|reason| {
+            TlsError::ExtraCaUnreadable {
+                path: path.to_owned(),
+                reason,
+            }
+        })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(unreadable)?;
+        .map_err(|e| TlsError::ExtraCaUnreadable {
+            path: path.to_owned(),
+            reason: format!("it is not valid PEM: {e}"),
+        })?;
     if certs.is_empty() {
         return Err(TlsError::ExtraCaEmpty {
             path: path.to_owned(),
         });
+    }
+    // Each certificate must be usable as a trust root; check now, not at the first connect.
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|source| TlsError::ExtraCaRejected {
+                path: path.to_owned(),
+                index: i + 1,
+                source,
+            })?;
     }
     Ok(certs)
 }
@@ -265,44 +281,67 @@ pub struct Target<'a> {
     pub port: u16,
 }
 
-/// Splits `scheme://host[:port]/...` (`ws`, `wss`, `http`, `https`) into a [`Target`].
+/// Splits an authority `host[:port]` (an IPv6 host in brackets) into the host without
+/// brackets and the port, if any. `None` for credentials, an empty host, or a port that is not
+/// a number from 1 to 65535.
+pub fn split_authority(auth: &str) -> Option<(&str, Option<u16>)> {
+    if auth.contains('@') {
+        return None;
+    }
+    let (host, port) = match auth.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            match after {
+                "" => (host, None),
+                p => (host, Some(p.strip_prefix(':')?)),
+            }
+        }
+        None => match auth.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (auth, None),
+        },
+    };
+    if host.is_empty() || host.contains([':', '[', ']']) && !auth.starts_with('[') {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)
+        }
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
+/// Splits `scheme://host[:port]/...` (`ws`, `wss`, `http`, `https`) into a [`Target`], with
+/// the same parser the config uses (`http::Uri`, then [`split_authority`]).
 pub fn split_url(url: &str) -> Option<Target<'_>> {
-    let (scheme, rest) = url.split_once("://")?;
-    let tls = match scheme {
+    let uri: http::Uri = url.parse().ok()?;
+    let tls = match uri.scheme_str()? {
         "wss" | "https" => true,
         "ws" | "http" => false,
         _ => return None,
     };
-    let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.contains('@') {
-        return None;
-    }
-    let default_port = if tls { 443 } else { 80 };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        (host, port)
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, p.parse().ok()?),
-            None => (authority, default_port),
-        }
-    };
-    (!host.is_empty()).then_some(Target { tls, host, port })
+    let len = uri.authority()?.as_str().len();
+    // Borrow from `url` itself: the authority follows `scheme://`.
+    let start = url.find("://")? + 3;
+    let (host, port) = split_authority(url.get(start..start + len)?)?;
+    let port = port.unwrap_or(if tls { 443 } else { 80 });
+    Some(Target { tls, host, port })
 }
 
 /// Resolves and connects to `target`, with TCP_NODELAY, then runs the TLS handshake when the
 /// target asks for TLS (SNI and verification against `target.host`).
 ///
-/// `url` only labels errors. No timeout: the caller bounds the whole handshake.
-pub async fn connect_transport(
+/// `url` only labels errors. No timeout: the caller bounds the whole handshake. Only `net`'s
+/// connection types call this, and only with the budget permit their connection will hold
+/// (`_permit` is the proof): no socket can be opened outside the budget.
+pub(super) async fn connect_transport(
     url: &str,
     target: Target<'_>,
     tls: &Arc<ClientConfig>,
+    _permit: &Permit,
 ) -> Result<Transport, ConnectError> {
     let addrs = smol::net::resolve((target.host, target.port))
         .await

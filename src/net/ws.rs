@@ -156,7 +156,7 @@ pub async fn connect(
                 url: url.to_owned(),
             })?;
         let tls = tls::with_alpn(tls, Alpn::None);
-        let transport = tls::connect_transport(url, target, &tls).await?;
+        let transport = tls::connect_transport(url, target, &tls, &permit).await?;
         let config = WebSocketConfig::default()
             .max_message_size(Some(opts.max_message))
             .max_frame_size(Some(opts.max_frame));

@@ -234,8 +234,8 @@ pub async fn run(
 ) -> Infallible {
     let h = Handles::new(&shared.metrics, exchange, socket);
     let timings = LinkTimings {
-        backoff_min: shared.session.backoff_min.0,
-        backoff_max: shared.session.backoff_max.0,
+        backoff_min: shared.session.backoff_min(),
+        backoff_max: shared.session.backoff_max(),
         stable_after: shared.session.stable_after.0,
         max_lifetime: shared.session.max_lifetime.0,
     };

@@ -35,8 +35,9 @@ pub struct PlanError {
 /// Computes the socket plan of a config.
 pub fn plan(cfg: &Config) -> Result<Plan, PlanError> {
     let mut plan = Plan {
-        upstream: match cfg.upstream.kind {
+        upstream: match cfg.upstream.kind() {
             crate::config::UpstreamKind::Stdout => 0,
+            crate::config::UpstreamKind::Nats | crate::config::UpstreamKind::Mqtt => 1,
         },
         ..Plan::default()
     };

@@ -7,6 +7,9 @@
 //!
 //! Owns: metric names, help texts and label sets. Must not touch: sockets or venue formats.
 
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -72,6 +75,21 @@ pub struct ResyncLabels {
     pub reason: &'static str,
 }
 
+/// Labels of one order book.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BookLabels {
+    pub exchange: Exchange,
+    pub market: Market,
+    pub symbol: String,
+}
+
+/// Labels of a supervised task.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// `session`, `poller`, `upstream`, … (a fixed set, never venue data).
+    pub task: &'static str,
+}
+
 /// Labels of a connection attempt outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectLabels {
@@ -119,6 +137,10 @@ pub struct Metrics {
     pub budget_refused: Counter,
     pub spool_dropped: Counter,
     pub spool_depth: Gauge,
+    pub book_verified: Family<BookLabels, Gauge>,
+    pub book_unverified_seconds: Family<BookLabels, Counter<f64, AtomicU64>>,
+    pub upstream_up: Gauge,
+    pub task_restarts: Family<TaskLabels, Counter>,
 }
 
 impl Metrics {
@@ -146,6 +168,10 @@ impl Metrics {
             budget_refused: Counter::default(),
             spool_dropped: Counter::default(),
             spool_depth: Gauge::default(),
+            book_verified: Family::default(),
+            book_unverified_seconds: Family::default(),
+            upstream_up: Gauge::default(),
+            task_restarts: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -253,6 +279,26 @@ impl Metrics {
             "Messages waiting in the spool",
             m.spool_depth.clone(),
         );
+        registry.register(
+            "book_verified",
+            "1 while an order book is verified and published, 0 while it is unsynced",
+            m.book_verified.clone(),
+        );
+        registry.register(
+            "book_unverified_seconds",
+            "Seconds an order book spent unverified (verified share = 1 - rate of this)",
+            m.book_unverified_seconds.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 while the upstream connection is established (stdout: always 1)",
+            m.upstream_up.clone(),
+        );
+        registry.register(
+            "task_restarts",
+            "Supervised tasks that ended or panicked and were restarted",
+            m.task_restarts.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -284,6 +330,79 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// The verified state of one book as the metrics show it: `marketbox_book_verified` and the
+/// seconds spent unverified. Venue code calls [`BookHealth::set`] on every transition and
+/// [`BookHealth::tick`] about once a second; a book counts as unverified from its creation
+/// until its first verified state.
+#[derive(Debug)]
+pub struct BookHealth {
+    verified: Gauge,
+    unverified_seconds: Counter<f64, AtomicU64>,
+    /// Unverified since (accounted up to) this instant; `None` while verified.
+    unverified_since: Option<Instant>,
+}
+
+impl BookHealth {
+    pub fn new(
+        m: &Metrics,
+        exchange: Exchange,
+        market: Market,
+        symbol: &str,
+        now: Instant,
+    ) -> Self {
+        let labels = BookLabels {
+            exchange,
+            market,
+            symbol: symbol.to_owned(),
+        };
+        let verified = m.book_verified.get_or_create(&labels).clone();
+        verified.set(0);
+        BookHealth {
+            verified,
+            unverified_seconds: m.book_unverified_seconds.get_or_create(&labels).clone(),
+            unverified_since: Some(now),
+        }
+    }
+
+    /// A book not reported anywhere (tests, tools).
+    pub fn detached(now: Instant) -> Self {
+        BookHealth {
+            verified: Gauge::default(),
+            unverified_seconds: Counter::default(),
+            unverified_since: Some(now),
+        }
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.unverified_since.is_none()
+    }
+
+    /// The book became verified (`true`) or unsynced (`false`).
+    pub fn set(&mut self, verified: bool, now: Instant) {
+        match (verified, self.unverified_since) {
+            (true, Some(_)) => {
+                self.tick(now);
+                self.unverified_since = None;
+                self.verified.set(1);
+            }
+            (false, None) => {
+                self.unverified_since = Some(now);
+                self.verified.set(0);
+            }
+            _ => {}
+        }
+    }
+
+    /// Accounts the unverified time up to `now`.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(since) = self.unverified_since {
+            self.unverified_seconds
+                .inc_by(now.saturating_duration_since(since).as_secs_f64());
+            self.unverified_since = Some(now.max(since));
+        }
     }
 }
 
@@ -328,5 +447,27 @@ mod tests {
         );
         assert!(text.contains("marketbox_budget_refused_total 1"), "{text}");
         assert_eq!(m.sum("marketbox_ws_connections", &[("socket", "spot")]), 1);
+    }
+
+    #[test]
+    fn book_health_counts_unverified_time_and_shows_the_state() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        let mut h = BookHealth::new(&m, Exchange::Okx, Market::Spot, "BTC-USDT", t0);
+        let labels = [("exchange", "okx"), ("symbol", "BTC-USDT")];
+        // TC0: unverified from creation.
+        assert_eq!(m.sum("marketbox_book_verified", &labels), 0);
+        h.tick(t0 + std::time::Duration::from_secs(2));
+        // TC1: verified after 3 s in all: 3 s counted, gauge 1.
+        h.set(true, t0 + std::time::Duration::from_secs(3));
+        assert_eq!(m.sum("marketbox_book_verified", &labels), 1);
+        assert_eq!(m.sum("marketbox_book_unverified_seconds_total", &labels), 3);
+        // TC2: verified time is not counted; unsynced again for 2 s.
+        h.tick(t0 + std::time::Duration::from_secs(10));
+        h.set(false, t0 + std::time::Duration::from_secs(10));
+        h.set(false, t0 + std::time::Duration::from_secs(11));
+        h.tick(t0 + std::time::Duration::from_secs(12));
+        assert_eq!(m.sum("marketbox_book_unverified_seconds_total", &labels), 5);
+        assert!(!h.is_verified());
     }
 }

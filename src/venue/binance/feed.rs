@@ -20,7 +20,7 @@ use super::sync::{BookSync, Continuity, SyncEvent};
 use super::wire::{self, DepthSnapshot, Frame, RestErrorBody};
 use crate::book::Decimal;
 use crate::config::{Config, Endpoint};
-use crate::metrics::{Metrics, ResyncLabels, SocketLabels};
+use crate::metrics::{BookHealth, Metrics, ResyncLabels, SocketLabels};
 use crate::model::{
     Channel, Data, Exchange, FundingRateData, LiquidationData, Market, Side, Symbol, TradeData,
 };
@@ -52,6 +52,8 @@ struct SymbolState {
     funding: Option<usize>,
     liquidation: Option<usize>,
     sync: Option<BookSync>,
+    /// What the metrics show of this symbol's book (when it has one).
+    health: Option<BookHealth>,
     snapshot: Snapshot,
     failures: u32,
     last_depth: Instant,
@@ -134,6 +136,7 @@ impl BinanceProtocol {
                         funding: None,
                         liquidation: None,
                         sync: None,
+                        health: None,
                         snapshot: Snapshot::Idle,
                         failures: 0,
                         last_depth: now,
@@ -147,6 +150,13 @@ impl BinanceProtocol {
                     st.book = Some(i);
                     st.depth_stream = Some(s.wire.clone());
                     st.sync = Some(BookSync::new(continuity));
+                    st.health = Some(BookHealth::new(
+                        &metrics,
+                        Exchange::Binance,
+                        market,
+                        s.symbol.as_str(),
+                        now,
+                    ));
                 }
                 Channel::Trade => st.trade = Some(i),
                 Channel::FundingRate => st.funding = Some(i),
@@ -268,6 +278,14 @@ impl BinanceProtocol {
         FrameKind::Data
     }
 
+    /// Shows symbol `i`'s book state in the metrics.
+    fn update_health(&mut self, i: usize, now: Instant) {
+        let st = &mut self.symbols[i];
+        if let (Some(h), Some(sync)) = (st.health.as_mut(), st.sync.as_ref()) {
+            h.set(sync.is_synced(), now);
+        }
+    }
+
     fn log_bad_frame(&mut self, kind: FrameKind, err: &dyn std::fmt::Display, text: &str) {
         let flag = match kind {
             FrameKind::Malformed => &mut self.logged_malformed,
@@ -368,10 +386,9 @@ impl BinanceProtocol {
                     Some(sync) => sync.on_diff(&d),
                     None => return (FrameKind::Unknown, Control::Continue),
                 };
-                (
-                    self.on_sync_event(i, ev, d.event_time, now, io),
-                    Control::Continue,
-                )
+                let kind = self.on_sync_event(i, ev, d.event_time, now, io);
+                self.update_health(i, now);
+                (kind, Control::Continue)
             }
             Frame::Trade(t) => (
                 self.publish_trade(
@@ -485,6 +502,9 @@ impl Protocol for BinanceProtocol {
                 _ => Snapshot::Idle,
             };
             st.last_depth = now;
+            if let Some(h) = st.health.as_mut() {
+                h.set(false, now);
+            }
         }
     }
 
@@ -539,7 +559,7 @@ impl Protocol for BinanceProtocol {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(%err, symbol = %self.symbols[i].symbol, "snapshot body is not a depth snapshot");
+                    tracing::warn!(%err, symbol = %self.symbols[i].symbol, "snapshot body is not a depth snapshot (the venue's REST answer is malformed)");
                     let st = &mut self.symbols[i];
                     let d = snapshot_delay(st.failures);
                     retry(st, d);
@@ -572,9 +592,15 @@ impl Protocol for BinanceProtocol {
             }
         }
         self.issue_snapshots(now, io);
+        self.update_health(i, now);
     }
 
     fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control {
+        for st in &mut self.symbols {
+            if let Some(h) = st.health.as_mut() {
+                h.tick(now);
+            }
+        }
         // A book stream that went quiet while the socket lives: resubscribe it.
         for st in &mut self.symbols {
             let Some(stream) = &st.depth_stream else {
@@ -600,9 +626,13 @@ impl Protocol for BinanceProtocol {
     }
 
     fn on_disconnected(&mut self) {
+        let now = Instant::now();
         for st in &mut self.symbols {
             if let Some(sync) = st.sync.as_mut() {
                 sync.reset();
+            }
+            if let Some(h) = st.health.as_mut() {
+                h.set(false, now);
             }
         }
     }

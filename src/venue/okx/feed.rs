@@ -22,7 +22,7 @@ use super::book::{BookData, Entries, OkxBook, OkxEvent, OkxResync, parse_entries
 use super::inst_id;
 use crate::book::Decimal;
 use crate::config::{Config, Endpoint};
-use crate::metrics::{Metrics, ResyncLabels, SocketLabels, SubscribeErrorLabels};
+use crate::metrics::{BookHealth, Metrics, ResyncLabels, SocketLabels, SubscribeErrorLabels};
 use crate::model::{
     Channel, Data, Exchange, FundingRateData, LiquidationData, Market, OpenInterestData, Side,
     Symbol, TradeData,
@@ -66,6 +66,8 @@ struct Inst {
     /// `BTC-USDT` or `BTC-USDT-SWAP`.
     id: String,
     book: Option<(usize, OkxBook)>,
+    /// What the metrics show of the book (when there is one).
+    health: Option<BookHealth>,
     trade: Option<usize>,
     funding: Option<usize>,
     open_interest: Option<usize>,
@@ -338,6 +340,7 @@ impl OkxProtocol {
                         symbol: s.symbol,
                         id: id.clone(),
                         book: None,
+                        health: None,
                         trade: None,
                         funding: None,
                         open_interest: None,
@@ -354,6 +357,13 @@ impl OkxProtocol {
             let (channel, key) = match s.channel {
                 Channel::Orderbook => {
                     inst.book = Some((i, OkxBook::new()));
+                    inst.health = Some(BookHealth::new(
+                        &metrics,
+                        Exchange::Okx,
+                        s.market,
+                        s.symbol.as_str(),
+                        now,
+                    ));
                     ("books", id)
                 }
                 Channel::Trade => {
@@ -522,6 +532,14 @@ impl OkxProtocol {
     }
 
     fn on_book_event(&mut self, i: usize, ev: OkxEvent, ts_ms: u64, now: Instant, io: &mut Io<'_>) {
+        self.book_event(i, ev, ts_ms, now, io);
+        let inst = &mut self.insts[i];
+        if let (Some(h), Some((_, book))) = (inst.health.as_mut(), inst.book.as_ref()) {
+            h.set(book.is_synced(), now);
+        }
+    }
+
+    fn book_event(&mut self, i: usize, ev: OkxEvent, ts_ms: u64, now: Instant, io: &mut Io<'_>) {
         match ev {
             OkxEvent::Applied { .. } => {
                 self.insts[i].failures = 0;
@@ -790,6 +808,9 @@ impl Protocol for OkxProtocol {
             }
             inst.snapshot_in_flight = false;
             inst.ws_snapshot_until = None;
+            if let Some(h) = inst.health.as_mut() {
+                h.set(false, now);
+            }
         }
         for sub in &mut self.subs {
             sub.state = SubState::Idle;
@@ -873,6 +894,11 @@ impl Protocol for OkxProtocol {
     }
 
     fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control {
+        for inst in &mut self.insts {
+            if let Some(h) = inst.health.as_mut() {
+                h.tick(now);
+            }
+        }
         match self.ping_sent {
             Some(at) if now.saturating_duration_since(at) >= PONG_WAIT => return Control::Dead,
             Some(_) => {}
@@ -900,9 +926,13 @@ impl Protocol for OkxProtocol {
     }
 
     fn on_disconnected(&mut self) {
+        let now = Instant::now();
         for inst in &mut self.insts {
             if let Some((_, book)) = inst.book.as_mut() {
                 book.reset();
+            }
+            if let Some(h) = inst.health.as_mut() {
+                h.set(false, now);
             }
         }
     }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::config::Format;
 use crate::encode::Encoder;
-use crate::metrics::{Metrics, StreamLabels};
+use crate::metrics::{Metrics, StreamClock, StreamLabels};
 use crate::model::{
     Channel, Data, Exchange, Market, Message, MsgId, OrderbookData, Symbol, message_id,
 };
@@ -54,6 +54,7 @@ struct StreamState {
     key: StreamKey,
     seq: u64,
     published: Counter,
+    clock: StreamClock,
 }
 
 /// Numbers, encodes and spools the messages of one session. Steady state allocates nothing.
@@ -95,6 +96,13 @@ impl Publisher {
                         })
                         .clone()
                 }),
+                clock: StreamClock::new(
+                    metrics,
+                    key.exchange,
+                    key.market,
+                    key.symbol.as_str(),
+                    key.channel,
+                ),
             })
             .collect();
         let placeholder = Symbol::parse("X-Y").unwrap_or_else(|_| unreachable!("valid literal"));
@@ -169,6 +177,8 @@ impl Publisher {
         };
         st.seq += 1;
         st.published.inc();
+        let local_ns = now_ns();
+        st.clock.record(ts_exchange_ms, local_ns);
         let key = st.key;
         let m = &mut self.scratch;
         m.exchange = key.exchange;
@@ -177,7 +187,7 @@ impl Publisher {
         m.channel = key.channel;
         m.seq = st.seq;
         m.ts_exchange_ms = ts_exchange_ms;
-        m.ts_local_ns = now_ns();
+        m.ts_local_ns = local_ns;
         m.id = message_id(key.exchange, key.market, key.symbol, key.channel, venue_id);
         let h = &mut self.header;
         h.exchange = key.exchange;

@@ -14,5 +14,6 @@ pub mod model;
 pub mod net;
 pub mod plan;
 pub mod session;
+pub mod time;
 pub mod upstream;
 pub mod venue;

@@ -333,6 +333,7 @@ fn rest_snapshot_mode_with_zero_checksums_survives_200_disconnects_gaps_and_rese
 #[test]
 fn ws_snapshot_mode_verifies_checksums_and_resyncs_corruption_gaps_notices_and_refusals() {
     // FOO-USDT is not listed at the venue: its args are refused, the rest flows.
+    let started = Instant::now();
     let mut h = Okx::start(
         fast(BookMode::WsSnapshot, ChecksumMode::On),
         r#", "FOO-USDT""#,
@@ -399,7 +400,12 @@ fn ws_snapshot_mode_verifies_checksums_and_resyncs_corruption_gaps_notices_and_r
     assert!(h.wait_books(&INSTS, 2, Duration::from_secs(5)));
     assert_eq!(h.sim.ws_accepts(), accepts);
 
-    // 64008: a planned make-before-break rotation (the budget has a spare permit).
+    // 64008: a planned make-before-break rotation (the budget has a spare permit), obeyed
+    // at once because the socket is older than stable_after (5 s; a younger one waits).
+    if let Some(wait) = Duration::from_secs(6).checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+        h.drain();
+    }
     h.sim.reset_max_open_ws();
     h.sim.notice_restart();
     h.wait_until("the rotation", Duration::from_secs(5), |h| {

@@ -178,11 +178,15 @@ pub struct Metrics {
     pub stale_streams: Family<SocketLabels, Counter>,
     pub rotations: Family<SocketLabels, Counter>,
     pub subscribe_tokens: Family<SocketLabels, Gauge>,
+    pub send_queue: Family<SocketLabels, Gauge>,
+    pub send_dropped: Family<SocketLabels, Counter>,
+    pub rotation_deferred: Family<SocketLabels, Counter>,
     pub subscribe_errors: Family<SubscribeErrorLabels, Counter>,
     pub frames: Family<FrameLabels, Counter>,
     pub resyncs: Family<ResyncLabels, Counter>,
     pub book_levels_dropped: Family<StreamLabels, Counter>,
     pub messages: Family<StreamLabels, Counter>,
+    pub duplicates: Family<StreamLabels, Counter>,
     pub rest_requests: Family<RestLabels, Counter>,
     pub poller_up: Family<StreamLabels, Gauge>,
     pub poller_failures: Family<StreamLabels, Counter>,
@@ -220,11 +224,15 @@ impl Metrics {
             stale_streams: Family::default(),
             rotations: Family::default(),
             subscribe_tokens: Family::default(),
+            send_queue: Family::default(),
+            send_dropped: Family::default(),
+            rotation_deferred: Family::default(),
             subscribe_errors: Family::default(),
             frames: Family::default(),
             resyncs: Family::default(),
             book_levels_dropped: Family::default(),
             messages: Family::default(),
+            duplicates: Family::default(),
             rest_requests: Family::default(),
             poller_up: Family::default(),
             poller_failures: Family::default(),
@@ -281,6 +289,21 @@ impl Metrics {
             m.subscribe_tokens.clone(),
         );
         registry.register(
+            "ws_send_queue",
+            "Frames queued to send on a socket, waiting for the venue's message rate",
+            m.send_queue.clone(),
+        );
+        registry.register(
+            "ws_send_dropped",
+            "Frames never sent because a socket's send queue was full",
+            m.send_dropped.clone(),
+        );
+        registry.register(
+            "ws_rotation_deferred",
+            "Venue requests to reconnect (serverShutdown, notice 64008) postponed because the connection was younger than [session] stable_after",
+            m.rotation_deferred.clone(),
+        );
+        registry.register(
             "ws_subscribe_errors",
             "Subscription requests the venue refused (error events, by code) or left unacknowledged (code no_ack)",
             m.subscribe_errors.clone(),
@@ -304,6 +327,11 @@ impl Metrics {
             "messages",
             "Normalized messages handed to the spool",
             m.messages.clone(),
+        );
+        registry.register(
+            "messages_duplicate",
+            "Messages not published because the same id was just published on the stream (socket overlap during a rotation, venue re-sends)",
+            m.duplicates.clone(),
         );
         registry.register(
             "rest_requests",

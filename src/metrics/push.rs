@@ -416,6 +416,7 @@ impl Auth {
 }
 
 /// Everything the push loop needs.
+#[derive(Clone)]
 pub struct PushSettings {
     pub url: Endpoint,
     pub interval: Duration,

@@ -78,7 +78,7 @@ impl HostLimiter {
         let mut s = self.lock();
         if let Some(until) = s.blocked_until {
             if now < until {
-                return Err(until - now);
+                return Err(until.saturating_duration_since(now));
             }
             s.blocked_until = None;
         }
@@ -87,10 +87,11 @@ impl HostLimiter {
             s.used = 0;
         }
         let weight = weight.min(self.spec.capacity);
-        if s.used + weight > self.spec.capacity {
-            return Err((s.window_start + self.spec.window).saturating_duration_since(now));
+        if s.used.saturating_add(weight) > self.spec.capacity {
+            let end = crate::time::after(s.window_start, self.spec.window);
+            return Err(end.saturating_duration_since(now));
         }
-        s.used += weight;
+        s.used = s.used.saturating_add(weight);
         Ok(())
     }
 
@@ -103,12 +104,15 @@ impl HostLimiter {
             _ => None,
         };
         if let Some(d) = block {
-            let until = now + d;
+            let d = crate::time::venue_delay(d);
+            let until = crate::time::after(now, d);
             s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
             tracing::warn!(status = resp.status, block = ?d, bucket = self.spec.bucket, "REST rate limit hit; host blocked");
         }
         if let Some(w) = resp.used_weight {
-            s.used = s.used.max(w);
+            // The venue's count is trusted only up to the window's capacity: a header of
+            // 4294967295 means "spent", not a number to add to.
+            s.used = s.used.max(w.min(self.spec.capacity));
         }
     }
 
@@ -210,6 +214,22 @@ mod tests {
         let l = HostLimiter::new(SPEC, t0);
         l.observe(&resp(418, None, None), t0);
         assert_eq!(l.try_reserve(1, t0), Err(DEFAULT_418_BLOCK));
+    }
+
+    #[test]
+    fn hostile_weight_and_retry_after_values_neither_wrap_nor_panic() {
+        let t0 = Instant::now();
+        let l = HostLimiter::new(SPEC, t0);
+        // TC0: used weight at u32::MAX: the window is spent, nothing wraps.
+        l.observe(&resp(200, None, Some(u32::MAX)), t0);
+        assert_eq!(l.used(), SPEC.capacity);
+        assert_eq!(l.try_reserve(u32::MAX, t0), Err(SPEC.window));
+        assert!(l.try_reserve(1, t0 + SPEC.window).is_ok());
+        // TC1: a Retry-After of u64::MAX seconds blocks for the cap, and the block ends.
+        let l = HostLimiter::new(SPEC, t0);
+        l.observe(&resp(429, Some(u64::MAX), None), t0);
+        assert_eq!(l.try_reserve(1, t0), Err(crate::time::MAX_VENUE_DELAY));
+        assert!(l.try_reserve(1, t0 + crate::time::MAX_VENUE_DELAY).is_ok());
     }
 
     #[test]

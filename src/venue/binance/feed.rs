@@ -27,7 +27,7 @@ use crate::model::{
 use crate::net::http::{RestError, RestResponse};
 use crate::plan::SocketPlan;
 use crate::session::rest::{RateSpec, RestRequest};
-use crate::session::{Control, FrameKind, Io, Protocol};
+use crate::session::{ConnectLimit, Connected, Control, FrameKind, Io, Protocol};
 
 /// Snapshot request state of one symbol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +266,7 @@ impl BinanceProtocol {
                     let st = &mut self.symbols[i];
                     st.failures += 1;
                     st.snapshot = Snapshot::Wanted {
-                        not_before: now + snapshot_delay(st.failures),
+                        not_before: crate::time::after(now, snapshot_delay(st.failures)),
                     };
                 } else {
                     self.want_snapshot(i, now);
@@ -491,8 +491,15 @@ impl Protocol for BinanceProtocol {
         &self.url
     }
 
-    fn on_connected(&mut self, now: Instant, _io: &mut Io<'_>) {
-        // The URL carries the streams; books start over on every connection.
+    fn on_connected(&mut self, now: Instant, _io: &mut Io<'_>, how: Connected) {
+        // The URL carries the streams. A replacement continues the books (the update ids are
+        // the venue's, the same on every socket); a fresh connection starts them over.
+        if how == Connected::Rotation {
+            for st in &mut self.symbols {
+                st.last_depth = now;
+            }
+            return;
+        }
         for st in &mut self.symbols {
             if let Some(sync) = st.sync.as_mut() {
                 sync.reset();
@@ -540,7 +547,7 @@ impl Protocol for BinanceProtocol {
         let retry = |st: &mut SymbolState, at: Duration| {
             st.failures += 1;
             st.snapshot = Snapshot::Wanted {
-                not_before: now + at,
+                not_before: crate::time::after(now, at),
             };
         };
         match result {
@@ -601,25 +608,40 @@ impl Protocol for BinanceProtocol {
                 h.tick(now);
             }
         }
-        // A book stream that went quiet while the socket lives: resubscribe it.
+        // Book streams that went quiet while the socket lives: resubscribe them, all in one
+        // UNSUBSCRIBE and one SUBSCRIBE (two frames per tick at most, however many streams),
+        // and each stream at most once per `stale_after`.
+        let mut params = String::new();
+        let mut quiet = 0usize;
         for st in &mut self.symbols {
             let Some(stream) = &st.depth_stream else {
                 continue;
             };
             if now.saturating_duration_since(st.last_depth) >= self.stale_after {
                 self.stale.inc();
-                tracing::warn!(stream = %stream, quiet = ?self.stale_after, "stream went quiet; resubscribing");
-                let id = self.next_id;
-                self.next_id += 2;
-                io.send.push(format!(
-                    r#"{{"method":"UNSUBSCRIBE","params":["{stream}"],"id":{id}}}"#
-                ));
-                io.send.push(format!(
-                    r#"{{"method":"SUBSCRIBE","params":["{stream}"],"id":{}}}"#,
-                    id + 1
-                ));
+                if quiet == 0 {
+                    tracing::warn!(stream = %stream, quiet = ?self.stale_after, "stream went quiet; resubscribing");
+                }
+                if !params.is_empty() {
+                    params.push(',');
+                }
+                params.push('"');
+                params.push_str(stream);
+                params.push('"');
+                quiet += 1;
                 st.last_depth = now;
             }
+        }
+        if quiet > 0 {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(2);
+            io.send.push(format!(
+                r#"{{"method":"UNSUBSCRIBE","params":[{params}],"id":{id}}}"#
+            ));
+            io.send.push(format!(
+                r#"{{"method":"SUBSCRIBE","params":[{params}],"id":{}}}"#,
+                id.wrapping_add(1)
+            ));
         }
         self.issue_snapshots(now, io);
         Control::Continue
@@ -634,6 +656,14 @@ impl Protocol for BinanceProtocol {
             if let Some(h) = st.health.as_mut() {
                 h.set(false, now);
             }
+        }
+    }
+
+    /// Binance allows 300 connection attempts per 5 minutes per IP; we take 240.
+    fn connect_limit(&self) -> ConnectLimit {
+        ConnectLimit {
+            max: 240,
+            per: Duration::from_secs(300),
         }
     }
 

@@ -31,15 +31,17 @@ use crate::net::http::{RestError, RestResponse};
 use crate::plan::SocketPlan;
 use crate::session::rate::TokenBucket;
 use crate::session::rest::{RateSpec, RestRequest};
-use crate::session::{Control, FrameKind, Io, Protocol};
+use crate::session::{ConnectLimit, Connected, Control, FrameKind, Io, Probe, Protocol};
 use crate::venue::json::{Object, as_plain_str, as_u64};
 
-/// Send the text `ping` after this long without a frame (the venue closes at 30 s).
-pub const PING_AFTER: Duration = Duration::from_secs(20);
-/// Least time between connection attempts: OKX allows 3 per second per IP.
-pub const CONNECT_INTERVAL: Duration = Duration::from_millis(350);
-/// A `ping` unanswered this long means the socket is dead.
-pub const PONG_WAIT: Duration = Duration::from_secs(10);
+/// The venue closes a socket that received nothing for 30 s: the session probes (the text
+/// `ping`) after at most this long without a frame.
+pub const MAX_SILENCE: Duration = Duration::from_secs(20);
+/// OKX allows 3 connection requests per second per IP; we take 2.
+pub const CONNECT_LIMIT: ConnectLimit = ConnectLimit {
+    max: 2,
+    per: Duration::from_secs(1),
+};
 /// An arg not acknowledged this long after its request is given up (and counted).
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
 /// After a resubscribe, how long to wait for the venue's WebSocket snapshot before falling
@@ -115,9 +117,6 @@ pub struct OkxProtocol {
     metrics: Arc<Metrics>,
     subscribe_tokens: Gauge,
     sub_bucket: TokenBucket,
-    last_rx: Instant,
-    /// A `ping` is out and no frame arrived since it was sent.
-    ping_sent: Option<Instant>,
     /// The venue sent a WebSocket books snapshot on this connection, so a resubscribe gets one.
     ws_snapshots: bool,
     next_id: u64,
@@ -416,8 +415,6 @@ impl OkxProtocol {
             metrics,
             subscribe_tokens,
             sub_bucket: TokenBucket::new(SUBSCRIBES_PER_HOUR, Duration::from_secs(3600), now),
-            last_rx: now,
-            ping_sent: None,
             ws_snapshots: false,
             next_id: 1,
             logged_malformed: false,
@@ -801,7 +798,20 @@ impl Protocol for OkxProtocol {
         &self.url
     }
 
-    fn on_connected(&mut self, now: Instant, io: &mut Io<'_>) {
+    fn on_connected(&mut self, now: Instant, io: &mut Io<'_>, how: Connected) {
+        for sub in &mut self.subs {
+            sub.state = SubState::Idle;
+        }
+        self.refused.clear();
+        // A new connection has its own subscribe budget.
+        self.sub_bucket = TokenBucket::new(SUBSCRIBES_PER_HOUR, Duration::from_secs(3600), now);
+        let all: Vec<usize> = (0..self.subs.len()).collect();
+        if how == Connected::Rotation {
+            // The books continue: the old socket keeps feeding them until this one is
+            // subscribed, and the seqId chain is the same on both.
+            self.requests("subscribe", &all, now, io);
+            return;
+        }
         for inst in &mut self.insts {
             if let Some((_, book)) = inst.book.as_mut() {
                 book.reset();
@@ -812,22 +822,18 @@ impl Protocol for OkxProtocol {
                 h.set(false, now);
             }
         }
-        for sub in &mut self.subs {
-            sub.state = SubState::Idle;
-        }
-        self.refused.clear();
-        self.last_rx = now;
-        self.ping_sent = None;
         self.ws_snapshots = false;
-        // A new connection has its own subscribe budget.
-        self.sub_bucket = TokenBucket::new(SUBSCRIBES_PER_HOUR, Duration::from_secs(3600), now);
-        let all: Vec<usize> = (0..self.subs.len()).collect();
         self.requests("subscribe", &all, now, io);
     }
 
+    fn subscribed(&self) -> bool {
+        !self
+            .subs
+            .iter()
+            .any(|s| matches!(s.state, SubState::Pending { .. }))
+    }
+
     fn on_text(&mut self, text: &str, now: Instant, io: &mut Io<'_>) -> (FrameKind, Control) {
-        self.last_rx = now;
-        self.ping_sent = None;
         if text == "pong" {
             return (FrameKind::Control, Control::Continue);
         }
@@ -870,7 +876,7 @@ impl Protocol for OkxProtocol {
                 Duration::from_secs(60),
             );
             let d = retry_after.map_or(d, |ra| ra.max(d));
-            inst.snapshot_not_before = now + d;
+            inst.snapshot_not_before = crate::time::after(now, d);
             tracing::warn!(inst = %inst.id, retry_in = ?d, why, "OKX book snapshot failed");
         };
         let body = match result {
@@ -898,15 +904,6 @@ impl Protocol for OkxProtocol {
             if let Some(h) = inst.health.as_mut() {
                 h.tick(now);
             }
-        }
-        match self.ping_sent {
-            Some(at) if now.saturating_duration_since(at) >= PONG_WAIT => return Control::Dead,
-            Some(_) => {}
-            None if now.saturating_duration_since(self.last_rx) >= PING_AFTER => {
-                io.send.push("ping".to_owned());
-                self.ping_sent = Some(now);
-            }
-            None => {}
         }
         self.expire_pending(now);
         for i in 0..self.insts.len() {
@@ -941,9 +938,16 @@ impl Protocol for OkxProtocol {
         (3, Duration::from_secs(1))
     }
 
-    /// OKX allows 3 connection requests per second per IP; this is the box's only OKX socket.
-    fn min_connect_interval(&self) -> Duration {
-        CONNECT_INTERVAL
+    fn probe(&self) -> Probe {
+        Probe::Text("ping")
+    }
+
+    fn max_silence(&self) -> Option<Duration> {
+        Some(MAX_SILENCE)
+    }
+
+    fn connect_limit(&self) -> ConnectLimit {
+        CONNECT_LIMIT
     }
 }
 

@@ -85,8 +85,7 @@ fn bench(c: &mut Criterion) {
     );
     assert_eq!(allocs, 0, "recording a message's clock must not allocate");
     let scrape = m.encode_prometheus();
-    let batch = marketbox::metrics::push::snapshot(&m, "box-01", Instant::now())
-        .expect("a batch");
+    let batch = marketbox::metrics::push::snapshot(&m, "box-01", Instant::now()).expect("a batch");
     eprintln!(
         "default config: {} WebSocket streams, {} series per push, scrape {} bytes, push batch {} bytes (snappy)",
         streams,
@@ -104,20 +103,38 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(m.encode_prometheus()))
     });
     g.bench_function("push_snapshot", |b| {
-        b.iter(|| black_box(marketbox::metrics::push::snapshot(&m, "box-01", Instant::now())))
+        b.iter(|| {
+            black_box(marketbox::metrics::push::snapshot(
+                &m,
+                "box-01",
+                Instant::now(),
+            ))
+        })
     });
     g.finish();
 
     let budget = Duration::from_millis(1000);
     let per_record = time_pass(budget, || (), |_| record(n)).as_nanos() as f64 / n as f64;
-    let scrape_us = time_pass(budget, || (), |_| {
-        black_box(m.encode_prometheus());
-    })
+    let scrape_us = time_pass(
+        budget,
+        || (),
+        |_| {
+            black_box(m.encode_prometheus());
+        },
+    )
     .as_nanos() as f64
         / 1000.0;
-    let push_us = time_pass(budget, || (), |_| {
-        let _ = black_box(marketbox::metrics::push::snapshot(&m, "box-01", Instant::now()));
-    })
+    let push_us = time_pass(
+        budget,
+        || (),
+        |_| {
+            let _ = black_box(marketbox::metrics::push::snapshot(
+                &m,
+                "box-01",
+                Instant::now(),
+            ));
+        },
+    )
     .as_nanos() as f64
         / 1000.0;
     if cfg!(debug_assertions) {

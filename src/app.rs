@@ -262,7 +262,8 @@ impl App {
     }
 }
 
-/// Runs the stdout upstream until it fails: `marketbox_upstream_up` is 1 while it runs.
+/// Runs the stdout upstream until it fails: `marketbox_upstream_up` is 1 while it runs, and
+/// 0 once it failed or was cancelled.
 pub async fn run_stdout<W>(
     spool: Spool,
     format: crate::config::Format,
@@ -272,10 +273,16 @@ pub async fn run_stdout<W>(
 where
     W: futures_lite::io::AsyncWrite + Unpin,
 {
+    /// Sets the gauge back to 0 however the upstream ends, cancellation included.
+    struct Down<'a>(&'a Metrics);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            self.0.upstream_up.set(0);
+        }
+    }
     metrics.upstream_up.set(1);
-    let result = crate::upstream::stdout::run(spool, format, out).await;
-    metrics.upstream_up.set(0);
-    result
+    let _down = Down(metrics);
+    crate::upstream::stdout::run(spool, format, out).await
 }
 
 /// Runs tasks made by `make` for ever. A task that ends (none should) or panics is logged with

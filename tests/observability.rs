@@ -767,3 +767,119 @@ fn the_push_retries_5xx_and_429_in_order_and_drops_what_is_rejected() {
     // One keep-alive connection carried it all (statuses never close it).
     assert_eq!(rx.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[test]
+fn check_config_counts_the_push_connection_in_the_plan() {
+    let dir = prom::TempDir::new("check");
+    std::fs::write(dir.path().join("push.token"), "t\n").expect("write the token");
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/marketbox.toml"
+    ))
+    .expect("the default config");
+    let cfg = dir.path().join("box.toml");
+    std::fs::write(
+        &cfg,
+        base.replace(
+            "# [metrics.push]",
+            "[metrics.push]\nurl = \"https://prom.example/api/v1/write\"\nbearer_token_file = \"push.token\"\n#",
+        ),
+    )
+    .expect("write the config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_marketbox"))
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .expect("marketbox runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("metrics push: 1 (https://prom.example, one keep-alive connection)"),
+        "{text}"
+    );
+    assert!(text.contains("budget: 8 of 10 sockets planned"), "{text}");
+}
+
+/// Not a check but the source of `config/grafana/marketbox.png`: three minutes of simulated
+/// traffic (a gap, a silent symbol, churn, the upstream stopped for 20 s) pushed into a real
+/// Prometheus, then every dashboard query as a range query, written as JSON to the file
+/// `MARKETBOX_DASHBOARD_OUT` names; `config/grafana/plot.py` draws the panels from it.
+/// Run: `MARKETBOX_DASHBOARD_OUT=dash.json cargo test --test observability
+/// dashboard_data -- --ignored --nocapture`.
+#[test]
+#[ignore = "renders the dashboard's data for the README picture; takes three minutes"]
+fn dashboard_data() {
+    let out = std::env::var_os("MARKETBOX_DASHBOARD_OUT").expect("set MARKETBOX_DASHBOARD_OUT");
+    let port = prom::free_port();
+    let p = prom::Prometheus::start_on(port, "global:\n  scrape_interval: 5s\n");
+    let dir = prom::TempDir::new("dash");
+    let (h, _addr) = start(true, &push_table(&p.write_url(), &dir));
+    let mut upstream = Some(run_upstream(&h));
+    let t0 = Instant::now();
+    let at = |s: u64| {
+        std::thread::sleep((t0 + Duration::from_secs(s)).saturating_duration_since(Instant::now()))
+    };
+    at(30);
+    h.sim.inject_gap(sim::Mkt::Spot, "BTCUSDT");
+    h.sim.inject_gap(sim::Mkt::Perp, "ETHUSDT");
+    at(50);
+    h.sim.silence(sim::Mkt::Spot, "ETH-USDT", true);
+    at(65);
+    h.sim.silence(sim::Mkt::Spot, "ETH-USDT", false);
+    for i in 0..10u64 {
+        at(80 + 2 * i);
+        h.sim
+            .disconnect_all([sim::Disconnect::Close, sim::Disconnect::Reset][i as usize % 2]);
+    }
+    at(120);
+    drop(upstream.take());
+    at(140);
+    upstream.replace(run_upstream(&h));
+    at(180);
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/grafana/marketbox.json"
+        ))
+        .expect("the dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut panels = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        let mut targets = Vec::new();
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"]
+                .as_str()
+                .expect("an expression")
+                .replace("$device", "obs-test");
+            let path = format!(
+                "/api/v1/query_range?query={}&start={}&end={end}&step=2",
+                prom::percent_encode(&expr),
+                end - 180
+            );
+            let r = get(p.addr(), &path, &[]).expect("range query");
+            assert_eq!(r.status, 200, "{expr}: {}", r.text());
+            targets.push(serde_json::json!({
+                "expr": expr,
+                "legend": t["legendFormat"],
+                "result": r.json()["data"]["result"],
+            }));
+        }
+        panels.push(serde_json::json!({
+            "title": panel["title"],
+            "unit": panel["fieldConfig"]["defaults"]["unit"],
+            "targets": targets,
+        }));
+    }
+    drop(upstream);
+    std::fs::write(&out, serde_json::to_vec(&panels).expect("JSON")).expect("write the data");
+    eprintln!("wrote {} panels to {}", panels.len(), out.to_string_lossy());
+}

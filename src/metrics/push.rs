@@ -45,7 +45,7 @@ use smol::Timer;
 use super::health::Heartbeat;
 use super::{Metrics, PushDropLabels, PushLabels};
 use crate::config::{Endpoint, MAX_SECRET_BYTES, PushConfig, read_bounded};
-use crate::net::http::{RestClient, RestError};
+use crate::net::http::RestClient;
 
 /// `prometheus.WriteRequest` (remote-write 1.0).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -534,6 +534,7 @@ pub async fn run(
             let body = batch.body.clone();
             let series = batch.series;
             let result = rest.post(&settings.url, "", &headers, body).await;
+            heartbeat.beat();
             let outcome = match &result {
                 Ok(r) => {
                     let o = Outcome::of_status(r.status, r.retry_after);
@@ -568,7 +569,7 @@ pub async fn run(
                     failing = true;
                     let why = match &result {
                         Ok(r) => format!("HTTP {}", r.status),
-                        Err(e) => error_text(e),
+                        Err(e) => e.to_string(),
                     };
                     tracing::warn!(url = %settings.url, %why, retry_in = ?queue.retry_at().map(|t| t.saturating_duration_since(now)), "remote write failed; retrying with backoff");
                 }
@@ -587,13 +588,71 @@ pub async fn run(
     }
 }
 
-fn error_text(e: &RestError) -> String {
-    e.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn push_config(extra: &str, dir: &std::path::Path) -> PushConfig {
+        let text = format!("[metrics.push]\nurl = \"https://prom.example/api/v1/write\"\n{extra}");
+        let cfg = crate::config::Config::parse(&text, "t.toml").expect("a push config");
+        let mut p = cfg.metrics.push.expect("a push table");
+        for f in [&mut p.bearer_token_file, &mut p.password_file]
+            .into_iter()
+            .flatten()
+        {
+            *f = toml::Spanned::new(f.span(), dir.join(f.get_ref()));
+        }
+        p
+    }
+
+    #[test]
+    fn credentials_become_one_authorization_header_that_is_never_printed() {
+        let dir = std::env::temp_dir().join(format!("marketbox-push-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp folder");
+        std::fs::write(dir.join("token"), "abc.def\n").expect("write");
+        std::fs::write(dir.join("password"), "pa:ss\r\n").expect("write");
+        std::fs::write(dir.join("bad"), "abc\u{7}def\n").expect("write");
+        // TC0: no credentials: no header.
+        assert!(
+            Auth::from_config(&push_config("", &dir))
+                .expect("ok")
+                .0
+                .is_none()
+        );
+        // TC1: a bearer token, its trailing newline trimmed.
+        let a =
+            Auth::from_config(&push_config("bearer_token_file = \"token\"\n", &dir)).expect("ok");
+        assert_eq!(
+            a.0.as_ref().map(|h| h.as_bytes()),
+            Some(&b"Bearer abc.def"[..])
+        );
+        assert!(a.0.as_ref().is_some_and(|h| h.is_sensitive()));
+        assert_eq!(format!("{a:?}"), "Auth(<redacted>)");
+        // TC2: basic auth: base64 of user:password.
+        let a = Auth::from_config(&push_config(
+            "username = \"box\"\npassword_file = \"password\"\n",
+            &dir,
+        ))
+        .expect("ok");
+        assert_eq!(
+            a.0.as_ref().map(|h| h.as_bytes()),
+            Some(&b"Basic Ym94OnBhOnNz"[..])
+        );
+        // TC3: a control character cannot become a header: a clear error naming the key,
+        // without the secret.
+        let err = Auth::from_config(&push_config("bearer_token_file = \"bad\"\n", &dir))
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("bearer_token_file") && !text.contains("abc"),
+            "{text}"
+        );
+        // TC4: a missing file.
+        let err = Auth::from_config(&push_config("bearer_token_file = \"none\"\n", &dir))
+            .expect_err("refused");
+        assert!(err.to_string().contains("cannot open"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sample_lines_parse_with_escapes_and_bad_lines_are_skipped() {

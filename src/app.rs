@@ -73,7 +73,7 @@ impl App {
             budget: budget.clone(),
             tls: tls_ws,
             rest: rest.clone(),
-            limiters: session::RestLimiters::default(),
+            limiters: session::RestLimiters::new(Some(metrics.clone())),
             connect_limits: session::ConnectLimits::default(),
             executor: executor.clone(),
             metrics: metrics.clone(),

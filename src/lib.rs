@@ -8,6 +8,7 @@ pub mod app;
 pub mod book;
 pub mod budget;
 pub mod config;
+pub mod decimal;
 pub mod encode;
 pub mod metrics;
 pub mod model;

@@ -1,11 +1,15 @@
 //! OKX v5: spot and USDT-margined swaps on one public socket.
 //!
-//! Owns: OKX URLs, instrument spelling (`BTC-USDT`, `BTC-USDT-SWAP`), channel names.
-//! Must not touch: sockets or other venues.
+//! Owns: OKX URLs, instrument spelling (`BTC-USDT`, `BTC-USDT-SWAP`), channel names, and
+//! split as Binance's is: frames and REST bodies (`wire`), subscriptions and their budget
+//! (`subs`), the seqId/checksum book machine (`book`), the per-socket protocol (`feed`) and
+//! the rubik pollers (`poll`). Must not touch: sockets or other venues.
 
 pub mod book;
 pub mod feed;
 pub mod poll;
+pub mod subs;
+pub mod wire;
 
 use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};

@@ -642,3 +642,67 @@ fn hostile_okx_updates_are_never_published_and_the_book_recovers() {
     assert!(h.resyncs("crossed", "BTC-USDT", "spot") >= 1);
     assert_eq!(h.seq_gaps, 0);
 }
+
+#[test]
+fn a_closed_stdout_stops_the_process_with_a_non_zero_exit() {
+    use std::process::{Command, Stdio};
+    let sim = Sim::start(sim::SimOptions::default());
+    let dir = std::env::temp_dir().join(format!(
+        "marketbox-stdout-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("a scratch folder");
+    let path = dir.join("m.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[metrics]
+listen = ""
+[tls]
+extra_ca = "{ca}"
+[venues.binance]
+spot_ws = "{ws}"
+spot_rest = "{rest}"
+[[feeds]]
+exchange = "binance"
+market = "spot"
+symbols = ["BTC-USDT", "ETH-USDT"]
+channels = ["orderbook", "trade"]
+"#,
+            ca = sim.ca_pem_path().display(),
+            ws = sim.spot_ws(),
+            rest = sim.rest(),
+        ),
+    )
+    .expect("write the config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marketbox"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("marketbox starts");
+    // Whoever read the data went away.
+    drop(child.stdout.take());
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            panic!("marketbox kept running with its upstream (stdout) gone");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("upstream"), "{stderr}");
+}

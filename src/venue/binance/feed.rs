@@ -162,7 +162,7 @@ impl BinanceProtocol {
             .stale_streams
             .get_or_create(&SocketLabels {
                 exchange: Exchange::Binance,
-                socket: socket.name.to_owned(),
+                socket: socket.name.as_str().to_owned(),
             })
             .clone();
         let refusals = ERROR_CODES.map(|code| {
@@ -170,7 +170,7 @@ impl BinanceProtocol {
                 .subscribe_errors
                 .get_or_create(&SubscribeErrorLabels {
                     exchange: Exchange::Binance,
-                    socket: socket.name.to_owned(),
+                    socket: socket.name.as_str().to_owned(),
                     code: code.to_owned(),
                 })
                 .clone()

@@ -737,4 +737,56 @@ mod tests {
         assert_eq!(snap(&mut s, next - 1), applied(next));
         assert_eq!(ResyncReason::BufferOverflow.label(), "buffer_overflow");
     }
+
+    #[test]
+    fn impossible_ids_and_endless_old_diffs_resync() {
+        // TC0: spot, chained (U = last+1) but u = u64::MAX.
+        let mut s = BookSync::new(Continuity::Spot);
+        feed(&mut s, 10, 12, None, "5");
+        snap(&mut s, 11);
+        assert_eq!(
+            feed(&mut s, 13, u64::MAX, None, "5"),
+            SyncEvent::Resync(ResyncReason::ImpossibleId {
+                from: 13,
+                to: i128::from(u64::MAX)
+            })
+        );
+        // TC1: U > u is no diff at all.
+        let mut s = BookSync::new(Continuity::Spot);
+        assert_eq!(
+            feed(&mut s, 12, 10, None, "5"),
+            SyncEvent::Resync(ResyncReason::Malformed)
+        );
+        // TC2: USD-M, pu chained but u = u64::MAX.
+        let mut s = BookSync::new(Continuity::UsdM);
+        feed(&mut s, 10, 12, Some(9), "5");
+        snap(&mut s, 11);
+        assert!(matches!(
+            feed(&mut s, 13, u64::MAX, Some(12), "5"),
+            SyncEvent::Resync(ResyncReason::ImpossibleId { .. })
+        ));
+        // TC3: a run of diffs all older than the book: stuck, not verified.
+        let mut s = BookSync::new(Continuity::Spot);
+        feed(&mut s, 10, 20, None, "5");
+        snap(&mut s, 15);
+        for _ in 0..crate::book::sync::MAX_DROPPED_IN_A_ROW {
+            assert_eq!(feed(&mut s, 1, 2, None, "5"), SyncEvent::Dropped);
+        }
+        assert_eq!(
+            feed(&mut s, 1, 2, None, "5"),
+            SyncEvent::Resync(ResyncReason::Stuck)
+        );
+        // TC4: a crossing level applies (the chain is fine) but is never published.
+        let mut s = BookSync::new(Continuity::Spot);
+        feed(&mut s, 10, 12, None, "5");
+        snap(&mut s, 11);
+        assert_eq!(feed(&mut s, 13, 13, None, "300"), applied(13));
+        let mut out = OrderbookData {
+            bids: heapless::Vec::new(),
+            asks: heapless::Vec::new(),
+            update_id: 0,
+        };
+        assert_eq!(s.fill(1, &mut out), Err(ResyncReason::Crossed));
+        assert!(!s.is_synced());
+    }
 }

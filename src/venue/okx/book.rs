@@ -514,4 +514,120 @@ mod tests {
         );
         assert!(!b.is_synced());
     }
+
+    fn synced_at(seq: i64) -> OkxBook {
+        let mut b = OkxBook::new();
+        let snap = format!(
+            r#"{{"asks":[["10","1","0","1"]],"bids":[["9","1","0","1"]],"checksum":0,"seqId":{seq},"prevSeqId":-1}}"#
+        );
+        assert_eq!(
+            b.on_ws_snapshot(&data(&snap)),
+            OkxEvent::Applied { seq_id: seq }
+        );
+        b
+    }
+
+    fn filled(b: &mut OkxBook) -> Result<bool, ResyncReason> {
+        let mut out = OrderbookData {
+            bids: heapless::Vec::new(),
+            asks: heapless::Vec::new(),
+            update_id: 0,
+        };
+        b.fill(5, &mut out)
+    }
+
+    #[test]
+    fn tc8_a_synced_book_refuses_what_it_cannot_check_or_what_no_venue_has() {
+        // TC0: no sequence fields once synced on a sequence.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[["9.5","1","0","1"]],"checksum":0}"#
+            )),
+            OkxEvent::Resync(ResyncReason::MissingSequence)
+        );
+        // TC1: only one of the two.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(r#"{"asks":[],"bids":[],"checksum":0,"seqId":11}"#)),
+            OkxEvent::Resync(ResyncReason::MissingSequence)
+        );
+        // TC2: negative size, negative price.
+        for bids in [r#"[["9.5","-1","0","1"]]"#, r#"[["-9.5","1","0","1"]]"#] {
+            let mut b = synced_at(10);
+            let up =
+                format!(r#"{{"asks":[],"bids":{bids},"checksum":0,"seqId":11,"prevSeqId":10}}"#);
+            assert_eq!(
+                b.on_update(&data(&up)),
+                OkxEvent::Resync(ResyncReason::Malformed),
+                "{bids}"
+            );
+        }
+        // TC3: a crossing bid applies (the chain is fine) but is never published.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[["11","1","0","1"]],"checksum":0,"seqId":11,"prevSeqId":10}"#
+            )),
+            OkxEvent::Applied { seq_id: 11 }
+        );
+        assert_eq!(filled(&mut b), Err(ResyncReason::Crossed));
+        assert!(!b.is_synced());
+        // TC4: a jump to i64::MAX, and backwards past the reset rule.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[],"checksum":0,"seqId":9223372036854775807,"prevSeqId":10}"#
+            )),
+            OkxEvent::Resync(ResyncReason::ImpossibleId {
+                from: 10,
+                to: i128::from(i64::MAX)
+            })
+        );
+        // TC5: a book without a sequence (a 2022 capture) takes only checksummed updates.
+        let mut c = OkxBook::new();
+        c.on_ws_snapshot(&data(r#"{"asks":[],"bids":[["1","1","0","1"]]}"#));
+        assert_eq!(
+            c.on_update(&data(
+                r#"{"asks":[],"bids":[["2","1","0","1"]],"checksum":0}"#
+            )),
+            OkxEvent::Resync(ResyncReason::MissingSequence)
+        );
+    }
+
+    #[test]
+    fn tc9_a_rest_snapshot_with_a_wrong_checksum_is_refused() {
+        let mut b = OkxBook::new();
+        let good = crc("3366.1:7:3366.8:9");
+        let snap = |c: i32| {
+            format!(
+                r#"{{"asks":[["3366.8","9","0","1"]],"bids":[["3366.1","7","0","1"]],"checksum":{c},"seqId":5}}"#
+            )
+        };
+        assert_eq!(
+            b.on_rest_snapshot(&data(&snap(good ^ 1))),
+            OkxEvent::Resync(ResyncReason::Checksum {
+                venue: i64::from(good ^ 1),
+                ours: good
+            })
+        );
+        assert!(!b.is_synced());
+        assert_eq!(
+            b.on_rest_snapshot(&data(&snap(good))),
+            OkxEvent::Applied { seq_id: 5 }
+        );
+    }
+
+    #[test]
+    fn tc10_a_book_that_only_gets_old_updates_is_stuck() {
+        let mut b = synced_at(100);
+        let old = r#"{"asks":[],"bids":[],"checksum":0,"seqId":50,"prevSeqId":49}"#;
+        for _ in 0..crate::book::sync::MAX_DROPPED_IN_A_ROW {
+            assert_eq!(b.on_update(&data(old)), OkxEvent::Dropped);
+        }
+        assert_eq!(
+            b.on_update(&data(old)),
+            OkxEvent::Resync(ResyncReason::Stuck)
+        );
+    }
 }

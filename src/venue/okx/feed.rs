@@ -124,7 +124,7 @@ impl OkxProtocol {
     pub fn new(socket: &SocketPlan, cfg: &Config, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
         let mut insts: Vec<Inst> = Vec::new();
-        let mut subs = Subscriptions::new(metrics.clone(), socket.name, now);
+        let mut subs = Subscriptions::new(metrics.clone(), socket.name.as_str(), now);
         for (i, s) in socket.streams.iter().enumerate() {
             let id = inst_id(s.market, &s.symbol);
             let pos = match insts.iter().position(|x| x.id == id) {

@@ -13,7 +13,7 @@ pub mod wire;
 
 use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};
-use crate::plan::{Plan, RestPlan, SocketPlan, StreamPlan};
+use crate::plan::{Plan, RestPlan, SocketName, SocketPlan, StreamPlan};
 use crate::venue::PlanError;
 
 /// `BTC-USDT` (spot) or `BTC-USDT-SWAP` (perpetual).
@@ -29,7 +29,7 @@ pub fn plan(cfg: &Config, plan: &mut Plan) -> Result<(), PlanError> {
     let ep = &cfg.venues.okx;
     let mut socket = SocketPlan {
         exchange: Exchange::Okx,
-        name: "public",
+        name: SocketName::Public,
         url: ep.ws.as_str().to_owned(),
         streams: Vec::new(),
     };

@@ -10,6 +10,8 @@ pub mod budget;
 pub mod config;
 pub mod decimal;
 pub mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod model;
 pub mod net;

@@ -31,7 +31,7 @@ fn registry() -> (Arc<Metrics>, usize) {
     let app = App::start(&cfg, &ex).expect("the default config starts");
     let m = app.metrics.clone();
     for s in &app.plan.sockets {
-        let socket = s.name.to_owned();
+        let socket = s.name.as_str().to_owned();
         let sl = SocketLabels {
             exchange: s.exchange,
             socket: socket.clone(),

@@ -93,7 +93,7 @@ impl App {
             budget: budget.clone(),
             tls: tls_ws,
             rest: rest.clone(),
-            limiters: session::RestLimiters::default(),
+            limiters: session::RestLimiters::new(Some(metrics.clone())),
             connect_limits: session::ConnectLimits::default(),
             executor: executor.clone(),
             metrics: metrics.clone(),
@@ -113,7 +113,7 @@ impl App {
                 .plan_ws_connections
                 .get_or_create(&SocketLabels {
                     exchange: socket.exchange,
-                    socket: socket.name.to_owned(),
+                    socket: socket.name.as_str().to_owned(),
                 })
                 .set(1);
             for key in StreamKey::for_socket(socket) {
@@ -136,7 +136,7 @@ impl App {
             if venue::protocol_for(socket, cfg, &metrics).is_none() {
                 tracing::error!(
                     exchange = %socket.exchange,
-                    socket = socket.name,
+                    socket = socket.name.as_str(),
                     "this build cannot serve this socket yet; it stays closed"
                 );
                 continue;
@@ -146,7 +146,7 @@ impl App {
             let name = format!("{} {}", socket.exchange, socket.name);
             tasks.push(supervise(executor, &metrics, "session", name, move || {
                 let proto = venue::protocol_for(&socket, &cfg_, &m);
-                let (exchange, name) = (socket.exchange, socket.name);
+                let (exchange, name) = (socket.exchange, socket.name.as_str());
                 let (publisher, shared) = (template.fork(), shared.clone());
                 async move {
                     if let Some(proto) = proto {
@@ -401,5 +401,39 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     match result {
         Ok(()) => Err(RunError::UpstreamEnded),
         Err(err) => Err(RunError::Upstream(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_task_that_panics_is_counted_and_started_again() {
+        let ex = Arc::new(Executor::new());
+        let metrics = Arc::new(Metrics::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let _task = supervise(&ex, &metrics, "session", "test".into(), move || {
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    panic!("the first run fails");
+                }
+                std::future::pending::<()>().await
+            }
+        });
+        smol::block_on(ex.run(async {
+            let end = Instant::now() + Duration::from_secs(5);
+            while runs.load(Ordering::SeqCst) < 2 {
+                assert!(Instant::now() < end, "the task was not started again");
+                Timer::after(Duration::from_millis(10)).await;
+            }
+        }));
+        assert_eq!(
+            metrics.sum("marketbox_task_restarts_total", &[("task", "session")]),
+            1
+        );
     }
 }

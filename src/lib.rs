@@ -8,7 +8,10 @@ pub mod app;
 pub mod book;
 pub mod budget;
 pub mod config;
+pub mod decimal;
 pub mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod model;
 pub mod net;

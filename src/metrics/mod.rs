@@ -132,6 +132,13 @@ pub struct RestLabels {
     pub status: String,
 }
 
+/// Labels of a REST rate limit: the host and the venue's bucket (`weight`, `books`, `rubik`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabels {
+    pub host: String,
+    pub bucket: &'static str,
+}
+
 /// Labels naming a REST host.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostLabels {
@@ -191,7 +198,8 @@ pub struct Metrics {
     pub poller_up: Family<StreamLabels, Gauge>,
     pub poller_failures: Family<StreamLabels, Counter>,
     pub rest_connections: Family<HostLabels, Gauge>,
-    pub rest_weight_used: Family<HostLabels, Gauge>,
+    pub rest_weight_used: Family<LimiterLabels, Gauge>,
+    pub rest_blocked_until: Family<LimiterLabels, Gauge>,
     pub budget_limit: Gauge,
     pub budget_in_use: Gauge,
     pub budget_refused: Counter,
@@ -238,6 +246,7 @@ impl Metrics {
             poller_failures: Family::default(),
             rest_connections: Family::default(),
             rest_weight_used: Family::default(),
+            rest_blocked_until: Family::default(),
             budget_limit: Gauge::default(),
             budget_in_use: Gauge::default(),
             budget_refused: Counter::default(),
@@ -355,8 +364,13 @@ impl Metrics {
         );
         registry.register(
             "rest_weight_used",
-            "Request weight used in the current window, per host",
+            "Request weight used in the current window, per host and rate-limit bucket",
             m.rest_weight_used.clone(),
+        );
+        registry.register(
+            "rest_blocked_until_timestamp_seconds",
+            "When the venue's last 429/418 block of a host ends (Unix seconds; venue delays are capped at 1 h)",
+            m.rest_blocked_until.clone(),
         );
         registry.register(
             "budget_limit",

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use smol::Timer;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::config::Endpoint;
+use crate::metrics::{LimiterLabels, Metrics};
 use crate::net::http::{RestClient, RestError, RestResponse};
 
 /// A rate limit: `capacity` units of weight per `window`.
@@ -50,6 +53,11 @@ struct LimState {
 pub struct HostLimiter {
     spec: RateSpec,
     state: Mutex<LimState>,
+    /// `marketbox_rest_weight_used{host,bucket}`.
+    used_gauge: Gauge,
+    /// `marketbox_rest_blocked_until_timestamp_seconds{host,bucket}`: when a 429/418 block
+    /// ends (Unix seconds), 0 when none was ever set.
+    blocked_gauge: Gauge,
 }
 
 /// Default block after a 429 without `Retry-After`.
@@ -59,6 +67,10 @@ const DEFAULT_418_BLOCK: Duration = Duration::from_secs(120);
 
 impl HostLimiter {
     pub fn new(spec: RateSpec, now: Instant) -> Self {
+        HostLimiter::with_gauges(spec, now, Gauge::default(), Gauge::default())
+    }
+
+    fn with_gauges(spec: RateSpec, now: Instant, used_gauge: Gauge, blocked_gauge: Gauge) -> Self {
         HostLimiter {
             spec,
             state: Mutex::new(LimState {
@@ -66,6 +78,8 @@ impl HostLimiter {
                 used: 0,
                 blocked_until: None,
             }),
+            used_gauge,
+            blocked_gauge,
         }
     }
 
@@ -92,6 +106,7 @@ impl HostLimiter {
             return Err(end.saturating_duration_since(now));
         }
         s.used = s.used.saturating_add(weight);
+        self.used_gauge.set(i64::from(s.used));
         Ok(())
     }
 
@@ -106,6 +121,9 @@ impl HostLimiter {
         if let Some(d) = block {
             let d = crate::time::venue_delay(d);
             let until = crate::time::after(now, d);
+            let unix = crate::upstream::now_ns() / 1_000_000_000 + d.as_secs();
+            self.blocked_gauge
+                .set(i64::try_from(unix).unwrap_or(i64::MAX));
             s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
             tracing::warn!(status = resp.status, block = ?d, bucket = self.spec.bucket, "REST rate limit hit; host blocked");
         }
@@ -113,6 +131,7 @@ impl HostLimiter {
             // The venue's count is trusted only up to the window's capacity: a header of
             // 4294967295 means "spent", not a number to add to.
             s.used = s.used.max(w.min(self.spec.capacity));
+            self.used_gauge.set(i64::from(s.used));
         }
     }
 
@@ -134,14 +153,43 @@ type LimiterMap = HashMap<(String, &'static str), Arc<HostLimiter>>;
 #[derive(Clone, Default)]
 pub struct Limiters {
     map: Arc<Mutex<LimiterMap>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Limiters {
+    /// Limiters that show their state in `metrics`.
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        Limiters {
+            map: Arc::default(),
+            metrics,
+        }
+    }
+
     /// The limiter for a request's host and bucket.
     pub fn get(&self, base: &Endpoint, spec: RateSpec) -> Arc<HostLimiter> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((base.authority().to_owned(), spec.bucket))
-            .or_insert_with(|| Arc::new(HostLimiter::new(spec, Instant::now())))
+            .or_insert_with(|| {
+                let (used, blocked) = match &self.metrics {
+                    Some(m) => {
+                        let labels = LimiterLabels {
+                            host: base.authority().to_owned(),
+                            bucket: spec.bucket,
+                        };
+                        (
+                            m.rest_weight_used.get_or_create(&labels).clone(),
+                            m.rest_blocked_until.get_or_create(&labels).clone(),
+                        )
+                    }
+                    None => (Gauge::default(), Gauge::default()),
+                };
+                Arc::new(HostLimiter::with_gauges(
+                    spec,
+                    Instant::now(),
+                    used,
+                    blocked,
+                ))
+            })
             .clone()
     }
 }

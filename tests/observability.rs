@@ -89,6 +89,43 @@ fn start(perp: bool, extra: &str) -> (Harness, SocketAddr) {
     (h, addr)
 }
 
+/// The shipped Grafana dashboard's text.
+fn dashboard_text() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/marketbox.json"
+    ))
+    .expect("the dashboard")
+}
+
+/// One dashboard query, `$device` set to `device`.
+struct Query {
+    panel: String,
+    unit: serde_json::Value,
+    expr: String,
+    legend: serde_json::Value,
+}
+
+/// Every query of every panel, in order.
+fn dashboard_queries(device: &str) -> Vec<Query> {
+    let dash: serde_json::Value = serde_json::from_str(&dashboard_text()).expect("dashboard JSON");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            out.push(Query {
+                panel: panel["title"].as_str().expect("a title").to_owned(),
+                unit: panel["fieldConfig"]["defaults"]["unit"].clone(),
+                expr: t["expr"]
+                    .as_str()
+                    .expect("an expression")
+                    .replace("$device", device),
+                legend: t["legendFormat"].clone(),
+            });
+        }
+    }
+    out
+}
+
 fn scrape(addr: SocketAddr) -> String {
     let r = get(addr, "/metrics", &[]).expect("/metrics answers");
     assert_eq!(r.status, 200);
@@ -479,24 +516,10 @@ fn pushed_series_reach_a_real_prometheus_labelled_with_the_device() {
 
     // Every dashboard query is valid PromQL against this Prometheus, and the panels the
     // issue names have data for this device.
-    let dash: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/grafana/marketbox.json"
-        ))
-        .expect("the dashboard"),
-    )
-    .expect("dashboard JSON");
     let mut empty = Vec::new();
-    for panel in dash["panels"].as_array().expect("panels") {
-        for t in panel["targets"].as_array().expect("targets") {
-            let expr = t["expr"]
-                .as_str()
-                .expect("an expression")
-                .replace("$device", "obs-test");
-            if p.query(&expr).is_empty() {
-                empty.push(format!("{}: {expr}", panel["title"]));
-            }
+    for q in dashboard_queries("obs-test") {
+        if p.query(&q.expr).is_empty() {
+            empty.push(format!("{}: {}", q.panel, q.expr));
         }
     }
     eprintln!("dashboard queries without data in a 10 s run: {empty:?}");
@@ -566,11 +589,7 @@ fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_is_liv
         h.drain();
     }
     let live = prom::sample_names(&scrape(addr));
-    let dashboard = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/grafana/marketbox.json"
-    ))
-    .expect("the dashboard");
+    let dashboard = dashboard_text();
     let alerts = std::fs::read_to_string(&rules).expect("the rules");
     for (what, text) in [("alerts.yml", &alerts), ("marketbox.json", &dashboard)] {
         let named = metric_names_in(text);
@@ -844,40 +863,32 @@ fn dashboard_data() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_secs();
-    let dash: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/grafana/marketbox.json"
-        ))
-        .expect("the dashboard"),
-    )
-    .expect("dashboard JSON");
-    let mut panels = Vec::new();
-    for panel in dash["panels"].as_array().expect("panels") {
-        let mut targets = Vec::new();
-        for t in panel["targets"].as_array().expect("targets") {
-            let expr = t["expr"]
-                .as_str()
-                .expect("an expression")
-                .replace("$device", "obs-test");
-            let path = format!(
-                "/api/v1/query_range?query={}&start={}&end={end}&step=2",
-                prom::percent_encode(&expr),
-                end - 180
-            );
-            let r = get(p.addr(), &path, &[]).expect("range query");
-            assert_eq!(r.status, 200, "{expr}: {}", r.text());
-            targets.push(serde_json::json!({
-                "expr": expr,
-                "legend": t["legendFormat"],
-                "result": r.json()["data"]["result"],
-            }));
+    let mut panels: Vec<serde_json::Value> = Vec::new();
+    for q in dashboard_queries("obs-test") {
+        let path = format!(
+            "/api/v1/query_range?query={}&start={}&end={end}&step=2",
+            prom::percent_encode(&q.expr),
+            end - 180
+        );
+        let r = get(p.addr(), &path, &[]).expect("range query");
+        assert_eq!(r.status, 200, "{}: {}", q.expr, r.text());
+        let target = serde_json::json!({
+            "expr": q.expr,
+            "legend": q.legend,
+            "result": r.json()["data"]["result"],
+        });
+        match panels.last_mut() {
+            Some(last) if last["title"] == q.panel.as_str() => {
+                if let Some(t) = last["targets"].as_array_mut() {
+                    t.push(target);
+                }
+            }
+            _ => panels.push(serde_json::json!({
+                "title": q.panel,
+                "unit": q.unit,
+                "targets": [target],
+            })),
         }
-        panels.push(serde_json::json!({
-            "title": panel["title"],
-            "unit": panel["fieldConfig"]["defaults"]["unit"],
-            "targets": targets,
-        }));
     }
     drop(upstream);
     std::fs::write(&out, serde_json::to_vec(&panels).expect("JSON")).expect("write the data");

@@ -89,7 +89,9 @@ impl App {
             metrics.spool_dropped.clone(),
             metrics.spool_depth.clone(),
         );
+        let liveness = Liveness::new();
         let shared = Shared {
+            liveness: liveness.clone(),
             budget: budget.clone(),
             tls: tls_ws,
             rest: rest.clone(),
@@ -172,16 +174,20 @@ impl App {
                 "{} {} {} {}",
                 spec.exchange, spec.market, spec.symbol, spec.channel
             );
+            // It beats at least every 5 s while it waits, and around each request.
+            let limit = cfg.rest.request_timeout.0 + Duration::from_secs(15);
+            let live = liveness.clone();
+            let beat_name = format!("poller {name}");
             tasks.push(supervise(executor, &metrics, "poller", name, move || {
                 let (spec, client, limiters, m) =
                     (spec.clone(), client.clone(), limiters.clone(), m.clone());
                 let publisher = template.fork();
+                let beat = live.register(beat_name.clone(), limit);
                 async move {
-                    match session::poll::run(spec, client, limiters, publisher, m).await {}
+                    match session::poll::run(spec, client, limiters, publisher, m, beat).await {}
                 }
             }));
         }
-        let liveness = Liveness::new();
         let beat = liveness.register("executor", EXECUTOR_STUCK_AFTER);
         tasks.push(executor.spawn(async move {
             loop {

@@ -126,7 +126,7 @@ impl Socket {
         let plan = marketbox::venue::plan(&cfg).expect("plan");
         let socket = &plan.sockets[0];
         let keys = StreamKey::for_socket(socket);
-        let spool = Spool::new(64 << 20, Default::default(), Default::default());
+        let spool = Spool::new(64 << 20, Default::default());
         let mut s = Socket {
             proto: OkxProtocol::new(socket, &cfg, Arc::new(Metrics::new())),
             publisher: Publisher::new(spool.clone(), Format::Json, &keys, None),

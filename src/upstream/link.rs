@@ -116,7 +116,7 @@ impl SessionError {
 pub enum SessionEnd {
     /// The spool was closed and everything in it was acknowledged.
     Drained,
-    /// [`Stop::abort`] was called.
+    /// [`Control::abort`] was called.
     Aborted,
     /// The connection failed; the window is re-sent by the next session.
     Failed {
@@ -137,14 +137,28 @@ pub enum UpstreamError {
     Config(String),
 }
 
-/// Asks the upstream thread to end without draining (tests, shutdown with a dead broker).
+/// Shared between the upstream thread and its handle: the abort switch (end without
+/// draining: tests, shutdown with a dead broker) and the last failure, for status.
 #[derive(Default)]
-pub struct Stop {
+pub struct Control {
     flag: AtomicBool,
     event: Event,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
-impl Stop {
+impl Control {
+    /// The last failure's message (it names the config key to look at).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
     pub fn abort(&self) {
         self.flag.store(true, Ordering::Release);
         self.event.notify(usize::MAX);
@@ -364,7 +378,7 @@ pub struct Supervisor {
     pub spool: Spool,
     pub budget: Budget,
     pub handles: Handles,
-    pub stop: Arc<Stop>,
+    pub stop: Arc<Control>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub stable_after: Duration,
@@ -421,6 +435,7 @@ impl Supervisor {
                     self.handles.error(error.kind);
                     failures += 1;
                     let msg = error.to_string();
+                    self.stop.set_last_error(Some(msg.clone()));
                     if last_error.as_deref() != Some(&msg) {
                         tracing::error!(
                             upstream = self.name,

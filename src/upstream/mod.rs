@@ -36,7 +36,7 @@ use spool::{RecordHeader, Spool};
 /// A broker upstream running on its own thread.
 pub struct UpstreamHandle {
     thread: Option<std::thread::JoinHandle<Result<(), link::UpstreamError>>>,
-    stop: Arc<link::Stop>,
+    stop: Arc<link::Control>,
 }
 
 impl UpstreamHandle {
@@ -53,6 +53,11 @@ impl UpstreamHandle {
             Some(Err(_)) => Err(link::UpstreamError::Panicked),
             None => Ok(()),
         }
+    }
+
+    /// The last broker failure (its message names the config key to look at).
+    pub fn last_error(&self) -> Option<String> {
+        self.stop.last_error()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -106,7 +111,7 @@ pub fn start(
             "upstream nats",
         ),
     };
-    let stop = Arc::new(link::Stop::default());
+    let stop = Arc::new(link::Control::default());
     let handles = link::Handles::new(metrics);
     let sup = link::Supervisor {
         name,

@@ -209,6 +209,13 @@ impl Mosquitto {
         let conf = self.dir.path().join("mosquitto.conf");
         let data = self.dir.path().join("data");
         std::fs::create_dir_all(&data).expect("a data folder");
+        // Started as root, mosquitto drops to its own user: let that user write its
+        // persistence file (the folders are throwaway).
+        for d in [self.dir.path(), data.as_path()] {
+            let mode =
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777);
+            std::fs::set_permissions(d, mode).expect("chmod the broker's folders");
+        }
         let text = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
              persistence_location {data}/\nautosave_interval 1\nmax_queued_messages 0\n\

@@ -150,6 +150,7 @@ fn qos1_through_a_mosquitto_restart_loses_no_trade_and_duplicates_carry_their_id
         ),
         "no recovery after the restart"
     );
+    brokers::quiesce(&sim);
     mb.stop_and_drain(Duration::from_secs(20));
     let published = mb.metric("marketbox_messages_total", &[]);
     // The subscriber gets what is still queued for its session.

@@ -102,6 +102,7 @@ fn every_message_reaches_jetstream_once_in_order_through_a_30s_broker_outage() {
         ),
         "no recovery after the restart"
     );
+    brokers::quiesce(&sim);
     mb.stop_and_drain(Duration::from_secs(20));
     let published = mb.metric("marketbox_messages_total", &[]);
     let dropped = mb.metric("marketbox_spool_dropped_total", &[]);
@@ -157,6 +158,7 @@ fn with_a_tiny_spool_and_the_broker_down_the_gaps_equal_the_drops() {
         200,
         Duration::from_secs(20)
     ));
+    brokers::quiesce(&sim);
     mb.stop_and_drain(Duration::from_secs(20));
     let seen = seen(&nats);
     // Per channel: published - received = dropped, exactly.

@@ -230,6 +230,11 @@ pub async fn session(s: &Settings, spool: &Spool, window: &mut Window, h: &Handl
                     more = link::fill(spool, window, &mut scratch), if spool_open => {
                         spool_open = more;
                         issue(&client, s, window, &mut requested, h);
+                        if !spool_open && window.is_empty() {
+                            // Nothing left to wait for: ending here drops the poll, and the
+                            // event loop with it.
+                            return SessionEnd::Drained;
+                        }
                     }
                 }
             }

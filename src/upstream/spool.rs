@@ -180,7 +180,7 @@ impl Ring {
 pub struct Pushed {
     /// Older records dropped to make room.
     pub dropped: usize,
-    /// The record itself was refused (larger than the whole spool).
+    /// The record itself was refused (larger than the whole spool, or the spool is closed).
     pub refused: bool,
 }
 
@@ -382,7 +382,14 @@ impl Spool {
         let total = PREFIX + BODY_PREFIX + hlen + payload.len();
         {
             let mut ring = self.inner.ring();
-            if hlen == 0 || payload.is_empty() || total > ring.cap() || total >= WRAP as usize {
+            // After `close` the reader may already have ended: a late record would be stranded,
+            // so it is refused and counted like any other loss.
+            if hlen == 0
+                || payload.is_empty()
+                || total > ring.cap()
+                || total >= WRAP as usize
+                || ring.closed
+            {
                 out.refused = true;
                 self.inner.count_drop(ch);
             } else {
@@ -689,6 +696,18 @@ mod tests {
             t.join().expect("the thread finished without panicking"),
             (Some(7), None)
         );
+    }
+
+    #[test]
+    fn a_push_after_close_is_refused_and_counted() {
+        let s = spool(10 * rec());
+        s.push(&header(1), &[1; 10]);
+        s.close();
+        assert!(s.push(&header(2), &[1; 10]).refused);
+        assert_eq!(s.metrics().dropped_total(), 1);
+        let mut out = Vec::new();
+        assert_eq!(s.try_pop(&mut out).map(|h| h.seq), Some(1));
+        assert!(s.try_pop(&mut out).is_none());
     }
 
     #[test]

@@ -450,6 +450,13 @@ impl Drop for InProc {
     }
 }
 
+/// Stops the simulator's feed (sockets stay open, nothing more is sent) and waits for the
+/// last frames to be handled, so nothing is published while a test stops marketbox.
+pub fn quiesce(sim: &crate::sim::Sim) {
+    sim.disconnect_all(crate::sim::Disconnect::Silence);
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// What a consumer saw, checked stream by stream.
 #[derive(Debug, Default)]
 pub struct Seen {

@@ -144,6 +144,15 @@ fn with_a_tiny_spool_and_the_broker_down_the_gaps_equal_the_drops() {
         1,
         Duration::from_secs(10)
     ));
+    let msg = mb
+        .up
+        .as_ref()
+        .and_then(|u| u.last_error())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("[upstream] url") && msg.contains("cannot connect"),
+        "{msg}"
+    );
     assert!(mb.wait_metric(
         "marketbox_spool_dropped_total",
         &[],

@@ -189,7 +189,12 @@ pub struct Handles {
     pub duplicates: Counter,
     pub latency: Histogram,
     errors: Vec<(ErrorKind, Counter)>,
+    /// Also told every stamp-to-ack latency in ns (benchmarks want exact percentiles).
+    pub observer: Option<AckObserver>,
 }
+
+/// A callback given each acknowledged message's stamp-to-ack latency, in nanoseconds.
+pub type AckObserver = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Handles {
     pub fn new(m: &Metrics) -> Self {
@@ -210,6 +215,7 @@ impl Handles {
                     )
                 })
                 .collect(),
+            observer: None,
         }
     }
 
@@ -360,9 +366,11 @@ pub async fn fill(spool: &Spool, window: &mut Window, scratch: &mut VecDeque<Rec
 pub fn acked(h: &Handles, window: &mut Window, spool: &Spool, sseq: u64) {
     if let Some(stamp) = window.ack(sseq) {
         h.acked.inc();
-        let now = super::now_ns();
-        h.latency
-            .observe(now.saturating_sub(stamp) as f64 / 1_000_000_000.0);
+        let ns = super::now_ns().saturating_sub(stamp);
+        h.latency.observe(ns as f64 / 1_000_000_000.0);
+        if let Some(o) = &h.observer {
+            o(ns);
+        }
     }
     if let Some(through) = window.pop_acked() {
         spool.ack_through(through);

@@ -83,6 +83,17 @@ pub fn start(
     budget: Budget,
     metrics: &crate::metrics::Metrics,
 ) -> Result<UpstreamHandle, link::UpstreamError> {
+    start_observed(cfg, spool, budget, metrics, None)
+}
+
+/// [`start`], telling `observer` each message's stamp-to-ack latency (for benchmarks).
+pub fn start_observed(
+    cfg: &Config,
+    spool: Spool,
+    budget: Budget,
+    metrics: &crate::metrics::Metrics,
+    observer: Option<link::AckObserver>,
+) -> Result<UpstreamHandle, link::UpstreamError> {
     let kind = cfg.upstream.kind();
     let url = cfg.upstream.url.as_ref().map(|u| u.get_ref().clone());
     let Some(url) = url.filter(|_| kind != UpstreamKind::Stdout) else {
@@ -112,7 +123,8 @@ pub fn start(
         ),
     };
     let stop = Arc::new(link::Control::default());
-    let handles = link::Handles::new(metrics);
+    let mut handles = link::Handles::new(metrics);
+    handles.observer = observer;
     let sup = link::Supervisor {
         name,
         spool: spool.clone(),

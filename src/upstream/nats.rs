@@ -149,8 +149,7 @@ pub fn covers(stream: &str, filter: &str) -> bool {
         match (s.next(), f.next()) {
             (Some(">"), Some(_)) => return true,
             (Some("*"), Some(t)) if t != ">" => {}
-            (Some(a), Some(b)) if a == b && a != ">" && a != "*" => {}
-            (Some(a), Some(b)) if a == b => {}
+            (Some(a), Some(b)) if a == b && b != ">" => {}
             (None, None) => return true,
             _ => return false,
         }

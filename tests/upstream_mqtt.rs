@@ -85,7 +85,11 @@ impl Drop for Subscriber {
 }
 
 fn config(sim: &Sim, url: &str) -> Config {
-    let text = format!(
+    Config::parse(&config_text(sim, url), "mqtt.toml").expect("test config")
+}
+
+fn config_text(sim: &Sim, url: &str) -> String {
+    format!(
         r#"
 [device]
 id = "mqtt-box"
@@ -115,8 +119,7 @@ subject_prefix = "md"
         ca = sim.ca_pem_path().display(),
         ws = sim.spot_ws(),
         rest = sim.rest(),
-    );
-    Config::parse(&text, "mqtt.toml").expect("test config")
+    )
 }
 
 #[test]
@@ -188,4 +191,64 @@ fn qos1_through_a_mosquitto_restart_loses_no_trade_and_duplicates_carry_their_id
             "{k}: a trade is missing"
         );
     }
+}
+
+#[test]
+fn refused_credentials_are_named_counted_and_survived() {
+    let sim = Sim::start(SimOptions {
+        diff_interval: Duration::from_millis(10),
+        ..SimOptions::default()
+    });
+    let broker = Mosquitto::start_with(Some(("box", "right-password")));
+    let dir = brokers::TempDir::new("mqtt-auth");
+    let pass = dir.path().join("password");
+    std::fs::write(&pass, "wrong-password\n").expect("write the password");
+    let path = dir.path().join("mqtt.toml");
+    let text = |sim: &Sim| {
+        format!(
+            "{}[upstream.mqtt]\nusername = \"box\"\npassword_file = \"{}\"\n",
+            config_text(sim, &broker.url()),
+            pass.display()
+        )
+    };
+    std::fs::write(&path, text(&sim)).expect("write the config");
+    let cfg = Config::load(&path).expect("valid config");
+    let mb = InProc::start(&cfg);
+    assert!(mb.wait_metric(
+        "marketbox_upstream_errors_total",
+        &[("kind", "auth")],
+        1,
+        Duration::from_secs(10)
+    ));
+    let msg = mb
+        .up
+        .as_ref()
+        .and_then(|u| u.last_error())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("[upstream.mqtt] username and password_file"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("wrong-password"),
+        "a secret in the message: {msg}"
+    );
+    let before = mb.metric("marketbox_messages_total", &[]);
+    assert!(mb.wait_metric(
+        "marketbox_messages_total",
+        &[],
+        before + 50,
+        Duration::from_secs(10)
+    ));
+    assert_eq!(mb.metric("marketbox_upstream_up", &[]), 0);
+    drop(mb);
+    // The right password works.
+    std::fs::write(&pass, "right-password\n").expect("write the password");
+    let mb = InProc::start(&Config::load(&path).expect("valid config"));
+    assert!(mb.wait_metric(
+        "marketbox_upstream_acked_total",
+        &[],
+        10,
+        Duration::from_secs(10)
+    ));
 }

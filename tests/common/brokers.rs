@@ -195,11 +195,16 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_with(None)
+    }
+
+    /// A broker that only lets `user` in with `password` (no anonymous clients).
+    pub fn start_with(password: Option<(&str, &str)>) -> Mosquitto {
         let mut m = Mosquitto {
             port: free_port(),
             dir: TempDir::new("mosquitto"),
             child: None,
-            password: None,
+            password: password.map(|(u, p)| (u.to_owned(), p.to_owned())),
         };
         m.spawn();
         m
@@ -216,8 +221,25 @@ impl Mosquitto {
                 <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777);
             std::fs::set_permissions(d, mode).expect("chmod the broker's folders");
         }
+        let auth = match &self.password {
+            None => "allow_anonymous true\n".to_owned(),
+            Some((u, p)) => {
+                let file = self.dir.path().join("passwd");
+                let ok = Command::new("mosquitto_passwd")
+                    .args(["-c", "-b"])
+                    .arg(&file)
+                    .args([u, p])
+                    .status()
+                    .expect("mosquitto_passwd runs");
+                assert!(ok.success(), "mosquitto_passwd failed");
+                let mode =
+                    <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+                std::fs::set_permissions(&file, mode).expect("chmod the password file");
+                format!("allow_anonymous false\npassword_file {}\n", file.display())
+            }
+        };
         let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+            "listener {port} 127.0.0.1\n{auth}persistence true\n\
              persistence_location {data}/\nautosave_interval 1\nmax_queued_messages 0\n\
              max_inflight_messages 0\nlog_dest stderr\nlog_type error\n",
             port = self.port,

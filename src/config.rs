@@ -1178,13 +1178,10 @@ impl Config {
     /// Reads and validates a config file, and the files it names (bounded reads).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let bytes =
-            read_bounded(path, MAX_CONFIG_BYTES).map_err(|reason| ConfigError::Invalid {
-                path: origin.clone(),
-                line: 1,
-                column: 1,
-                reason,
-            })?;
+        let bytes = read_bounded(path, MAX_CONFIG_BYTES).map_err(|reason| ConfigError::Read {
+            path: origin.clone(),
+            source: std::io::Error::other(reason),
+        })?;
         let text = String::from_utf8(bytes).map_err(|e| ConfigError::Read {
             path: origin.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),

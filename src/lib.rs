@@ -8,11 +8,15 @@ pub mod app;
 pub mod book;
 pub mod budget;
 pub mod config;
+pub mod decimal;
 pub mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod plan;
 pub mod session;
+pub mod time;
 pub mod upstream;
 pub mod venue;

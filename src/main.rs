@@ -66,9 +66,16 @@ fn main() -> ExitCode {
             };
             match marketbox::app::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
+                // Refused to start: the config or plan is wrong; restarting will not help.
+                Err(marketbox::app::RunError::Start(err)) => {
                     eprintln!("error: {err}");
                     ExitCode::from(2)
+                }
+                // Failed while running: exit non-zero so the init system restarts us.
+                Err(err) => {
+                    tracing::error!(%err, "stopping");
+                    eprintln!("error: {err}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -10,7 +10,7 @@ use std::fmt;
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use serde::{Deserialize, Serialize};
 
-use crate::book::Decimal;
+use crate::decimal::Decimal;
 
 /// An exchange marketbox collects from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -22,12 +22,50 @@ pub struct StreamPlan {
     pub wire: String,
 }
 
+/// Which of a venue's endpoints a planned socket is: a fixed set, so the `socket` metric
+/// label cannot grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketName {
+    /// Binance spot, `/stream`.
+    Spot,
+    /// Binance USD-M `/public` (depth, trades).
+    PerpetualPublic,
+    /// Binance USD-M `/market` (mark price, liquidations).
+    PerpetualMarket,
+    /// OKX `/ws/v5/public` (spot and swaps).
+    Public,
+}
+
+impl SocketName {
+    /// The name in logs and the `socket` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketName::Spot => "spot",
+            SocketName::PerpetualPublic => "perpetual_public",
+            SocketName::PerpetualMarket => "perpetual_market",
+            SocketName::Public => "public",
+        }
+    }
+}
+
+impl fmt::Display for SocketName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for SocketName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One planned WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketPlan {
     pub exchange: Exchange,
-    /// Stable name, used in logs and as the `socket` metric label.
-    pub name: &'static str,
+    /// Which endpoint: logs and the `socket` metric label.
+    pub name: SocketName,
     /// The URL the session connects to.
     pub url: String,
     pub streams: Vec<StreamPlan>,
@@ -156,7 +194,7 @@ mod tests {
     fn plan(ws: usize, rest: usize) -> Plan {
         let sock = SocketPlan {
             exchange: Exchange::Binance,
-            name: "spot",
+            name: SocketName::Spot,
             url: "wss://x".into(),
             streams: vec![],
         };

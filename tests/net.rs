@@ -303,6 +303,64 @@ fn plain_ws_connects_and_a_graceful_close_returns_the_permit() {
 }
 
 #[test]
+fn a_peer_that_stops_reading_fails_the_send_after_the_send_timeout() {
+    run(|ex| {
+        smol::block_on(ex.run(async {
+            // A server that completes the upgrade and then never reads again.
+            let (l, port) = listener();
+            let (held_tx, held_rx) = smol::channel::unbounded();
+            ex.spawn(async move {
+                if let Ok((tcp, _)) = l.accept().await
+                    && let Ok(ws) = async_tungstenite::accept_async(tcp).await
+                {
+                    let _ = held_tx.send(ws).await;
+                }
+            })
+            .detach();
+            let budget = Budget::new(1, None);
+            let tls = tls::client_config(None, Alpn::None).expect("tls");
+            let permit = budget
+                .try_acquire(PermitKind::WebSocket, "t")
+                .expect("permit");
+            let opts = WsOptions {
+                send_timeout: Duration::from_millis(500),
+                ..ws_opts()
+            };
+            let mut conn = ws::connect(&format!("ws://127.0.0.1:{port}/"), &tls, permit, &opts)
+                .await
+                .expect("connect");
+            let _held = held_rx.recv().await.expect("the server holds the socket");
+            // 1 MiB frames until the peer's window, the kernel's buffers and the WebSocket
+            // layer's are full: a send must then fail within its timeout, not hang.
+            let chunk = "x".repeat(1 << 20);
+            let started = Instant::now();
+            let mut outcome = None;
+            for _ in 0..256 {
+                match within(Duration::from_secs(10), conn.send_text(&chunk)).await {
+                    Some(Ok(())) => continue,
+                    Some(Err(e)) => {
+                        outcome = Some(e);
+                        break;
+                    }
+                    None => panic!("a send hung for 10 s on a peer that stopped reading"),
+                }
+            }
+            let err = outcome.expect("256 MiB were accepted by a peer that reads nothing");
+            // Our deadline, or the kernel's TCP_USER_TIMEOUT (set to the same value), whichever
+            // notices first.
+            assert!(
+                matches!(&err, ws::WsError::Stalled { .. })
+                    || matches!(&err, ws::WsError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+                "{err}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(30));
+            drop(conn);
+            assert_eq!(budget.in_use(), 0, "the permit came back with the socket");
+        }))
+    });
+}
+
+#[test]
 fn wss_without_the_extra_ca_fails_with_a_tls_error_and_returns_the_permit() {
     run(|ex| {
         smol::block_on(ex.run(async {

@@ -31,7 +31,7 @@ fn run(frames: &[String]) -> (Vec<Message>, Vec<FrameKind>) {
         .collect();
     let socket = SocketPlan {
         exchange: Exchange::Binance,
-        name: "perpetual_market",
+        name: marketbox::plan::SocketName::PerpetualMarket,
         url: "wss://x/market/stream".into(),
         streams: streams.clone(),
     };

@@ -11,10 +11,10 @@ use marketbox::config::{Config, Format};
 use marketbox::metrics::Metrics;
 use marketbox::model::{Channel, Data, Market, Message, Side};
 use marketbox::net::http::RestResponse;
-use marketbox::session::{Control, FrameKind, Io, Protocol};
+use marketbox::session::{Connected, Control, FrameKind, Io, Probe, Protocol};
 use marketbox::upstream::spool::Spool;
 use marketbox::upstream::{Publisher, StreamKey};
-use marketbox::venue::okx::feed::{ACK_WAIT, OkxProtocol, PING_AFTER, PONG_WAIT};
+use marketbox::venue::okx::feed::{ACK_WAIT, MAX_SILENCE, OkxProtocol};
 
 const CONFIG: &str = r#"
 [book]
@@ -97,7 +97,7 @@ impl Rig {
             rest: &mut self.rest,
             publisher: &mut self.publisher,
         };
-        self.proto.on_connected(now, &mut io);
+        self.proto.on_connected(now, &mut io, Connected::Fresh);
     }
 
     fn tick(&mut self, now: Instant) -> Control {
@@ -273,15 +273,26 @@ fn the_2022_books_capture_publishes_verified_books_and_a_corruption_resyncs_only
 }
 
 #[test]
-fn keepalive_ping_and_restart_notice() {
+fn keepalive_is_the_text_ping_within_the_venues_silence_limit_and_notices_rotate() {
     let mut r = Rig::new();
     let t0 = Instant::now();
     r.connect(t0);
     r.send.clear();
-    assert_eq!(r.tick(t0 + Duration::from_secs(5)), Control::Continue);
-    assert!(r.send.is_empty());
-    r.tick(t0 + PING_AFTER);
-    assert_eq!(r.send, ["ping"]);
+    // The session probes silent sockets; the protocol names the probe and the venue's limit
+    // (it closes a socket that received nothing for 30 s).
+    assert_eq!(r.proto.probe(), Probe::Text("ping"));
+    assert!(
+        r.proto
+            .max_silence()
+            .is_some_and(|d| d < Duration::from_secs(30))
+    );
+    assert_eq!(MAX_SILENCE, Duration::from_secs(20));
+    assert_eq!(r.tick(t0 + Duration::from_secs(25)), Control::Continue);
+    assert!(
+        r.send.is_empty(),
+        "the protocol does not ping by itself: {:?}",
+        r.send
+    );
     assert_eq!(r.text("pong").0, FrameKind::Control);
     assert_eq!(
         r.text(r#"{"event":"notice","code":"64008","msg":"restart","connId":"a"}"#)
@@ -349,28 +360,6 @@ fn refused_and_unacknowledged_args_are_counted_by_code_once_each() {
     // A venue code that is not a code does not become a label value.
     r.text(r#"{"event":"error","code":"<script>","msg":"?"}"#);
     assert_eq!(errors(&r, "other"), 1);
-}
-
-#[test]
-fn an_unanswered_ping_replaces_the_socket_and_a_pong_keeps_it() {
-    let mut r = Rig::new();
-    let t0 = Instant::now();
-    r.connect(t0);
-    r.send.clear();
-    r.tick(t0 + PING_AFTER);
-    assert_eq!(r.send, ["ping"]);
-    r.text_at("pong", t0 + PING_AFTER + Duration::from_secs(1));
-    assert_eq!(r.tick(t0 + PING_AFTER + PONG_WAIT), Control::Continue);
-    // Silence again: a second ping, and this one is never answered.
-    let t1 = t0 + PING_AFTER + Duration::from_secs(1);
-    r.send.clear();
-    r.tick(t1 + PING_AFTER);
-    assert_eq!(r.send, ["ping"]);
-    assert_eq!(
-        r.tick(t1 + PING_AFTER + PONG_WAIT - Duration::from_secs(1)),
-        Control::Continue
-    );
-    assert_eq!(r.tick(t1 + PING_AFTER + PONG_WAIT), Control::Dead);
 }
 
 fn update(inst: &str, seq: i64, prev: i64, bid: &str) -> String {

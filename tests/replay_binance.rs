@@ -238,13 +238,13 @@ fn a_capture_with_a_diff_removed_resyncs_with_a_gap_exactly_there() {
         let want = match rule {
             // Spot: U must be the previous u + 1.
             Continuity::Spot => ResyncReason::Gap {
-                expected: before.last_id + 1,
-                got: after.first_id,
+                expected: i128::from(before.last_id) + 1,
+                got: i128::from(after.first_id),
             },
             // USD-M: pu must be the previous u.
             Continuity::UsdM => ResyncReason::Gap {
-                expected: before.last_id,
-                got: after.prev_last_id.unwrap(),
+                expected: i128::from(before.last_id),
+                got: i128::from(after.prev_last_id.unwrap()),
             },
         };
         let r = replay(&cap, rule, 1, Some(removed));

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use marketbox::book::BookSide;
-use marketbox::venue::okx::book::{OkxBook, OkxEvent, OkxResync};
+use marketbox::venue::okx::book::{OkxBook, OkxEvent, ResyncReason as OkxResync};
 use marketbox::venue::okx::feed::parse_books_push;
 
 /// (bids, asks) of (price, size) strings, best first.

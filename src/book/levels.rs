@@ -13,8 +13,7 @@
 //! with a bound and fewer than `depth` levels cannot fill a message: [`Book::fill`] says
 //! `Truncated` and the caller resyncs.
 
-use crate::book::Decimal;
-use crate::model::OrderbookData;
+use crate::decimal::Decimal;
 
 /// One price level, with the venue's digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,20 +222,33 @@ impl<const N: usize> Book<N> {
             .all(|s| s.known_through.is_none() || s.levels.len() >= depth)
     }
 
+    /// Whether the best bid is at or above the best ask: a book no venue can have.
+    pub fn is_crossed(&self) -> bool {
+        match (self.best(BookSide::Bid), self.best(BookSide::Ask)) {
+            (Some(b), Some(a)) => b.price >= a.price,
+            _ => false,
+        }
+    }
+
     /// Writes the top `depth` levels of each side, best first, without allocating.
-    pub fn fill(&self, depth: usize, out: &mut OrderbookData) -> Result<(), Truncated> {
+    pub fn fill<const D: usize>(
+        &self,
+        depth: usize,
+        bids: &mut heapless::Vec<(Decimal, Decimal), D>,
+        asks: &mut heapless::Vec<(Decimal, Decimal), D>,
+    ) -> Result<(), Truncated> {
         if !self.can_fill(depth) {
             return Err(Truncated);
         }
-        out.bids.clear();
-        out.asks.clear();
+        bids.clear();
+        asks.clear();
         for l in self.bids.levels.iter().take(depth) {
-            if out.bids.push((l.price, l.qty)).is_err() {
+            if bids.push((l.price, l.qty)).is_err() {
                 break;
             }
         }
         for l in self.asks.levels.iter().take(depth) {
-            if out.asks.push((l.price, l.qty)).is_err() {
+            if asks.push((l.price, l.qty)).is_err() {
                 break;
             }
         }
@@ -328,23 +340,23 @@ mod tests {
             b.apply(BookSide::Bid, d(p), d("1"));
         }
         b.apply(BookSide::Ask, d("11"), d("2"));
-        let mut out = OrderbookData {
-            bids: heapless::Vec::new(),
-            asks: heapless::Vec::new(),
-            update_id: 0,
-        };
+        let (mut bids, mut asks) = (
+            heapless::Vec::<(Decimal, Decimal), 8>::new(),
+            heapless::Vec::<(Decimal, Decimal), 8>::new(),
+        );
         // TC7: an unbounded book publishes what it has, best first.
-        b.fill(2, &mut out).expect("the book fills the depth");
+        b.fill(2, &mut bids, &mut asks)
+            .expect("the book fills the depth");
         assert_eq!(
-            out.bids.iter().map(|l| l.0.to_string()).collect::<Vec<_>>(),
+            bids.iter().map(|l| l.0.to_string()).collect::<Vec<_>>(),
             ["10", "9"]
         );
-        assert_eq!(out.asks.len(), 1);
+        assert_eq!(asks.len(), 1);
         // TC8: a bounded side with fewer than depth levels cannot vouch for the depth.
         b.bound_at_worst(BookSide::Bid);
-        assert!(b.fill(3, &mut out).is_ok());
+        assert!(b.fill(3, &mut bids, &mut asks).is_ok());
         b.apply(BookSide::Bid, d("10"), d("0"));
-        assert_eq!(b.fill(3, &mut out), Err(Truncated));
-        assert!(b.fill(2, &mut out).is_ok());
+        assert_eq!(b.fill(3, &mut bids, &mut asks), Err(Truncated));
+        assert!(b.fill(2, &mut bids, &mut asks).is_ok());
     }
 }

@@ -1,12 +1,14 @@
-//! Order books: exact decimals and fixed-capacity sides.
+//! Order books: fixed-capacity sides, and the venue-neutral part of keeping them verified.
 //!
-//! Owns: `Decimal` and the `Book` type. Must not touch: any venue's wire format or sync rule
-//! (those live in `venue/<name>/`), sockets, or publishing.
+//! Owns: the `Book` type (`levels`) and the book-sync toolkit every venue's machine uses
+//! (`sync`). Must not touch: any venue's wire format or continuity rule (those live in
+//! `venue/<name>/`), sockets, publishing or the message model (`Decimal` is a leaf module,
+//! re-exported here).
 
-mod decimal;
-
-pub use decimal::{DECIMAL_TEXT_MAX, Decimal, DecimalError, MAX_DIGITS};
+pub use crate::decimal::{DECIMAL_TEXT_MAX, Decimal, DecimalError, MAX_DIGITS};
 
 mod levels;
 
 pub use levels::{Applied, BOOK_CAPACITY, Book, BookSide, Level, Truncated};
+
+pub mod sync;

@@ -128,6 +128,13 @@ pub struct RestLabels {
     pub status: String,
 }
 
+/// Labels of a REST rate limit: the host and the venue's bucket (`weight`, `books`, `rubik`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabels {
+    pub host: String,
+    pub bucket: &'static str,
+}
+
 /// Labels naming a REST host.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostLabels {
@@ -148,16 +155,21 @@ pub struct Metrics {
     pub stale_streams: Family<SocketLabels, Counter>,
     pub rotations: Family<SocketLabels, Counter>,
     pub subscribe_tokens: Family<SocketLabels, Gauge>,
+    pub send_queue: Family<SocketLabels, Gauge>,
+    pub send_dropped: Family<SocketLabels, Counter>,
+    pub rotation_deferred: Family<SocketLabels, Counter>,
     pub subscribe_errors: Family<SubscribeErrorLabels, Counter>,
     pub frames: Family<FrameLabels, Counter>,
     pub resyncs: Family<ResyncLabels, Counter>,
     pub book_levels_dropped: Family<StreamLabels, Counter>,
     pub messages: Family<StreamLabels, Counter>,
+    pub duplicates: Family<StreamLabels, Counter>,
     pub rest_requests: Family<RestLabels, Counter>,
     pub poller_up: Family<StreamLabels, Gauge>,
     pub poller_failures: Family<StreamLabels, Counter>,
     pub rest_connections: Family<HostLabels, Gauge>,
-    pub rest_weight_used: Family<HostLabels, Gauge>,
+    pub rest_weight_used: Family<LimiterLabels, Gauge>,
+    pub rest_blocked_until: Family<LimiterLabels, Gauge>,
     pub budget_limit: Gauge,
     pub budget_in_use: Gauge,
     pub budget_refused: Counter,
@@ -186,16 +198,21 @@ impl Metrics {
             stale_streams: Family::default(),
             rotations: Family::default(),
             subscribe_tokens: Family::default(),
+            send_queue: Family::default(),
+            send_dropped: Family::default(),
+            rotation_deferred: Family::default(),
             subscribe_errors: Family::default(),
             frames: Family::default(),
             resyncs: Family::default(),
             book_levels_dropped: Family::default(),
             messages: Family::default(),
+            duplicates: Family::default(),
             rest_requests: Family::default(),
             poller_up: Family::default(),
             poller_failures: Family::default(),
             rest_connections: Family::default(),
             rest_weight_used: Family::default(),
+            rest_blocked_until: Family::default(),
             budget_limit: Gauge::default(),
             budget_in_use: Gauge::default(),
             budget_refused: Counter::default(),
@@ -245,6 +262,21 @@ impl Metrics {
             m.subscribe_tokens.clone(),
         );
         registry.register(
+            "ws_send_queue",
+            "Frames queued to send on a socket, waiting for the venue's message rate",
+            m.send_queue.clone(),
+        );
+        registry.register(
+            "ws_send_dropped",
+            "Frames never sent because a socket's send queue was full",
+            m.send_dropped.clone(),
+        );
+        registry.register(
+            "ws_rotation_deferred",
+            "Venue requests to reconnect (serverShutdown, notice 64008) postponed because the connection was younger than [session] stable_after",
+            m.rotation_deferred.clone(),
+        );
+        registry.register(
             "ws_subscribe_errors",
             "Subscription requests the venue refused (error events, by code) or left unacknowledged (code no_ack)",
             m.subscribe_errors.clone(),
@@ -270,6 +302,11 @@ impl Metrics {
             m.messages.clone(),
         );
         registry.register(
+            "messages_duplicate",
+            "Messages not published because the same id was just published on the stream (socket overlap during a rotation, venue re-sends)",
+            m.duplicates.clone(),
+        );
+        registry.register(
             "rest_requests",
             "REST requests by host and HTTP status",
             m.rest_requests.clone(),
@@ -291,8 +328,13 @@ impl Metrics {
         );
         registry.register(
             "rest_weight_used",
-            "Request weight used in the current window, per host",
+            "Request weight used in the current window, per host and rate-limit bucket",
             m.rest_weight_used.clone(),
+        );
+        registry.register(
+            "rest_blocked_until_timestamp_seconds",
+            "When the venue's last 429/418 block of a host ends (Unix seconds; venue delays are capped at 1 h)",
+            m.rest_blocked_until.clone(),
         );
         registry.register(
             "budget_limit",

@@ -55,9 +55,10 @@ pub const USER_AGENT: &str = concat!("marketbox/", env!("CARGO_PKG_VERSION"));
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestResponse {
     pub status: u16,
-    /// `Retry-After` in its delay-seconds form (the HTTP-date form is ignored).
+    /// `Retry-After`, as delay-seconds or an HTTP-date, capped at
+    /// [`crate::time::MAX_VENUE_DELAY`]; `None` when absent or unreadable.
     pub retry_after: Option<Duration>,
-    /// Binance's `x-mbx-used-weight-1m`, when present.
+    /// Binance's `x-mbx-used-weight-1m`, when present and a number (clamped to `u32`).
     pub used_weight: Option<u32>,
     pub body: Vec<u8>,
 }
@@ -88,6 +89,10 @@ pub enum RestError {
         #[from]
         source: hyper::Error,
     },
+    /// The task making the request panicked (a bug); the caller sees a failed request and
+    /// retries as for any other failure, instead of waiting for an answer for ever.
+    #[error("the request task failed unexpectedly (a bug: please report it with this log)")]
+    Panicked,
     #[error("{path:?} is not a valid request path: {source}")]
     InvalidPath {
         path: String,
@@ -256,7 +261,7 @@ impl RestClient {
         path_and_query: &str,
     ) -> Result<RestResponse, RestError> {
         let slot = self.slot(base);
-        let deadline = Instant::now() + self.inner.timeout;
+        let deadline = crate::time::after(Instant::now(), self.inner.timeout);
         let result = self
             .locked_request(&slot, base, path_and_query, deadline)
             .await;
@@ -373,13 +378,10 @@ impl RestClient {
         c.last_used = Instant::now();
         let resp = c.sender.send_request(req).await?;
         let status = resp.status().as_u16();
-        let header_num = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let retry_after = header_num("retry-after").map(Duration::from_secs);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let header_num = |name: &str| header(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = header("retry-after")
+            .and_then(|v| crate::time::parse_retry_after(v, std::time::SystemTime::now()));
         let used_weight =
             header_num("x-mbx-used-weight-1m").map(|w| u32::try_from(w).unwrap_or(u32::MAX));
         let declared = header_num("content-length");
@@ -405,7 +407,14 @@ impl RestClient {
             })?;
         let permit = self.inner.budget.try_acquire(PermitKind::Rest, host)?;
         // On any failure below, the transport is dropped (closed) before the permit.
-        let transport = tls::connect_transport(host, target, &self.inner.tls, &permit).await?;
+        let transport = tls::connect_transport(
+            host,
+            target,
+            &self.inner.tls,
+            &permit,
+            Some(self.inner.timeout),
+        )
+        .await?;
         let (sender, conn) = http1::handshake(FuturesIo::new(transport)).await?;
         let driver = Driver {
             conn,
@@ -431,7 +440,7 @@ impl RestClient {
     /// connection.
     fn spawn_reaper(&self, slot: Weak<Slot>, id: u64) {
         let idle = self.inner.idle;
-        let mut due = Instant::now() + idle;
+        let mut due = crate::time::after(Instant::now(), idle);
         self.inner
             .executor
             .spawn(async move {
@@ -442,7 +451,7 @@ impl RestClient {
                     let Some(c) = guard.as_ref().filter(|c| c.id == id) else {
                         return;
                     };
-                    let idle_until = c.last_used + idle;
+                    let idle_until = crate::time::after(c.last_used, idle);
                     if c.busy || c.sender.is_closed() || Instant::now() >= idle_until {
                         if let Some(c) = guard.take() {
                             drop(guard);

@@ -342,6 +342,7 @@ pub(super) async fn connect_transport(
     target: Target<'_>,
     tls: &Arc<ClientConfig>,
     _permit: &Permit,
+    user_timeout: Option<Duration>,
 ) -> Result<Transport, ConnectError> {
     let addrs = smol::net::resolve((target.host, target.port))
         .await
@@ -378,6 +379,14 @@ pub(super) async fn connect_transport(
     // worth failing the connection for.
     if let Err(err) = tcp.get_ref().set_nodelay(true) {
         tracing::debug!(%err, url, "TCP_NODELAY not set");
+    }
+    // Unacknowledged data older than this ends the connection in the kernel too (a peer gone
+    // without a FIN or RST). Best effort, like TCP_NODELAY.
+    if let Some(t) = user_timeout {
+        let ms = u32::try_from(t.as_millis()).unwrap_or(u32::MAX);
+        if let Err(err) = rustix::net::sockopt::set_tcp_user_timeout(tcp.get_ref(), ms) {
+            tracing::debug!(%err, url, "TCP_USER_TIMEOUT not set");
+        }
     }
     if !target.tls {
         return Ok(Transport::Plain(tcp));

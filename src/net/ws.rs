@@ -22,7 +22,9 @@
 //! with `or` and dropping it loses nothing. The sends (`send_*`, `flush`) are not: a send
 //! cancelled half way may leave its frame queued and partly written, and the next send or
 //! flush completes it. Callers should not race sends; if they do, they must treat the
-//! connection as unusable afterwards. [`WsConn::close`] is bounded by its own timeout.
+//! connection as unusable afterwards. Each send races [`WsOptions::send_timeout`] itself and
+//! fails with [`WsError::Stalled`] when the peer stops reading; the connection is then
+//! finished. [`WsConn::close`] is bounded by its own timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,6 +57,10 @@ pub struct WsOptions {
     pub max_message: usize,
     /// How long [`WsConn::close`] waits for the close handshake before dropping the socket.
     pub close_timeout: Duration,
+    /// Longest a send (or flush) may take: a peer that stopped reading fills its window and
+    /// ours, and a send waits forever unless something stops it. Also set as the socket's
+    /// `TCP_USER_TIMEOUT`, so the kernel gives up on unacknowledged data as well.
+    pub send_timeout: Duration,
 }
 
 impl Default for WsOptions {
@@ -66,6 +72,7 @@ impl Default for WsOptions {
             max_frame: 1 << 20,
             max_message: 1 << 20,
             close_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -86,6 +93,13 @@ pub enum WsError {
     Io(#[source] io::Error),
     #[error("WebSocket protocol error: {0}")]
     Protocol(#[source] tungstenite::Error),
+    /// A send did not complete in time: the peer stopped reading (or the path is dead). The
+    /// frame may be half written, so the connection must be dropped.
+    #[error(
+        "a send did not complete within {after:?}: the peer is not reading (the connection \
+         must be replaced)"
+    )]
+    Stalled { after: Duration },
 }
 
 impl From<tungstenite::Error> for WsError {
@@ -126,6 +140,7 @@ pub struct WsConn {
     /// A pong (or close reply) tungstenite queued is not flushed yet.
     reply_pending: bool,
     close_timeout: Duration,
+    send_timeout: Duration,
     _permit: Permit,
 }
 
@@ -156,7 +171,8 @@ pub async fn connect(
                 url: url.to_owned(),
             })?;
         let tls = tls::with_alpn(tls, Alpn::None);
-        let transport = tls::connect_transport(url, target, &tls, &permit).await?;
+        let transport =
+            tls::connect_transport(url, target, &tls, &permit, Some(opts.send_timeout)).await?;
         let config = WebSocketConfig::default()
             .max_message_size(Some(opts.max_message))
             .max_frame_size(Some(opts.max_frame));
@@ -185,6 +201,7 @@ pub async fn connect(
         stream,
         reply_pending: false,
         close_timeout: opts.close_timeout,
+        send_timeout: opts.send_timeout,
         _permit: permit,
     })
 }
@@ -241,16 +258,29 @@ impl WsConn {
         self.send(Message::Pong(payload.into())).await
     }
 
-    /// Sends and flushes one message; the flush also writes out a queued pong.
+    /// Sends and flushes one message within the send timeout; the flush also writes out a
+    /// queued pong.
     async fn send(&mut self, msg: Message) -> Result<(), WsError> {
-        self.stream.send(msg).await?;
+        let after = self.send_timeout;
+        async { self.stream.send(msg).await.map_err(WsError::from) }
+            .or(async {
+                Timer::after(after).await;
+                Err(WsError::Stalled { after })
+            })
+            .await?;
         self.reply_pending = false;
         Ok(())
     }
 
-    /// Writes out everything queued, including an automatic pong.
+    /// Writes out everything queued, including an automatic pong, within the send timeout.
     pub async fn flush(&mut self) -> Result<(), WsError> {
-        self.stream.flush().await?;
+        let after = self.send_timeout;
+        async { self.stream.flush().await.map_err(WsError::from) }
+            .or(async {
+                Timer::after(after).await;
+                Err(WsError::Stalled { after })
+            })
+            .await?;
         self.reply_pending = false;
         Ok(())
     }

@@ -15,8 +15,14 @@
 //!  │ lifetime reached / server shutdown notice
 //!  ▼
 //! Rotating ──replacement up──▶ Up        (make-before-break: a spare permit existed)
-//!          ──no spare permit──▶ Idle     (plain reconnect: the old socket is closed first)
+//!          ──replacement failed──▶ Up    (the old socket stays; retried later)
+//! Up ──no spare permit──▶ Idle           (plain reconnect: the old socket is closed first)
 //! ```
+//!
+//! A rotation the venue asks for (`serverShutdown`, OKX 64008) is obeyed only once the socket
+//! has been up for `stable_after` (the runner postpones it), and every replacement is a
+//! connection attempt under the venue's connect limit: a venue that asks on every connect
+//! gets one reconnect per `stable_after`, never a storm.
 
 use std::time::{Duration, Instant};
 
@@ -40,8 +46,8 @@ pub enum Link {
     Connecting { attempt: u32 },
     /// Connected since `since`.
     Up { since: Instant, attempt: u32 },
-    /// Planned replacement under way while the old socket still serves.
-    Rotating { since: Instant },
+    /// Planned replacement under way while the old socket (up since `up_since`) still serves.
+    Rotating { since: Instant, up_since: Instant },
     /// Waiting until `until` before the next attempt.
     Backoff { until: Instant, attempt: u32 },
 }
@@ -75,7 +81,7 @@ impl Link {
     fn backoff(attempt: u32, now: Instant, t: &LinkTimings, unit: f64) -> Link {
         let d = backoff::jitter(backoff::delay(attempt, t.backoff_min, t.backoff_max), unit);
         Link::Backoff {
-            until: now + d,
+            until: crate::time::after(now, d),
             attempt: attempt.saturating_add(1),
         }
     }
@@ -129,7 +135,21 @@ impl Link {
     /// Start a planned replacement (lifetime or server notice).
     pub fn rotate(self, now: Instant) -> Link {
         match self {
-            Link::Up { .. } => Link::Rotating { since: now },
+            Link::Up { since, .. } => Link::Rotating {
+                since: now,
+                up_since: since,
+            },
+            other => other,
+        }
+    }
+
+    /// The replacement could not connect: the old socket keeps serving.
+    pub fn rotation_failed(self) -> Link {
+        match self {
+            Link::Rotating { up_since, .. } => Link::Up {
+                since: up_since,
+                attempt: 0,
+            },
             other => other,
         }
     }
@@ -265,12 +285,27 @@ mod tests {
     fn tc7_rotation_make_before_break_and_fallback() {
         let now = Instant::now();
         let up = Link::new().permit_granted().connected(now);
-        let rot = up.rotate(now);
-        assert_eq!(rot, Link::Rotating { since: now });
+        let later = now + Duration::from_secs(5);
+        let rot = up.rotate(later);
         assert_eq!(
-            rot.rotated(now),
+            rot,
+            Link::Rotating {
+                since: later,
+                up_since: now
+            }
+        );
+        // TC: a failed replacement leaves the old socket up, with its age.
+        assert_eq!(
+            rot.rotation_failed(),
             Link::Up {
                 since: now,
+                attempt: 0
+            }
+        );
+        assert_eq!(
+            rot.rotated(later),
+            Link::Up {
+                since: later,
                 attempt: 0
             }
         );

@@ -1,7 +1,12 @@
-//! A token bucket for what we send to a venue (Binance counts pings, pongs and control frames
+//! Rate limits of what we send to a venue.
+//!
+//! A token bucket for messages on a socket (Binance counts pings, pongs and control frames
 //! against 5 or 10 incoming messages per second per connection; OKX allows 480 subscribe
-//! requests per hour per connection). Time is passed in, so it is testable without sleeping.
+//! requests per hour per connection), and a sliding window for connection attempts (Binance:
+//! 300 per 5 minutes per IP; OKX: 3 per second), which never allows more than `max` in any
+//! window, bursts included. Time is passed in, so both are testable without sleeping.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// `capacity` tokens, refilled continuously at `capacity / per`.
@@ -56,9 +61,70 @@ impl TokenBucket {
     }
 }
 
+/// At most `max` events in any `window`: a log of the last `max` event times.
+#[derive(Debug, Clone)]
+pub struct SlidingWindow {
+    max: usize,
+    window: Duration,
+    times: VecDeque<Instant>,
+}
+
+impl SlidingWindow {
+    /// `max` is at least 1.
+    pub fn new(max: u32, window: Duration) -> Self {
+        let max = (max as usize).max(1);
+        SlidingWindow {
+            max,
+            window,
+            times: VecDeque::with_capacity(max),
+        }
+    }
+
+    /// Records an event now, or says how long until one is allowed.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        while let Some(t) = self.times.front() {
+            if now.saturating_duration_since(*t) >= self.window {
+                self.times.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.times.len() < self.max {
+            self.times.push_back(now);
+            return Ok(());
+        }
+        let oldest = self.times.front().copied().unwrap_or(now);
+        Err(crate::time::after(oldest, self.window).saturating_duration_since(now))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sliding_window_never_allows_more_than_max_in_any_window() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let mut s = SlidingWindow::new(3, w);
+        // TC0: a burst of max passes, the next waits for the oldest to leave the window.
+        for _ in 0..3 {
+            assert!(s.try_take(t0).is_ok());
+        }
+        assert_eq!(
+            s.try_take(t0 + Duration::from_secs(4)),
+            Err(Duration::from_secs(6))
+        );
+        // TC1: exactly one window later one more is allowed, not more.
+        assert!(s.try_take(t0 + w).is_ok());
+        assert!(s.try_take(t0 + w).is_ok());
+        assert!(s.try_take(t0 + w).is_ok());
+        assert!(s.try_take(t0 + w).is_err());
+        // TC2: max 0 behaves as 1 (never a dead lock, never unlimited).
+        let mut z = SlidingWindow::new(0, w);
+        assert!(z.try_take(t0).is_ok());
+        assert!(z.try_take(t0).is_err());
+    }
 
     #[test]
     fn a_burst_is_capped_then_refills_at_the_rate() {

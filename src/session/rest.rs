@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use smol::Timer;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::config::Endpoint;
+use crate::metrics::{LimiterLabels, Metrics};
 use crate::net::http::{RestClient, RestError, RestResponse};
 
 /// A rate limit: `capacity` units of weight per `window`.
@@ -50,6 +53,11 @@ struct LimState {
 pub struct HostLimiter {
     spec: RateSpec,
     state: Mutex<LimState>,
+    /// `marketbox_rest_weight_used{host,bucket}`.
+    used_gauge: Gauge,
+    /// `marketbox_rest_blocked_until_timestamp_seconds{host,bucket}`: when a 429/418 block
+    /// ends (Unix seconds), 0 when none was ever set.
+    blocked_gauge: Gauge,
 }
 
 /// Default block after a 429 without `Retry-After`.
@@ -59,6 +67,10 @@ const DEFAULT_418_BLOCK: Duration = Duration::from_secs(120);
 
 impl HostLimiter {
     pub fn new(spec: RateSpec, now: Instant) -> Self {
+        HostLimiter::with_gauges(spec, now, Gauge::default(), Gauge::default())
+    }
+
+    fn with_gauges(spec: RateSpec, now: Instant, used_gauge: Gauge, blocked_gauge: Gauge) -> Self {
         HostLimiter {
             spec,
             state: Mutex::new(LimState {
@@ -66,6 +78,8 @@ impl HostLimiter {
                 used: 0,
                 blocked_until: None,
             }),
+            used_gauge,
+            blocked_gauge,
         }
     }
 
@@ -78,7 +92,7 @@ impl HostLimiter {
         let mut s = self.lock();
         if let Some(until) = s.blocked_until {
             if now < until {
-                return Err(until - now);
+                return Err(until.saturating_duration_since(now));
             }
             s.blocked_until = None;
         }
@@ -87,10 +101,12 @@ impl HostLimiter {
             s.used = 0;
         }
         let weight = weight.min(self.spec.capacity);
-        if s.used + weight > self.spec.capacity {
-            return Err((s.window_start + self.spec.window).saturating_duration_since(now));
+        if s.used.saturating_add(weight) > self.spec.capacity {
+            let end = crate::time::after(s.window_start, self.spec.window);
+            return Err(end.saturating_duration_since(now));
         }
-        s.used += weight;
+        s.used = s.used.saturating_add(weight);
+        self.used_gauge.set(i64::from(s.used));
         Ok(())
     }
 
@@ -103,12 +119,19 @@ impl HostLimiter {
             _ => None,
         };
         if let Some(d) = block {
-            let until = now + d;
+            let d = crate::time::venue_delay(d);
+            let until = crate::time::after(now, d);
+            let unix = crate::upstream::now_ns() / 1_000_000_000 + d.as_secs();
+            self.blocked_gauge
+                .set(i64::try_from(unix).unwrap_or(i64::MAX));
             s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
             tracing::warn!(status = resp.status, block = ?d, bucket = self.spec.bucket, "REST rate limit hit; host blocked");
         }
         if let Some(w) = resp.used_weight {
-            s.used = s.used.max(w);
+            // The venue's count is trusted only up to the window's capacity: a header of
+            // 4294967295 means "spent", not a number to add to.
+            s.used = s.used.max(w.min(self.spec.capacity));
+            self.used_gauge.set(i64::from(s.used));
         }
     }
 
@@ -130,14 +153,43 @@ type LimiterMap = HashMap<(String, &'static str), Arc<HostLimiter>>;
 #[derive(Clone, Default)]
 pub struct Limiters {
     map: Arc<Mutex<LimiterMap>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Limiters {
+    /// Limiters that show their state in `metrics`.
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        Limiters {
+            map: Arc::default(),
+            metrics,
+        }
+    }
+
     /// The limiter for a request's host and bucket.
     pub fn get(&self, base: &Endpoint, spec: RateSpec) -> Arc<HostLimiter> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((base.authority().to_owned(), spec.bucket))
-            .or_insert_with(|| Arc::new(HostLimiter::new(spec, Instant::now())))
+            .or_insert_with(|| {
+                let (used, blocked) = match &self.metrics {
+                    Some(m) => {
+                        let labels = LimiterLabels {
+                            host: base.authority().to_owned(),
+                            bucket: spec.bucket,
+                        };
+                        (
+                            m.rest_weight_used.get_or_create(&labels).clone(),
+                            m.rest_blocked_until.get_or_create(&labels).clone(),
+                        )
+                    }
+                    None => (Gauge::default(), Gauge::default()),
+                };
+                Arc::new(HostLimiter::with_gauges(
+                    spec,
+                    Instant::now(),
+                    used,
+                    blocked,
+                ))
+            })
             .clone()
     }
 }
@@ -210,6 +262,22 @@ mod tests {
         let l = HostLimiter::new(SPEC, t0);
         l.observe(&resp(418, None, None), t0);
         assert_eq!(l.try_reserve(1, t0), Err(DEFAULT_418_BLOCK));
+    }
+
+    #[test]
+    fn hostile_weight_and_retry_after_values_neither_wrap_nor_panic() {
+        let t0 = Instant::now();
+        let l = HostLimiter::new(SPEC, t0);
+        // TC0: used weight at u32::MAX: the window is spent, nothing wraps.
+        l.observe(&resp(200, None, Some(u32::MAX)), t0);
+        assert_eq!(l.used(), SPEC.capacity);
+        assert_eq!(l.try_reserve(u32::MAX, t0), Err(SPEC.window));
+        assert!(l.try_reserve(1, t0 + SPEC.window).is_ok());
+        // TC1: a Retry-After of u64::MAX seconds blocks for the cap, and the block ends.
+        let l = HostLimiter::new(SPEC, t0);
+        l.observe(&resp(429, Some(u64::MAX), None), t0);
+        assert_eq!(l.try_reserve(1, t0), Err(crate::time::MAX_VENUE_DELAY));
+        assert!(l.try_reserve(1, t0 + crate::time::MAX_VENUE_DELAY).is_ok());
     }
 
     #[test]

@@ -17,11 +17,11 @@ pub mod nats;
 pub mod spool;
 pub mod stdout;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
-
-use std::sync::Arc;
 
 use crate::budget::Budget;
 use crate::config::{Config, Format, UpstreamKind};
@@ -183,8 +183,37 @@ impl StreamKey {
 
 struct StreamState {
     key: StreamKey,
-    seq: u64,
+    /// Shared with every fork of the publisher, so a restarted session continues the numbers.
+    seq: Arc<AtomicU64>,
     published: Counter,
+    duplicates: Counter,
+    /// The venue ids published last on this stream (a ring), to drop a message whose id was
+    /// just published: the overlap of two sockets during a rotation, a venue's re-send.
+    recent: Box<[u64]>,
+    recent_next: usize,
+    recent_len: usize,
+}
+
+impl StreamState {
+    /// Whether `id` was published recently; records it when not.
+    fn seen(&mut self, id: u64) -> bool {
+        if self.recent[..self.recent_len].contains(&id) {
+            return true;
+        }
+        self.recent[self.recent_next] = id;
+        self.recent_next = (self.recent_next + 1) % self.recent.len();
+        self.recent_len = (self.recent_len + 1).min(self.recent.len());
+        false
+    }
+}
+
+/// How many recent ids a stream remembers: trades and liquidations arrive in bursts (a
+/// rotation's overlap can repeat a few hundred), the other channels one at a time.
+fn recent_ids(channel: Channel) -> usize {
+    match channel {
+        Channel::Trade | Channel::Liquidation => 512,
+        _ => 8,
+    }
 }
 
 /// Numbers, encodes and spools the messages of one session. Steady state allocates nothing.
@@ -213,19 +242,26 @@ impl Publisher {
     ) -> Self {
         let streams = streams
             .iter()
-            .map(|key| StreamState {
-                key: *key,
-                seq: 0,
-                published: metrics.map_or_else(Counter::default, |m| {
-                    m.messages
-                        .get_or_create(&StreamLabels {
-                            exchange: key.exchange,
-                            market: key.market,
-                            symbol: key.symbol.to_string(),
-                            channel: key.channel,
-                        })
-                        .clone()
-                }),
+            .map(|key| {
+                let labels = StreamLabels {
+                    exchange: key.exchange,
+                    market: key.market,
+                    symbol: key.symbol.to_string(),
+                    channel: key.channel,
+                };
+                StreamState {
+                    key: *key,
+                    seq: Arc::new(AtomicU64::new(0)),
+                    published: metrics.map_or_else(Counter::default, |m| {
+                        m.messages.get_or_create(&labels).clone()
+                    }),
+                    duplicates: metrics.map_or_else(Counter::default, |m| {
+                        m.duplicates.get_or_create(&labels).clone()
+                    }),
+                    recent: vec![0; recent_ids(key.channel)].into_boxed_slice(),
+                    recent_next: 0,
+                    recent_len: 0,
+                }
             })
             .collect();
         let placeholder = Symbol::parse("X-Y").unwrap_or_else(|_| unreachable!("valid literal"));
@@ -260,6 +296,31 @@ impl Publisher {
         }
     }
 
+    /// A publisher for the same streams that continues their sequence numbers (for a session
+    /// restarted after a failure). Its recent-id memory starts empty.
+    pub fn fork(&self) -> Publisher {
+        let streams = self
+            .streams
+            .iter()
+            .map(|s| StreamState {
+                key: s.key,
+                seq: s.seq.clone(),
+                published: s.published.clone(),
+                duplicates: s.duplicates.clone(),
+                recent: vec![0; s.recent.len()].into_boxed_slice(),
+                recent_next: 0,
+                recent_len: 0,
+            })
+            .collect();
+        Publisher {
+            spool: self.spool.clone(),
+            encoder: Encoder::new(self.encoder.format()),
+            streams,
+            scratch: self.scratch.clone(),
+            header: self.header.clone(),
+        }
+    }
+
     /// The stream index of a key, if this publisher carries it.
     pub fn index_of(&self, key: &StreamKey) -> Option<usize> {
         self.streams.iter().position(|s| s.key == *key)
@@ -290,7 +351,9 @@ impl Publisher {
         self.publish_scratch(stream, ts_exchange_ms, venue_id);
     }
 
-    /// Publishes whatever the scratch payload holds on `stream`.
+    /// Publishes whatever the scratch payload holds on `stream`. A message whose id was
+    /// published just before on the stream is the same data again: it is dropped and counted
+    /// (`marketbox_messages_duplicate_total`), so `seq` stays gapless for what is new.
     pub fn publish_scratch(&mut self, stream: usize, ts_exchange_ms: u64, venue_id: u64) {
         let Some(st) = self.streams.get_mut(stream) else {
             tracing::error!(
@@ -299,7 +362,11 @@ impl Publisher {
             );
             return;
         };
-        st.seq += 1;
+        if st.seen(venue_id) {
+            st.duplicates.inc();
+            return;
+        }
+        let seq = st.seq.fetch_add(1, Ordering::Relaxed) + 1;
         st.published.inc();
         let key = st.key;
         let m = &mut self.scratch;
@@ -307,7 +374,7 @@ impl Publisher {
         m.market = key.market;
         m.symbol = key.symbol;
         m.channel = key.channel;
-        m.seq = st.seq;
+        m.seq = seq;
         m.ts_exchange_ms = ts_exchange_ms;
         m.ts_local_ns = now_ns();
         m.id = message_id(key.exchange, key.market, key.symbol, key.channel, venue_id);

@@ -365,6 +365,10 @@ pub(crate) async fn serve_ws(
 ) {
     let _ = tcp.get_ref().set_nodelay(true);
     let fd = raw_fd(&tcp);
+    let delay = sh.accept_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        Timer::after(Duration::from_millis(delay)).await;
+    }
     let io = Throttle::new(tcp, sh.clone(), false);
     let Some(Ok(tls)) = timeout(Duration::from_secs(5), acceptor.accept(io)).await else {
         sh.stats
@@ -396,6 +400,7 @@ pub(crate) async fn serve_ws(
     let (tx, rx) = smol::channel::bounded(sh.opts.client_queue.max(1));
     let id = sh.next_client.fetch_add(1, Ordering::SeqCst);
     let mut conn = Conn {
+        fd,
         sh: sh.clone(),
         endpoint: target.endpoint,
         combined: target.combined,
@@ -421,6 +426,7 @@ pub(crate) async fn serve_ws(
 }
 
 struct Conn {
+    fd: i32,
     sh: Arc<Shared>,
     endpoint: Endpoint,
     combined: bool,
@@ -454,10 +460,21 @@ impl Conn {
         let mut pings: VecDeque<Bytes> = VecDeque::new();
         let mut shutdown_at: Option<Instant> = None;
         let mut silenced = false;
+        // PingsOnly: silenced, but the server's own pings go on; StopReading: nothing is read.
+        let mut pings_only = false;
+        let mut not_reading = false;
+        if lock(&sh.faults).shutdown_on_connect {
+            let text = format!("{{\"e\":\"serverShutdown\",\"E\":{}}}", now_ms());
+            if ws.send(Message::text(text)).await.is_err() {
+                return End::Gone;
+            }
+            shutdown_at = Some(Instant::now() + opts.shutdown_grace);
+        }
         let mut timer = Timer::never();
         let mut scratch = vec![0u8; 8192];
         loop {
-            if self.overflow.load(Ordering::SeqCst) {
+            // A server that stopped reading is stuck, not strict: it never closes by itself.
+            if self.overflow.load(Ordering::SeqCst) && !not_reading {
                 close(ws, CloseCode::Policy, "slow consumer").await;
                 return End::Gone;
             }
@@ -466,6 +483,8 @@ impl Conn {
                 for d in [Some(next_ping), pong_due].into_iter().flatten() {
                     deadline = Some(deadline.map_or(d, |x| x.min(d)));
                 }
+            } else if pings_only {
+                deadline = Some(deadline.map_or(next_ping, |x| x.min(next_ping)));
             }
             let ev = if deadline.is_some_and(|d| d <= Instant::now()) {
                 Ev::Timer
@@ -479,7 +498,9 @@ impl Conn {
                     Ev::Timer
                 };
                 let out = async { Ev::Out(rx.recv().await.ok()) };
-                if silenced {
+                if not_reading {
+                    out.or(tick).await
+                } else if silenced {
                     // Nothing is sent, not even automatic pongs: read raw bytes (TLS
                     // decrypted) only to notice when the client gives up.
                     let raw = async { Ev::Raw(ws.get_mut().read(&mut scratch).await) };
@@ -496,7 +517,22 @@ impl Conn {
                         close(ws, CloseCode::Away, "server shutdown").await;
                         return End::Gone;
                     }
-                    if silenced {
+                    if (silenced && !pings_only) || (not_reading && now < next_ping) {
+                        continue;
+                    }
+                    if pings_only || not_reading {
+                        // The venue's keepalive and nothing else; its pongs are never awaited.
+                        let payload = Bytes::from(vec![b'p'; if not_reading { 125 } else { 16 }]);
+                        if ws.send(Message::Ping(payload)).await.is_err() {
+                            return End::Gone;
+                        }
+                        sh.stats.pings_sent.fetch_add(1, Ordering::SeqCst);
+                        next_ping = now
+                            + if not_reading {
+                                Duration::from_millis(5)
+                            } else {
+                                opts.ping_interval
+                            };
                         continue;
                     }
                     if pong_due.is_some_and(|t| now >= t) {
@@ -594,6 +630,17 @@ impl Conn {
                     Out::Disconnect(Disconnect::Silence) => {
                         silenced = true;
                         self.silenced.store(true, Ordering::SeqCst);
+                    }
+                    Out::Disconnect(Disconnect::PingsOnly) => {
+                        silenced = true;
+                        pings_only = true;
+                        self.silenced.store(true, Ordering::SeqCst);
+                    }
+                    Out::Disconnect(Disconnect::StopReading) => {
+                        not_reading = true;
+                        pong_due = None;
+                        next_ping = Instant::now();
+                        super::shrink_recv_buffer(self.fd);
                     }
                     Out::Shutdown => {
                         let text = format!("{{\"e\":\"serverShutdown\",\"E\":{}}}", now_ms());
@@ -951,6 +998,9 @@ fn symbol_tick(
 }
 
 fn broadcast(sh: &Shared, clients: &[ClientHandle], events: &[Event]) {
+    if lock(&sh.faults).mute_data {
+        return;
+    }
     for c in clients {
         if c.silenced.load(Ordering::Relaxed) || c.overflow.load(Ordering::Relaxed) {
             continue;
@@ -1218,9 +1268,31 @@ pub(crate) fn rest_answer(sh: &Shared, host: RestHost, path: &str, query: &str) 
                 format!(
                     "Way too many requests; IP(127.0.0.1) banned until {}. Please use the \
                      websocket for live updates to avoid bans.",
-                    now_ms() + retry_after_secs * 1000
+                    now_ms().saturating_add(retry_after_secs.saturating_mul(1000))
                 ),
             ),
+            RestFault::Raw {
+                status,
+                retry_after,
+            } => {
+                let mut r = error(status, -1003, "Service unavailable.");
+                r.headers.push(("retry-after", retry_after.to_string()));
+                return r;
+            }
+            RestFault::Weight { used } => {
+                let Some(r) = route(host, path) else {
+                    return error(404, -1, "Not found.");
+                };
+                let mkt = match r {
+                    Route::SpotDepth | Route::SpotPing | Route::SpotTime => Mkt::Spot,
+                    _ => Mkt::Perp,
+                };
+                let limit_param = param(query, "limit");
+                let limit_n = limit_param.as_deref().and_then(|l| l.parse::<usize>().ok());
+                let mut rep = answer(sh, r, mkt, query, limit_param.as_deref(), limit_n);
+                rep.headers.push(("x-mbx-used-weight-1m", used.to_string()));
+                return rep;
+            }
         };
         let mut r = error(status, -1003, &msg);
         r.headers.push(("retry-after", secs.to_string()));

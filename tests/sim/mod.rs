@@ -96,6 +96,13 @@ pub enum Disconnect {
     /// The socket stays open but nothing more is sent (no data, no pings, no replies, not even
     /// pongs) until the client closes it.
     Silence,
+    /// Like `Silence`, except that the server keeps sending its own pings: a half-open path
+    /// where only the venue's keepalive arrives (no data, no pongs to the client's pings).
+    PingsOnly,
+    /// The server stops reading the socket (its receive buffer shrinks to 4 KiB) and keeps
+    /// sending data and a ping every 5 ms with the largest payload: the client's pongs and
+    /// requests fill the path until its writes block.
+    StopReading,
 }
 
 /// Frames the venue should never send, for `send_malformed`.
@@ -120,6 +127,14 @@ pub enum RestFault {
     TooMany { retry_after_secs: u64 },
     /// HTTP 418 (IP banned), code -1003, `Retry-After`.
     Banned { retry_after_secs: u64 },
+    /// Any status with a `Retry-After` header written exactly as given (a hostile venue:
+    /// `18446744073709551615`, an HTTP-date in the year 9999, `-1`).
+    Raw {
+        status: u16,
+        retry_after: &'static str,
+    },
+    /// A 200 whose `x-mbx-used-weight-1m` header is exactly this (and a real body).
+    Weight { used: &'static str },
 }
 
 /// Which REST listener a request came in on.
@@ -305,6 +320,10 @@ pub(crate) struct Market {
 pub(crate) struct Faults {
     pub stale_snapshots: u32,
     pub rest: VecDeque<RestFault>,
+    /// Every new WebSocket gets a `serverShutdown` right after its handshake.
+    pub shutdown_on_connect: bool,
+    /// No market data is sent (pings, pongs and replies still are).
+    pub mute_data: bool,
 }
 
 /// REST weight used in the current clock minute.
@@ -327,6 +346,8 @@ pub(crate) struct Shared {
     /// Keyed by the venue market the path belongs to.
     pub weight: Mutex<HashMap<Mkt, Weight>>,
     pub slow_ws_us: AtomicU64,
+    /// New WebSockets wait this long before their TLS handshake starts.
+    pub accept_delay_ms: AtomicU64,
     pub slow_rest_us: AtomicU64,
     pub next_client: AtomicU64,
     /// Long/short ratio responses per path and symbol (the timestamp form alternates).
@@ -519,6 +540,17 @@ pub(crate) fn abort_on_close(fd: std::os::fd::RawFd) {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn abort_on_close(_fd: i32) {}
 
+/// Shrinks a socket's receive buffer (a server that stops reading fills up sooner).
+#[cfg(unix)]
+pub(crate) fn shrink_recv_buffer(fd: i32) {
+    // SAFETY: `fd` is the connection's open socket, owned by its task for the whole call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, 4096);
+}
+
+#[cfg(not(unix))]
+pub(crate) fn shrink_recv_buffer(_fd: i32) {}
+
 #[cfg(unix)]
 pub(crate) fn raw_fd(s: &Async<TcpStream>) -> i32 {
     use std::os::fd::AsRawFd;
@@ -602,12 +634,15 @@ impl Sim {
             faults: Mutex::new(Faults {
                 stale_snapshots: 0,
                 rest: VecDeque::new(),
+                shutdown_on_connect: false,
+                mute_data: false,
             }),
             ws_open: Arc::default(),
             rest_open: Arc::default(),
             rest_paths: Mutex::new(HashMap::new()),
             weight: Mutex::new(HashMap::new()),
             slow_ws_us: AtomicU64::new(0),
+            accept_delay_ms: AtomicU64::new(0),
             slow_rest_us: AtomicU64::new(0),
             next_client: AtomicU64::new(1),
             lsr_responses: Mutex::new(HashMap::new()),
@@ -867,12 +902,62 @@ impl Sim {
         binance::send_malformed(&self.shared, kind);
     }
 
+    /// Every WebSocket from now on gets `serverShutdown` as soon as it is connected (and is
+    /// closed `shutdown_grace` later): a venue that asks for a reconnect on every connect.
+    pub fn shutdown_on_connect(&self, on: bool) {
+        lock(&self.shared.faults).shutdown_on_connect = on;
+    }
+
+    /// Stops (or resumes) all market data; the sockets stay up and answer pings and requests.
+    pub fn mute_data(&self, on: bool) {
+        lock(&self.shared.faults).mute_data = on;
+    }
+
+    /// Sends `text` as one frame, exactly as given, to every client on `endpoint` (a hostile
+    /// venue's frame: impossible ids, crossed or negative levels).
+    pub fn send_raw(&self, endpoint: Endpoint, text: &str) {
+        let text: Arc<str> = text.into();
+        for c in lock(&self.shared.clients)
+            .iter()
+            .filter(|c| c.endpoint == endpoint)
+        {
+            c.push(Out::Raw(text.clone()), &self.shared.stats);
+        }
+    }
+
+    /// Sends the frame `make(last update id)` to every client subscribed to `symbol`'s depth
+    /// stream, right after the last diff sent and before the next (the market is held while
+    /// it is queued): a hostile diff that claims to continue the chain.
+    pub fn send_after_last_diff(&self, mkt: Mkt, symbol: &str, make: impl FnOnce(u64) -> String) {
+        let market = lock(&self.shared.market);
+        let Some(st) = market.books.get(&(mkt, venue_symbol(symbol))) else {
+            return;
+        };
+        let text: Arc<str> = make(st.book.last_id()).into();
+        let stream = format!("{}@depth@100ms", venue_symbol(symbol).to_ascii_lowercase());
+        for c in lock(&self.shared.clients)
+            .iter()
+            .filter(|c| c.endpoint.mkt() == mkt && lock(&c.streams).contains(&stream))
+        {
+            c.push(Out::Raw(text.clone()), &self.shared.stats);
+        }
+        drop(market);
+    }
+
     /// Sends `{"e":"serverShutdown","E":…}` to every client and closes each connection
     /// `shutdown_grace` later (1001).
     pub fn server_shutdown(&self) {
         for c in lock(&self.shared.clients).iter() {
             c.push(Out::Shutdown, &self.shared.stats);
         }
+    }
+
+    /// New WebSocket connections wait `d` before their handshake (a slow venue edge: a
+    /// replacement socket takes that long to come up).
+    pub fn delay_accepts(&self, d: Duration) {
+        self.shared
+            .accept_delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// WebSocket bytes trickle out `slow_write_chunk` at a time with `pause` after each piece;

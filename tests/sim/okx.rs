@@ -136,6 +136,9 @@ pub struct OkxOptions {
     pub stale_snapshot_lag: u64,
     /// Frames queued per client; a client this far behind is closed (4005).
     pub client_queue: usize,
+    /// The WebSocket listener's receive buffer (inherited by every connection, so the window
+    /// it advertises is small from the first byte); `None` keeps the system's.
+    pub recv_buffer: Option<usize>,
 }
 
 impl Default for OkxOptions {
@@ -162,6 +165,7 @@ impl Default for OkxOptions {
             books_per_2s: 40,
             stale_snapshot_lag: 500,
             client_queue: 8192,
+            recv_buffer: None,
         }
     }
 }
@@ -415,6 +419,11 @@ impl OkxClient {
 struct Faults {
     stale_snapshots: u32,
     rest: VecDeque<u16>,
+    /// Every new WebSocket gets a 64008 notice right after its handshake.
+    notice_on_connect: bool,
+    /// Every new WebSocket freezes right after its handshake: nothing is read or sent (a
+    /// venue process that hangs while its kernel still accepts bytes, into a 4 KiB buffer).
+    freeze_on_connect: bool,
 }
 
 struct OkxShared {
@@ -436,6 +445,9 @@ struct OkxShared {
     books_window: Mutex<VecDeque<Instant>>,
     books_responses: AtomicU64,
     next_client: AtomicU64,
+    /// Wakes frozen connections (`freeze_on_connect(false)`).
+    thaw: event_listener::Event,
+    frozen: AtomicU64,
 }
 
 /// Drops entries older than `span`; true (and nothing recorded) when `max` remain, else
@@ -507,6 +519,8 @@ impl OkxSim {
             faults: Mutex::new(Faults {
                 stale_snapshots: 0,
                 rest: VecDeque::new(),
+                notice_on_connect: false,
+                freeze_on_connect: false,
             }),
             ws_open: Arc::default(),
             rest_open: Arc::default(),
@@ -516,9 +530,14 @@ impl OkxSim {
             books_window: Mutex::new(VecDeque::new()),
             books_responses: AtomicU64::new(0),
             next_client: AtomicU64::new(1),
+            thaw: event_listener::Event::new(),
+            frozen: AtomicU64::new(0),
             opts,
         });
         let (ws_l, rest_l) = (bind(), bind());
+        if let Some(bytes) = shared.opts.recv_buffer {
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&ws_l, bytes);
+        }
         let ws_addr = ws_l.local_addr().expect("local addr");
         let rest_addr = rest_l.local_addr().expect("local addr");
         let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
@@ -705,6 +724,54 @@ impl OkxSim {
         }
     }
 
+    /// Every WebSocket from now on gets the 64008 notice as soon as it is connected (and is
+    /// closed `shutdown_grace` later): a venue that announces a restart on every connect.
+    pub fn notice_on_connect(&self, on: bool) {
+        lock(&self.shared.faults).notice_on_connect = on;
+    }
+
+    /// New WebSockets freeze after their handshake (`on`), or frozen ones wake up and wait for
+    /// their client to leave (`off`).
+    pub fn freeze_on_connect(&self, on: bool) {
+        lock(&self.shared.faults).freeze_on_connect = on;
+        if !on {
+            self.shared.thaw.notify(usize::MAX);
+        }
+    }
+
+    /// WebSockets frozen right now.
+    pub fn frozen(&self) -> usize {
+        self.shared.frozen.load(Ordering::SeqCst) as usize
+    }
+
+    /// Sends `text` as one frame, exactly as given, to every client (a hostile venue's frame:
+    /// missing sequence fields, impossible ids, crossed or negative levels).
+    pub fn send_raw(&self, text: &str) {
+        let text: Arc<str> = text.into();
+        for c in lock(&self.shared.clients).iter() {
+            c.push(OkxOut::Text(text.clone()), &self.shared.stats);
+        }
+    }
+
+    /// Sends the frame `make(last wire seqId)` to every client subscribed to `inst_id`'s
+    /// books, right after the last update sent and before the next (the market is held while
+    /// it is queued): a hostile update that claims to continue the chain.
+    pub fn send_after_last_update(&self, inst_id: &str, make: impl FnOnce(i64) -> String) {
+        let market = lock(&self.shared.market);
+        let Some(st) = market.insts.get(inst_id) else {
+            return;
+        };
+        let text: Arc<str> = make(st.wire(st.book.last_id())).into();
+        let key = format!("books:{inst_id}");
+        for c in lock(&self.shared.clients)
+            .iter()
+            .filter(|c| lock(&c.streams).contains(&key))
+        {
+            c.push(OkxOut::Text(text.clone()), &self.shared.stats);
+        }
+        drop(market);
+    }
+
     /// Sends one bad frame of `kind` to every client.
     pub fn send_malformed(&self, kind: OkxMalformed) {
         send_malformed(&self.shared, kind);
@@ -843,9 +910,27 @@ async fn serve_ws(
         fail();
         return;
     };
+    if lock(&sh.faults).freeze_on_connect {
+        super::shrink_recv_buffer(fd);
+        sh.frozen.fetch_add(1, Ordering::SeqCst);
+        let thawed = sh.thaw.listen();
+        if lock(&sh.faults).freeze_on_connect {
+            thawed.await;
+        }
+        sh.frozen.fetch_sub(1, Ordering::SeqCst);
+        // Read (and drop) until the client is gone.
+        let mut scratch = vec![0u8; 8192];
+        while let Ok(n) = ws.get_mut().read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+        return;
+    }
     let (tx, rx) = smol::channel::bounded(sh.opts.client_queue.max(1));
     let id = sh.next_client.fetch_add(1, Ordering::SeqCst);
     let mut conn = Conn {
+        fd,
         sh: sh.clone(),
         conn_id: format!("{:08x}", fastrand::u32(..)),
         streams: Arc::new(Mutex::new(BTreeSet::new())),
@@ -870,6 +955,7 @@ async fn serve_ws(
 }
 
 struct Conn {
+    fd: i32,
     sh: Arc<OkxShared>,
     conn_id: String,
     streams: Arc<Mutex<BTreeSet<String>>>,
@@ -915,7 +1001,11 @@ impl Conn {
         let mut last_push = Instant::now();
         let mut shutdown_at: Option<Instant> = None;
         let mut silenced = false;
+        let mut not_reading = false;
         let mut timer = Timer::never();
+        if lock(&sh.faults).notice_on_connect {
+            let _ = self.tx.try_send(OkxOut::Notice);
+        }
         let mut scratch = vec![0u8; 8192];
         loop {
             if self.overflow.load(Ordering::SeqCst) {
@@ -938,7 +1028,9 @@ impl Conn {
                     Ev::Timer
                 };
                 let out = async { Ev::Out(rx.recv().await.ok()) };
-                if silenced {
+                if not_reading {
+                    out.or(tick).await
+                } else if silenced {
                     // Nothing is sent, not even pongs: read raw (decrypted) bytes only to see
                     // that the client is alive or gone.
                     let raw = async { Ev::Raw(ws.get_mut().read(&mut scratch).await) };
@@ -1013,9 +1105,14 @@ impl Conn {
                         return End::Gone;
                     }
                     OkxOut::Disconnect(Disconnect::Reset) => return End::Reset,
-                    OkxOut::Disconnect(Disconnect::Silence) => {
+                    // OKX sends no pings of its own: "pings only" is silence here.
+                    OkxOut::Disconnect(Disconnect::Silence | Disconnect::PingsOnly) => {
                         silenced = true;
                         self.silenced.store(true, Ordering::SeqCst);
+                    }
+                    OkxOut::Disconnect(Disconnect::StopReading) => {
+                        not_reading = true;
+                        super::shrink_recv_buffer(self.fd);
                     }
                     OkxOut::Notice => {
                         let text = format!(

@@ -16,31 +16,21 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 
 use super::rest_symbol;
-use super::sync::{BookSync, Continuity, SyncEvent};
+use super::sync::{BookSync, Continuity, ResyncReason, SyncEvent};
 use super::wire::{self, DepthSnapshot, Frame, RestErrorBody};
 use crate::book::Decimal;
+use crate::book::sync::Snapshots;
 use crate::config::{Config, Endpoint};
-use crate::metrics::{BookHealth, Metrics, ResyncLabels, SocketLabels};
+use crate::metrics::{
+    BookHealth, Metrics, ResyncLabels, SocketLabels, StreamLabels, SubscribeErrorLabels,
+};
 use crate::model::{
     Channel, Data, Exchange, FundingRateData, LiquidationData, Market, Side, Symbol, TradeData,
 };
 use crate::net::http::{RestError, RestResponse};
 use crate::plan::SocketPlan;
 use crate::session::rest::{RateSpec, RestRequest};
-use crate::session::{Control, FrameKind, Io, Protocol};
-
-/// Snapshot request state of one symbol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Snapshot {
-    /// Nothing wanted.
-    Idle,
-    /// Wanted, not before the given instant (throttle).
-    Wanted { not_before: Instant },
-    /// A request is out.
-    InFlight,
-    /// The venue says the symbol does not exist: never asked again on this connection.
-    Refused,
-}
+use crate::session::{ConnectLimit, Connected, Control, FrameKind, Io, Protocol};
 
 struct SymbolState {
     symbol: Symbol,
@@ -54,8 +44,7 @@ struct SymbolState {
     sync: Option<BookSync>,
     /// What the metrics show of this symbol's book (when it has one).
     health: Option<BookHealth>,
-    snapshot: Snapshot,
-    failures: u32,
+    snapshots: Snapshots,
     last_depth: Instant,
 }
 
@@ -72,22 +61,19 @@ pub struct BinanceProtocol {
     symbols: Vec<SymbolState>,
     metrics: Arc<Metrics>,
     stale: Counter,
+    /// Refused requests by code label ([`ERROR_CODES`]).
+    refusals: [Counter; 5],
     next_id: u64,
     logged_malformed: bool,
     logged_unknown: bool,
 }
 
+/// The error codes of Binance's WebSocket API (0 unknown property, 1 invalid value type,
+/// 2 invalid request, 3 invalid JSON) become metric labels; anything else is `other`.
+const ERROR_CODES: [&str; 5] = ["0", "1", "2", "3", "other"];
+
 /// Levels per side asked of a REST snapshot: twice the largest publishable depth.
 pub const SNAPSHOT_LIMIT: u32 = 100;
-
-/// Throttle between snapshot attempts of one symbol after `failures` consecutive failures.
-fn snapshot_delay(failures: u32) -> Duration {
-    crate::session::backoff::delay(
-        failures,
-        Duration::from_millis(500),
-        Duration::from_secs(60),
-    )
-}
 
 impl BinanceProtocol {
     /// The protocol for one planned socket; stream indices are positions in `socket.streams`.
@@ -137,8 +123,7 @@ impl BinanceProtocol {
                         liquidation: None,
                         sync: None,
                         health: None,
-                        snapshot: Snapshot::Idle,
-                        failures: 0,
+                        snapshots: Snapshots::default(),
                         last_depth: now,
                     });
                     symbols.len() - 1
@@ -149,7 +134,16 @@ impl BinanceProtocol {
                 Channel::Orderbook => {
                     st.book = Some(i);
                     st.depth_stream = Some(s.wire.clone());
-                    st.sync = Some(BookSync::new(continuity));
+                    let dropped = metrics
+                        .book_levels_dropped
+                        .get_or_create(&StreamLabels {
+                            exchange: Exchange::Binance,
+                            market,
+                            symbol: s.symbol.to_string(),
+                            channel: Channel::Orderbook,
+                        })
+                        .clone();
+                    st.sync = Some(BookSync::with_counter(continuity, dropped));
                     st.health = Some(BookHealth::new(
                         &metrics,
                         Exchange::Binance,
@@ -168,11 +162,22 @@ impl BinanceProtocol {
             .stale_streams
             .get_or_create(&SocketLabels {
                 exchange: Exchange::Binance,
-                socket: socket.name.to_owned(),
+                socket: socket.name.as_str().to_owned(),
             })
             .clone();
+        let refusals = ERROR_CODES.map(|code| {
+            metrics
+                .subscribe_errors
+                .get_or_create(&SubscribeErrorLabels {
+                    exchange: Exchange::Binance,
+                    socket: socket.name.as_str().to_owned(),
+                    code: code.to_owned(),
+                })
+                .clone()
+        });
         let streams: Vec<&str> = socket.streams.iter().map(|s| s.wire.as_str()).collect();
         BinanceProtocol {
+            refusals,
             url: format!("{}?streams={}", socket.url, streams.join("/")),
             exchange_market: market,
             rest_base,
@@ -196,33 +201,23 @@ impl BinanceProtocol {
             .position(|s| s.upper.eq_ignore_ascii_case(upper))
     }
 
-    fn count_resync(&self, i: usize, reason: &'static str) {
+    fn count_resync(&self, i: usize, reason: ResyncReason) {
         self.metrics
             .resyncs
             .get_or_create(&ResyncLabels {
                 exchange: Exchange::Binance,
                 market: self.exchange_market,
                 symbol: self.symbols[i].symbol.to_string(),
-                reason,
+                reason: reason.label(),
             })
             .inc();
-    }
-
-    /// Asks for a snapshot of symbol `i` as soon as its throttle allows.
-    fn want_snapshot(&mut self, i: usize, now: Instant) {
-        let st = &mut self.symbols[i];
-        if matches!(st.snapshot, Snapshot::Idle) {
-            st.snapshot = Snapshot::Wanted { not_before: now };
-        }
     }
 
     /// Sends the snapshot requests whose throttle has passed.
     fn issue_snapshots(&mut self, now: Instant, io: &mut Io<'_>) {
         for (i, st) in self.symbols.iter_mut().enumerate() {
-            if let Snapshot::Wanted { not_before } = st.snapshot
-                && now >= not_before
-            {
-                st.snapshot = Snapshot::InFlight;
+            if st.snapshots.due(now) {
+                st.snapshots.sent();
                 io.rest.push(RestRequest {
                     tag: i as u64,
                     base: self.rest_base.clone(),
@@ -254,25 +249,22 @@ impl BinanceProtocol {
     ) -> FrameKind {
         match ev {
             SyncEvent::Applied { .. } => {
-                self.symbols[i].failures = 0;
+                self.symbols[i].snapshots.succeeded();
                 self.publish_book(i, ts_ms, io, now);
             }
-            SyncEvent::NeedSnapshot => self.want_snapshot(i, now),
+            SyncEvent::NeedSnapshot => self.symbols[i].snapshots.want(now),
             SyncEvent::Resync(reason) => {
-                let label = reason.label();
                 tracing::warn!(symbol = %self.symbols[i].symbol, market = %self.exchange_market, ?reason, "book unsynced; fetching a new snapshot");
-                self.count_resync(i, label);
-                if label == "stale_snapshot" {
-                    let st = &mut self.symbols[i];
-                    st.failures += 1;
-                    st.snapshot = Snapshot::Wanted {
-                        not_before: now + snapshot_delay(st.failures),
-                    };
+                self.count_resync(i, reason);
+                let st = &mut self.symbols[i];
+                if reason == ResyncReason::StaleSnapshot {
+                    // Asked too early: ask again after the backoff, not at once.
+                    st.snapshots.retry_later(now, None);
                 } else {
-                    self.want_snapshot(i, now);
+                    st.snapshots.want(now);
                 }
             }
-            _ => {}
+            SyncEvent::Buffered | SyncEvent::Dropped | SyncEvent::Ignored => {}
         }
         self.issue_snapshots(now, io);
         FrameKind::Data
@@ -476,6 +468,8 @@ impl BinanceProtocol {
             Frame::Reply { .. } => (FrameKind::Control, Control::Continue),
             Frame::Error { code, msg } => {
                 tracing::warn!(code, %msg, url = %self.url, "Binance refused a request");
+                let label = usize::try_from(code).ok().filter(|c| *c < 4).unwrap_or(4);
+                self.refusals[label].inc();
                 (FrameKind::Control, Control::Continue)
             }
             Frame::ServerShutdown => {
@@ -491,16 +485,20 @@ impl Protocol for BinanceProtocol {
         &self.url
     }
 
-    fn on_connected(&mut self, now: Instant, _io: &mut Io<'_>) {
-        // The URL carries the streams; books start over on every connection.
+    fn on_connected(&mut self, now: Instant, _io: &mut Io<'_>, how: Connected) {
+        // The URL carries the streams. A replacement continues the books (the update ids are
+        // the venue's, the same on every socket); a fresh connection starts them over.
+        if how == Connected::Rotation {
+            for st in &mut self.symbols {
+                st.last_depth = now;
+            }
+            return;
+        }
         for st in &mut self.symbols {
             if let Some(sync) = st.sync.as_mut() {
                 sync.reset();
             }
-            st.snapshot = match st.snapshot {
-                Snapshot::Refused => Snapshot::Refused,
-                _ => Snapshot::Idle,
-            };
+            st.snapshots.reconnected();
             st.last_depth = now;
             if let Some(h) = st.health.as_mut() {
                 h.set(false, now);
@@ -533,16 +531,9 @@ impl Protocol for BinanceProtocol {
         if i >= self.symbols.len() {
             return;
         }
-        if self.symbols[i].snapshot != Snapshot::InFlight {
+        if !self.symbols[i].snapshots.answered() {
             return;
         }
-        self.symbols[i].snapshot = Snapshot::Idle;
-        let retry = |st: &mut SymbolState, at: Duration| {
-            st.failures += 1;
-            st.snapshot = Snapshot::Wanted {
-                not_before: now + at,
-            };
-        };
         match result {
             Ok(resp) if resp.status == 200 => match DepthSnapshot::parse(&resp.body) {
                 Ok(snap) => {
@@ -551,18 +542,12 @@ impl Protocol for BinanceProtocol {
                         None => return,
                     };
                     let ts = snap.event_time.unwrap_or(0);
-                    if let SyncEvent::Applied { .. } = ev {
-                        self.symbols[i].failures = 0;
-                        self.publish_book(i, ts, io, now);
-                    } else {
-                        self.on_sync_event(i, ev, ts, now, io);
-                    }
+                    self.on_sync_event(i, ev, ts, now, io);
                 }
                 Err(err) => {
-                    tracing::warn!(%err, symbol = %self.symbols[i].symbol, "snapshot body is not a depth snapshot (the venue's REST answer is malformed)");
                     let st = &mut self.symbols[i];
-                    let d = snapshot_delay(st.failures);
-                    retry(st, d);
+                    let d = st.snapshots.retry_later(now, None);
+                    tracing::warn!(%err, symbol = %st.symbol, retry_in = ?d, "snapshot body is not a depth snapshot (the venue's REST answer is malformed)");
                 }
             },
             Ok(resp) => {
@@ -574,21 +559,16 @@ impl Protocol for BinanceProtocol {
                         .is_some_and(|b| b.code == wire::INVALID_SYMBOL)
                 {
                     tracing::error!(symbol = %st.symbol, market = %self.exchange_market, "Binance does not list this symbol; its book stays unpublished (fix the config)");
-                    st.snapshot = Snapshot::Refused;
+                    st.snapshots.refuse();
                     return;
                 }
-                let d = resp
-                    .retry_after
-                    .unwrap_or_else(|| snapshot_delay(st.failures))
-                    .max(snapshot_delay(st.failures));
+                let d = st.snapshots.retry_later(now, resp.retry_after);
                 tracing::warn!(status = resp.status, symbol = %st.symbol, retry_in = ?d, "snapshot refused");
-                retry(st, d);
             }
             Err(err) => {
                 let st = &mut self.symbols[i];
-                let d = snapshot_delay(st.failures);
+                let d = st.snapshots.retry_later(now, None);
                 tracing::warn!(%err, symbol = %st.symbol, retry_in = ?d, "snapshot failed");
-                retry(st, d);
             }
         }
         self.issue_snapshots(now, io);
@@ -601,25 +581,40 @@ impl Protocol for BinanceProtocol {
                 h.tick(now);
             }
         }
-        // A book stream that went quiet while the socket lives: resubscribe it.
+        // Book streams that went quiet while the socket lives: resubscribe them, all in one
+        // UNSUBSCRIBE and one SUBSCRIBE (two frames per tick at most, however many streams),
+        // and each stream at most once per `stale_after`.
+        let mut params = String::new();
+        let mut quiet = 0usize;
         for st in &mut self.symbols {
             let Some(stream) = &st.depth_stream else {
                 continue;
             };
             if now.saturating_duration_since(st.last_depth) >= self.stale_after {
                 self.stale.inc();
-                tracing::warn!(stream = %stream, quiet = ?self.stale_after, "stream went quiet; resubscribing");
-                let id = self.next_id;
-                self.next_id += 2;
-                io.send.push(format!(
-                    r#"{{"method":"UNSUBSCRIBE","params":["{stream}"],"id":{id}}}"#
-                ));
-                io.send.push(format!(
-                    r#"{{"method":"SUBSCRIBE","params":["{stream}"],"id":{}}}"#,
-                    id + 1
-                ));
+                if quiet == 0 {
+                    tracing::warn!(stream = %stream, quiet = ?self.stale_after, "stream went quiet; resubscribing");
+                }
+                if !params.is_empty() {
+                    params.push(',');
+                }
+                params.push('"');
+                params.push_str(stream);
+                params.push('"');
+                quiet += 1;
                 st.last_depth = now;
             }
+        }
+        if quiet > 0 {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(2);
+            io.send.push(format!(
+                r#"{{"method":"UNSUBSCRIBE","params":[{params}],"id":{id}}}"#
+            ));
+            io.send.push(format!(
+                r#"{{"method":"SUBSCRIBE","params":[{params}],"id":{}}}"#,
+                id.wrapping_add(1)
+            ));
         }
         self.issue_snapshots(now, io);
         Control::Continue
@@ -634,6 +629,14 @@ impl Protocol for BinanceProtocol {
             if let Some(h) = st.health.as_mut() {
                 h.set(false, now);
             }
+        }
+    }
+
+    /// Binance allows 300 connection attempts per 5 minutes per IP; we take 240.
+    fn connect_limit(&self) -> ConnectLimit {
+        ConnectLimit {
+            max: 240,
+            per: Duration::from_secs(300),
         }
     }
 

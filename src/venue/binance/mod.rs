@@ -16,7 +16,7 @@ pub mod wire;
 
 use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};
-use crate::plan::{Plan, RestPlan, SocketPlan, StreamPlan};
+use crate::plan::{Plan, RestPlan, SocketName, SocketPlan, StreamPlan};
 use crate::venue::PlanError;
 
 /// The protocol of one planned Binance socket.
@@ -55,19 +55,21 @@ pub fn rest_symbol(symbol: &Symbol) -> String {
 
 /// The stream a channel maps to, and which USD-M socket serves it; `None` for REST-only
 /// channels.
-fn stream_of(market: Market, channel: Channel, sym: &str) -> Option<(&'static str, String)> {
+fn stream_of(market: Market, channel: Channel, sym: &str) -> Option<(SocketName, String)> {
     let (socket, name) = match (market, channel) {
-        (Market::Spot, Channel::Orderbook) => ("spot", format!("{sym}@depth@100ms")),
-        (Market::Spot, Channel::Trade) => ("spot", format!("{sym}@trade")),
+        (Market::Spot, Channel::Orderbook) => (SocketName::Spot, format!("{sym}@depth@100ms")),
+        (Market::Spot, Channel::Trade) => (SocketName::Spot, format!("{sym}@trade")),
         (Market::Perpetual, Channel::Orderbook) => {
-            ("perpetual_public", format!("{sym}@depth@100ms"))
+            (SocketName::PerpetualPublic, format!("{sym}@depth@100ms"))
         }
-        (Market::Perpetual, Channel::Trade) => ("perpetual_public", format!("{sym}@trade")),
+        (Market::Perpetual, Channel::Trade) => {
+            (SocketName::PerpetualPublic, format!("{sym}@trade"))
+        }
         (Market::Perpetual, Channel::FundingRate) => {
-            ("perpetual_market", format!("{sym}@markPrice@1s"))
+            (SocketName::PerpetualMarket, format!("{sym}@markPrice@1s"))
         }
         (Market::Perpetual, Channel::Liquidation) => {
-            ("perpetual_market", format!("{sym}@forceOrder"))
+            (SocketName::PerpetualMarket, format!("{sym}@forceOrder"))
         }
         _ => return None,
     };
@@ -89,8 +91,8 @@ pub fn plan(cfg: &Config, plan: &mut Plan) -> Result<(), PlanError> {
                             Some(p) => p,
                             None => {
                                 let base = match socket {
-                                    "spot" => &ep.spot_ws,
-                                    "perpetual_public" => &ep.perpetual_public_ws,
+                                    SocketName::Spot => &ep.spot_ws,
+                                    SocketName::PerpetualPublic => &ep.perpetual_public_ws,
                                     _ => &ep.perpetual_market_ws,
                                 };
                                 sockets.push(SocketPlan {

@@ -6,7 +6,7 @@
 //! ```text
 //! AwaitingFirstDiff ──diff──▶ AwaitingSnapshot{buffer} ──snapshot──▶ Bridging{L} | Synced{u}
 //!        ▲                          ▲   (stale snapshot: ask again)        │ first diff spans L
-//!        └──── reset ───────────────┴──── gap / truncated / malformed ◀────┴─▶ Synced{u}
+//!        └──── reset ───────────────┴── gap / truncated / malformed / … ◀──┴─▶ Synced{u}
 //! ```
 //!
 //! Spot (`/api/v3/depth` + `@depth`): 1. buffer the stream's diffs; 2. get a snapshot,
@@ -18,53 +18,29 @@
 //! first applied has `U <= L <= u`, and afterwards each diff's `pu` is the previous `u` (gaps in
 //! `U` are normal there).
 //!
-//! Buffered diffs are owned copies (the resync path may allocate); the synced path applies the
-//! borrowed frame straight into the book and allocates nothing. The buffer holds at most
-//! [`MAX_BUFFERED`] diffs; one more restarts it and says `Resync(BufferOverflow)`. After a gap
-//! (or a stale snapshot found live) the diff that revealed it is kept: it is the first one the
-//! next snapshot may bridge. Ids come from the network, so no id arithmetic can overflow.
+//! Only that continuity rule is Binance's; the rest is the venue-neutral toolkit
+//! (`book::sync`): levels are two non-negative decimals, a diff may not move the id by more
+//! than `MAX_ID_JUMP` (nor have `U > u`), a run of diffs all older than the book means it is
+//! stuck, a crossed or cut book is never published, and the buffer kept while a snapshot is
+//! fetched is bounded in count and bytes (one more empties it, keeps the newest diff and says
+//! `Resync(BufferOverflow)`). After a gap (or a stale snapshot found live) the diff that
+//! revealed it is kept: it is the first one the next snapshot may bridge. Ids come from the
+//! network, so no id arithmetic can overflow. The synced path applies the borrowed frame
+//! straight into the book and allocates nothing.
 
-use std::collections::VecDeque;
+use prometheus_client::metrics::counter::Counter;
 
 use super::wire::{DepthSnapshot, DepthUpdate};
-use crate::book::{BOOK_CAPACITY, Book, BookSide, Decimal};
+pub use crate::book::sync::ResyncReason;
+use crate::book::sync::{BookCore, UpdateBuffer, check_jump};
+use crate::book::{BOOK_CAPACITY, Book, BookSide};
 use crate::model::OrderbookData;
-use crate::venue::json::Levels;
 
 /// Which continuity rule a market follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Continuity {
     Spot,
     UsdM,
-}
-
-/// Why a book was marked unsynced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResyncReason {
-    /// The diff chain broke.
-    Gap { expected: u64, got: u64 },
-    /// The snapshot is older than every buffered diff.
-    StaleSnapshot,
-    /// The book was cut (capacity or snapshot limit) below the published depth.
-    Truncated,
-    /// A level could not be read, or a USD-M diff has no `pu`.
-    Malformed,
-    /// More than [`MAX_BUFFERED`] diffs arrived while waiting for a snapshot: the buffer was
-    /// emptied and buffering starts over from this diff.
-    BufferOverflow,
-}
-
-impl ResyncReason {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            ResyncReason::Gap { .. } => "gap",
-            ResyncReason::StaleSnapshot => "stale_snapshot",
-            ResyncReason::Truncated => "truncated",
-            ResyncReason::Malformed => "malformed",
-            ResyncReason::BufferOverflow => "buffer_overflow",
-        }
-    }
 }
 
 /// What the session must do after an input.
@@ -84,18 +60,14 @@ pub enum SyncEvent {
     Ignored,
 }
 
-/// Most diffs buffered while a snapshot is fetched (200 s of 100 ms diffs). One more empties
-/// the buffer and says `Resync(BufferOverflow)`: the snapshot in flight can no longer be
-/// bridged from what is kept, so a new one is needed anyway.
-pub const MAX_BUFFERED: usize = 2000;
+pub use crate::book::sync::MAX_BUFFERED;
 
-#[derive(Debug, Clone)]
-struct OwnedDiff {
+/// A buffered diff's ids: `U`, `u`, `pu`.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
     first: u64,
     last: u64,
     prev: Option<u64>,
-    bids: Vec<(Decimal, Decimal)>,
-    asks: Vec<(Decimal, Decimal)>,
 }
 
 /// The states of one symbol's book.
@@ -104,7 +76,7 @@ enum State {
     /// Nothing received since (re)connect; the first diff triggers the snapshot request.
     AwaitingFirstDiff,
     /// Buffering diffs while the snapshot is fetched.
-    AwaitingSnapshot { buffered: VecDeque<OwnedDiff> },
+    AwaitingSnapshot { buffered: UpdateBuffer<Ids> },
     /// Snapshot `L` applied; waiting for the diff that spans it.
     Bridging { snapshot_id: u64 },
     /// Verified through `last_id`.
@@ -115,70 +87,40 @@ enum State {
 pub struct BookSync {
     rule: Continuity,
     state: State,
-    book: Box<Book<BOOK_CAPACITY>>,
-    dropped: u64,
-}
-
-/// One level as read from the venue: two decimals, neither negative.
-fn level(
-    lv: Result<(&str, &str), crate::venue::json::JsonError>,
-) -> Result<(Decimal, Decimal), ResyncReason> {
-    let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
-    let p = Decimal::parse(p).map_err(|_| ResyncReason::Malformed)?;
-    let q = Decimal::parse(q).map_err(|_| ResyncReason::Malformed)?;
-    if p.is_negative() || q.is_negative() {
-        return Err(ResyncReason::Malformed);
-    }
-    Ok((p, q))
-}
-
-fn parse_levels(levels: Levels<'_>, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), ResyncReason> {
-    for lv in levels {
-        out.push(level(lv)?);
-    }
-    Ok(())
-}
-
-/// Applies levels straight from the frame (no allocation).
-fn apply_raw(
-    book: &mut Book<BOOK_CAPACITY>,
-    side: BookSide,
-    levels: Levels<'_>,
-) -> Result<(), ResyncReason> {
-    for lv in levels {
-        let (p, q) = level(lv)?;
-        book.apply(side, p, q);
-    }
-    Ok(())
+    core: BookCore,
 }
 
 impl BookSync {
     pub fn new(rule: Continuity) -> Self {
+        BookSync::with_counter(rule, Counter::default())
+    }
+
+    /// A machine counting levels dropped by full sides in `levels_dropped`.
+    pub fn with_counter(rule: Continuity, levels_dropped: Counter) -> Self {
         BookSync {
             rule,
             state: State::AwaitingFirstDiff,
-            book: Book::new_boxed(),
-            dropped: 0,
+            core: BookCore::new(levels_dropped),
         }
     }
 
     /// The socket was replaced: everything starts over.
     pub fn reset(&mut self) {
         self.state = State::AwaitingFirstDiff;
-        self.book.clear();
+        self.core.clear();
     }
 
     /// Marks the book unsynced (after a resync reason found outside, e.g. truncation).
     fn unsync(&mut self) {
         self.state = State::AwaitingSnapshot {
-            buffered: VecDeque::new(),
+            buffered: UpdateBuffer::default(),
         };
-        self.book.clear();
+        self.core.clear();
     }
 
     /// Diffs the procedure dropped as older than the book (buffered or live).
     pub fn dropped_diffs(&self) -> u64 {
-        self.dropped
+        self.core.updates_dropped()
     }
 
     pub fn is_synced(&self) -> bool {
@@ -187,7 +129,7 @@ impl BookSync {
 
     /// The verified book (for tests and status), only while synced.
     pub fn book(&self) -> Option<&Book<BOOK_CAPACITY>> {
-        self.is_synced().then_some(&*self.book)
+        self.is_synced().then_some(self.core.book())
     }
 
     /// Whether a diff `(U, u, pu)` may follow a book at `last` (after the first applied diff).
@@ -196,18 +138,31 @@ impl BookSync {
             // Ids come from the network: no arithmetic that can overflow.
             Continuity::Spot if last.checked_add(1) == Some(first) => Ok(()),
             Continuity::Spot => Err(ResyncReason::Gap {
-                expected: last.saturating_add(1),
-                got: first,
+                expected: i128::from(last) + 1,
+                got: i128::from(first),
             }),
             Continuity::UsdM => match prev {
                 Some(p) if p == last => Ok(()),
                 Some(p) => Err(ResyncReason::Gap {
-                    expected: last,
-                    got: p,
+                    expected: i128::from(last),
+                    got: i128::from(p),
                 }),
                 None => Err(ResyncReason::Malformed),
             },
         }
+    }
+
+    /// Whether a diff's own ids are possible: `U <= u`, and `u` not past `U` (spot) or `pu`
+    /// (USD-M) by more than the toolkit's bound.
+    fn possible(&self, d: &Ids) -> Result<(), ResyncReason> {
+        if d.first > d.last {
+            return Err(ResyncReason::Malformed);
+        }
+        let from = match (self.rule, d.prev) {
+            (Continuity::UsdM, Some(p)) => p,
+            _ => d.first,
+        };
+        check_jump(i128::from(from), i128::from(d.last))
     }
 
     /// Whether a diff is older than the snapshot `l` (dropped by the procedure).
@@ -244,42 +199,39 @@ impl BookSync {
     /// Keeps an owned copy of `d` until the snapshot arrives (the resync path may allocate).
     /// On a malformed diff the book starts over; on overflow the buffer restarts at `d`.
     fn buffer(&mut self, d: &DepthUpdate<'_>) -> Result<(), ResyncReason> {
-        let mut owned = OwnedDiff {
-            first: d.first_id,
-            last: d.last_id,
-            prev: d.prev_last_id,
-            bids: Vec::new(),
-            asks: Vec::new(),
-        };
-        if let Err(r) = parse_levels(d.bids(), &mut owned.bids)
-            .and_then(|()| parse_levels(d.asks(), &mut owned.asks))
-        {
-            self.unsync();
-            return Err(r);
-        }
         if !matches!(self.state, State::AwaitingSnapshot { .. }) {
             self.state = State::AwaitingSnapshot {
-                buffered: VecDeque::new(),
+                buffered: UpdateBuffer::default(),
             };
         }
         let State::AwaitingSnapshot { buffered } = &mut self.state else {
             return Ok(());
         };
-        let overflow = buffered.len() >= MAX_BUFFERED;
-        if overflow {
-            buffered.clear();
-        }
-        buffered.push_back(owned);
-        if overflow {
-            Err(ResyncReason::BufferOverflow)
-        } else {
-            Ok(())
+        let ids = Ids {
+            first: d.first_id,
+            last: d.last_id,
+            prev: d.prev_last_id,
+        };
+        match buffered.push(ids, d.bids(), d.asks(), 0) {
+            Err(ResyncReason::Malformed) => {
+                self.unsync();
+                Err(ResyncReason::Malformed)
+            }
+            other => other,
         }
     }
 
     /// One diff from the stream.
     pub fn on_diff(&mut self, d: &DepthUpdate<'_>) -> SyncEvent {
-        let (first, last, prev) = (d.first_id, d.last_id, d.prev_last_id);
+        let ids = Ids {
+            first: d.first_id,
+            last: d.last_id,
+            prev: d.prev_last_id,
+        };
+        if let Err(r) = self.possible(&ids) {
+            return self.fail(r);
+        }
+        let (first, last, prev) = (ids.first, ids.last, ids.prev);
         match &mut self.state {
             State::AwaitingFirstDiff | State::AwaitingSnapshot { .. } => {
                 let ask = matches!(self.state, State::AwaitingFirstDiff);
@@ -292,8 +244,10 @@ impl BookSync {
             State::Bridging { snapshot_id } => {
                 let l = *snapshot_id;
                 if self.before_snapshot(l, last) {
-                    self.dropped += 1;
-                    return SyncEvent::Dropped;
+                    return match self.core.dropped_old() {
+                        Ok(()) => SyncEvent::Dropped,
+                        Err(r) => self.fail(r),
+                    };
                 }
                 if !self.spans(l, first, last) {
                     // The stream is already past the snapshot: the snapshot is stale. This
@@ -305,8 +259,10 @@ impl BookSync {
             State::Synced { last_id } => {
                 let l = *last_id;
                 if last <= l {
-                    self.dropped += 1;
-                    return SyncEvent::Dropped;
+                    return match self.core.dropped_old() {
+                        Ok(()) => SyncEvent::Dropped,
+                        Err(r) => self.fail(r),
+                    };
                 }
                 if let Err(r) = self.follows(l, first, prev) {
                     if r == ResyncReason::Malformed {
@@ -321,10 +277,13 @@ impl BookSync {
     }
 
     fn apply_borrowed(&mut self, d: &DepthUpdate<'_>) -> SyncEvent {
-        let r = apply_raw(&mut self.book, BookSide::Bid, d.bids())
-            .and_then(|()| apply_raw(&mut self.book, BookSide::Ask, d.asks()));
+        let r = self
+            .core
+            .apply_levels(BookSide::Bid, d.bids())
+            .and_then(|_| self.core.apply_levels(BookSide::Ask, d.asks()));
         match r {
-            Ok(()) => {
+            Ok(_) => {
+                self.core.advanced();
                 self.state = State::Synced { last_id: d.last_id };
                 SyncEvent::Applied {
                     update_id: d.last_id,
@@ -342,50 +301,48 @@ impl BookSync {
         };
         let l = snap.last_update_id;
         // Step 3: a snapshot older than everything buffered cannot be bridged: ask again.
-        let kept: Vec<&OwnedDiff> = buffered
+        let kept: Vec<_> = buffered
             .iter()
-            .filter(|d| !self.before_snapshot(l, d.last))
+            .filter(|d| !self.before_snapshot(l, d.ids.last))
             .collect();
         let dropped = (buffered.len() - kept.len()) as u64;
         if let Some(first) = kept.first()
-            && !self.spans(l, first.first, first.last)
+            && !self.spans(l, first.ids.first, first.ids.last)
         {
+            let stale = SyncEvent::Resync(ResyncReason::StaleSnapshot);
+            drop(kept);
             self.state = State::AwaitingSnapshot { buffered };
-            return SyncEvent::Resync(ResyncReason::StaleSnapshot);
+            return stale;
         }
-        self.dropped += dropped;
-        self.book.clear();
+        self.core.dropped_by_snapshot(dropped);
+        self.core.clear();
         for (side, levels) in [(BookSide::Bid, snap.bids()), (BookSide::Ask, snap.asks())] {
-            let mut n = 0;
-            for lv in levels {
-                let Ok((p, q)) = level(lv) else {
+            match self.core.apply_levels(side, levels) {
+                Ok(n) if n >= limit => {
+                    // The venue cut the snapshot: below its last level the book is unknown.
+                    self.core.bound_at_worst(side);
+                }
+                Ok(_) => {}
+                Err(r) => {
+                    drop(kept);
                     self.state = State::AwaitingSnapshot { buffered };
-                    self.book.clear();
-                    return SyncEvent::Resync(ResyncReason::Malformed);
-                };
-                self.book.apply(side, p, q);
-                n += 1;
-            }
-            if n >= limit {
-                // The venue cut the snapshot: below its last level the book is unknown.
-                self.book.bound_at_worst(side);
+                    self.core.clear();
+                    return SyncEvent::Resync(r);
+                }
             }
         }
         let mut last_id = l;
         let mut bridged = false;
         for d in kept {
-            if bridged && let Err(r) = self.follows(last_id, d.first, d.prev) {
+            if bridged && let Err(r) = self.follows(last_id, d.ids.first, d.ids.prev) {
                 return self.fail(r);
             }
             bridged = true;
-            for (p, q) in &d.bids {
-                self.book.apply(BookSide::Bid, *p, *q);
-            }
-            for (p, q) in &d.asks {
-                self.book.apply(BookSide::Ask, *p, *q);
-            }
-            last_id = d.last;
+            self.core.apply_owned(BookSide::Bid, &d.bids);
+            self.core.apply_owned(BookSide::Ask, &d.asks);
+            last_id = d.ids.last;
         }
+        self.core.advanced();
         self.state = if bridged {
             State::Synced { last_id }
         } else {
@@ -395,22 +352,22 @@ impl BookSync {
     }
 
     /// Fills `out` with the top `depth` levels when the book is synced. `Ok(false)` while
-    /// unsynced; `Err(Truncated)` when the book cannot vouch for `depth` levels any more (it
-    /// is then unsynced and a snapshot must be fetched).
+    /// unsynced; `Err(reason)` when the book cannot vouch for what it would publish (cut below
+    /// `depth`, or crossed): it is then unsynced and a snapshot must be fetched.
     pub fn fill(&mut self, depth: usize, out: &mut OrderbookData) -> Result<bool, ResyncReason> {
         let update_id = match self.state {
             State::Synced { last_id } => last_id,
             State::Bridging { snapshot_id } => snapshot_id,
             _ => return Ok(false),
         };
-        match self.book.fill(depth, out) {
+        match self.core.fill(depth, &mut out.bids, &mut out.asks) {
             Ok(()) => {
                 out.update_id = update_id;
                 Ok(true)
             }
-            Err(_) => {
+            Err(reason) => {
                 self.unsync();
-                Err(ResyncReason::Truncated)
+                Err(reason)
             }
         }
     }
@@ -640,7 +597,10 @@ mod tests {
         SyncEvent::Applied { update_id }
     }
     const fn gap(expected: u64, got: u64) -> SyncEvent {
-        SyncEvent::Resync(ResyncReason::Gap { expected, got })
+        SyncEvent::Resync(ResyncReason::Gap {
+            expected: expected as i128,
+            got: got as i128,
+        })
     }
     const STALE: SyncEvent = SyncEvent::Resync(ResyncReason::StaleSnapshot);
     const NEED: SyncEvent = SyncEvent::NeedSnapshot;
@@ -776,5 +736,57 @@ mod tests {
         assert_eq!(snap(&mut s, 5), STALE);
         assert_eq!(snap(&mut s, next - 1), applied(next));
         assert_eq!(ResyncReason::BufferOverflow.label(), "buffer_overflow");
+    }
+
+    #[test]
+    fn impossible_ids_and_endless_old_diffs_resync() {
+        // TC0: spot, chained (U = last+1) but u = u64::MAX.
+        let mut s = BookSync::new(Continuity::Spot);
+        feed(&mut s, 10, 12, None, "5");
+        snap(&mut s, 11);
+        assert_eq!(
+            feed(&mut s, 13, u64::MAX, None, "5"),
+            SyncEvent::Resync(ResyncReason::ImpossibleId {
+                from: 13,
+                to: i128::from(u64::MAX)
+            })
+        );
+        // TC1: U > u is no diff at all.
+        let mut s = BookSync::new(Continuity::Spot);
+        assert_eq!(
+            feed(&mut s, 12, 10, None, "5"),
+            SyncEvent::Resync(ResyncReason::Malformed)
+        );
+        // TC2: USD-M, pu chained but u = u64::MAX.
+        let mut s = BookSync::new(Continuity::UsdM);
+        feed(&mut s, 10, 12, Some(9), "5");
+        snap(&mut s, 11);
+        assert!(matches!(
+            feed(&mut s, 13, u64::MAX, Some(12), "5"),
+            SyncEvent::Resync(ResyncReason::ImpossibleId { .. })
+        ));
+        // TC3: a run of diffs all older than the book: stuck, not verified.
+        let mut s = BookSync::new(Continuity::Spot);
+        feed(&mut s, 10, 20, None, "5");
+        snap(&mut s, 15);
+        for _ in 0..crate::book::sync::MAX_DROPPED_IN_A_ROW {
+            assert_eq!(feed(&mut s, 1, 2, None, "5"), SyncEvent::Dropped);
+        }
+        assert_eq!(
+            feed(&mut s, 1, 2, None, "5"),
+            SyncEvent::Resync(ResyncReason::Stuck)
+        );
+        // TC4: a crossing level applies (the chain is fine) but is never published.
+        let mut s = BookSync::new(Continuity::Spot);
+        feed(&mut s, 10, 12, None, "5");
+        snap(&mut s, 11);
+        assert_eq!(feed(&mut s, 13, 13, None, "300"), applied(13));
+        let mut out = OrderbookData {
+            bids: heapless::Vec::new(),
+            asks: heapless::Vec::new(),
+            update_id: 0,
+        };
+        assert_eq!(s.fill(1, &mut out), Err(ResyncReason::Crossed));
+        assert!(!s.is_synced());
     }
 }

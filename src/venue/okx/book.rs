@@ -1,4 +1,4 @@
-//! OKX `books`: parsing, the CRC32 checksum and the seqId book machine.
+//! OKX `books`: the CRC32 checksum and the seqId book machine.
 //!
 //! Design: a sans-I/O machine per instrument, named for what it waits for. Two ways in, as the
 //! venue works today: (a) a WebSocket `snapshot` followed by updates chained by
@@ -8,109 +8,27 @@
 //! `prevSeqId <= snapshot seqId < seqId`, then the chain is followed. An update with
 //! `seqId == prevSeqId` is a heartbeat. A `seqId` lower than `prevSeqId` is the venue's
 //! sequence reset after maintenance: resync. Whenever the venue sends a non-zero checksum it
-//! is verified: signed CRC32 of the top 25 bids and asks interleaved `bid_px:bid_sz:ask_px:
-//! ask_sz:…` with the exact strings the venue sent (the book keeps them). Captures from before
-//! seqId existed carry none: then the checksum alone verifies.
+//! is verified (the REST snapshot's own included): signed CRC32 of the top 25 bids and asks
+//! interleaved `bid_px:bid_sz:ask_px:ask_sz:…` with the exact strings the venue sent (the book
+//! keeps them). Captures from before seqId existed carry none: then the checksum alone
+//! verifies, and an update with neither cannot be checked (`MissingSequence`). Once a book
+//! is synced on a sequence, every update must carry `seqId` and `prevSeqId`.
+//!
+//! Only that continuity rule and the checksum are OKX's; level reading (negative values are
+//! malformed), the id jump bound, the stuck-book rule, the crossed-book check, the bounded
+//! update buffer and the resync reasons are the venue-neutral toolkit (`book::sync`).
 
-use std::collections::VecDeque;
+use prometheus_client::metrics::counter::Counter;
 
-use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX, Decimal};
+use super::wire::BookData;
+pub use crate::book::sync::ResyncReason;
+use crate::book::sync::{BookCore, UpdateBuffer, check_jump};
+use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX};
 use crate::model::OrderbookData;
-use crate::venue::json::{Array, JsonError, Levels, Object, as_i64, as_plain_str};
+use crate::venue::json::Levels;
 
 /// Levels per side that enter the checksum.
 pub const CHECKSUM_LEVELS: usize = 25;
-
-/// One `books` data entry (snapshot or update), borrowed from the frame. `asks` and `bids`
-/// are the raw level arrays, walked only when applied.
-#[derive(Debug, Clone, Copy)]
-pub struct BookData<'a> {
-    pub asks: &'a str,
-    pub bids: &'a str,
-    pub ts: Option<&'a str>,
-    pub checksum: Option<i64>,
-    pub seq_id: Option<i64>,
-    pub prev_seq_id: Option<i64>,
-}
-
-/// Why a `books` entry could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BookDataError {
-    #[error(transparent)]
-    Json(#[from] JsonError),
-    #[error("`{0}` is missing")]
-    Missing(&'static str),
-    #[error("`{0}` is not what it should be")]
-    Invalid(&'static str),
-    #[error("more than 4 entries in one push")]
-    TooMany,
-}
-
-/// A sequence id: a JSON integer on the WebSocket; OKX's REST API writes most numbers as
-/// strings, so an integer in a string is accepted too. `null` is absent.
-fn seq(raw: &str, name: &'static str) -> Result<Option<i64>, BookDataError> {
-    if raw == "null" {
-        return Ok(None);
-    }
-    as_i64(raw)
-        .or_else(|| as_plain_str(raw).and_then(as_i64))
-        .map(Some)
-        .ok_or(BookDataError::Invalid(name))
-}
-
-impl<'a> BookData<'a> {
-    /// Reads one entry object without allocating. Unknown members are skipped.
-    pub fn parse(raw: &'a str) -> Result<Self, BookDataError> {
-        let (mut asks, mut bids) = (None, None);
-        let mut d = BookData {
-            asks: "[]",
-            bids: "[]",
-            ts: None,
-            checksum: None,
-            seq_id: None,
-            prev_seq_id: None,
-        };
-        for member in Object::new(raw) {
-            let (key, value) = member?;
-            match key {
-                "asks" => asks = Some(value),
-                "bids" => bids = Some(value),
-                "ts" => d.ts = Some(as_plain_str(value).ok_or(BookDataError::Invalid("ts"))?),
-                "checksum" => d.checksum = seq(value, "checksum")?,
-                "seqId" => d.seq_id = seq(value, "seqId")?,
-                "prevSeqId" => d.prev_seq_id = seq(value, "prevSeqId")?,
-                _ => {}
-            }
-        }
-        d.asks = asks.ok_or(BookDataError::Missing("asks"))?;
-        d.bids = bids.ok_or(BookDataError::Missing("bids"))?;
-        if !d.asks.starts_with('[') {
-            return Err(BookDataError::Invalid("asks"));
-        }
-        if !d.bids.starts_with('[') {
-            return Err(BookDataError::Invalid("bids"));
-        }
-        Ok(d)
-    }
-
-    pub fn ts_ms(&self) -> u64 {
-        self.ts.and_then(|t| t.parse().ok()).unwrap_or(0)
-    }
-}
-
-/// The entries of one `books` push (the venue sends one; a few are tolerated), kept inline so
-/// the hot path does not allocate.
-pub type Entries<'a> = heapless::Vec<BookData<'a>, 4>;
-
-/// Parses the raw `data` array of a `books` push (or of a REST books answer).
-pub fn parse_entries(raw: &str) -> Result<Entries<'_>, BookDataError> {
-    let mut out = Entries::new();
-    for item in Array::new(raw) {
-        out.push(BookData::parse(item?)?)
-            .map_err(|_| BookDataError::TooMany)?;
-    }
-    Ok(out)
-}
 
 /// OKX's checksum of a book: signed CRC32 over the top 25 levels interleaved
 /// (`bid_px:bid_sz:ask_px:ask_sz:…`, one side continuing alone when the other runs out). The
@@ -139,40 +57,6 @@ pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
     crc32fast::hash(&text[..len]) as i32
 }
 
-/// Why an OKX book was marked unsynced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OkxResync {
-    /// `prevSeqId` did not continue the chain.
-    Gap {
-        expected: i64,
-        got: i64,
-    },
-    /// The venue restarted its sequence (maintenance).
-    SequenceReset,
-    /// The book's checksum differs from the venue's.
-    Checksum {
-        venue: i64,
-        ours: i32,
-    },
-    /// The REST snapshot is older than every buffered update.
-    StaleSnapshot,
-    Malformed,
-    Truncated,
-}
-
-impl OkxResync {
-    pub fn label(self) -> &'static str {
-        match self {
-            OkxResync::Gap { .. } => "gap",
-            OkxResync::SequenceReset => "sequence_reset",
-            OkxResync::Checksum { .. } => "checksum",
-            OkxResync::StaleSnapshot => "stale_snapshot",
-            OkxResync::Malformed => "malformed",
-            OkxResync::Truncated => "truncated",
-        }
-    }
-}
-
 /// What the session must do after an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OkxEvent {
@@ -182,56 +66,31 @@ pub enum OkxEvent {
     Heartbeat,
     /// Kept until a snapshot arrives.
     Buffered,
-    /// Older than the book: ignored.
+    /// Older than the book (or without a sequence while waiting): ignored.
     Dropped,
     /// Unsynced: resubscribe or fetch a REST snapshot; publish nothing meanwhile.
-    Resync(OkxResync),
+    Resync(ResyncReason),
 }
 
-#[derive(Debug)]
-struct OwnedUpdate {
+/// A buffered update's ids.
+#[derive(Debug, Clone, Copy)]
+struct Seq {
     seq_id: i64,
     prev_seq_id: i64,
-    bids: Vec<(Decimal, Decimal)>,
-    asks: Vec<(Decimal, Decimal)>,
-    checksum: i64,
 }
 
 #[derive(Debug)]
 enum State {
     /// No snapshot yet: updates are buffered for a REST snapshot.
-    AwaitingSnapshot { buffered: VecDeque<OwnedUpdate> },
-    /// Verified through `seq_id` (`None` when the venue sends no sequence).
+    AwaitingSnapshot { buffered: UpdateBuffer<Seq> },
+    /// Verified through `seq_id` (`None` when the venue sends no sequence: checksums alone).
     Synced { seq_id: Option<i64> },
 }
-
-/// Most updates buffered while a REST snapshot is fetched.
-pub const MAX_BUFFERED: usize = 2000;
 
 /// One instrument's book and its machine.
 pub struct OkxBook {
     state: State,
-    book: Box<Book<BOOK_CAPACITY>>,
-}
-
-fn read_levels(raw: &str, out: &mut Vec<(Decimal, Decimal)>) -> Result<(), OkxResync> {
-    for lv in Levels::new(raw) {
-        let (p, q) = lv.map_err(|_| OkxResync::Malformed)?;
-        let p = Decimal::parse(p).map_err(|_| OkxResync::Malformed)?;
-        let q = Decimal::parse(q).map_err(|_| OkxResync::Malformed)?;
-        out.push((p, q));
-    }
-    Ok(())
-}
-
-fn apply_raw(book: &mut Book<BOOK_CAPACITY>, side: BookSide, raw: &str) -> Result<(), OkxResync> {
-    for lv in Levels::new(raw) {
-        let (p, q) = lv.map_err(|_| OkxResync::Malformed)?;
-        let p = Decimal::parse(p).map_err(|_| OkxResync::Malformed)?;
-        let q = Decimal::parse(q).map_err(|_| OkxResync::Malformed)?;
-        book.apply(side, p, q);
-    }
-    Ok(())
+    core: BookCore,
 }
 
 impl Default for OkxBook {
@@ -242,20 +101,25 @@ impl Default for OkxBook {
 
 impl OkxBook {
     pub fn new() -> Self {
+        OkxBook::with_counter(Counter::default())
+    }
+
+    /// A machine counting levels dropped by full sides in `levels_dropped`.
+    pub fn with_counter(levels_dropped: Counter) -> Self {
         OkxBook {
             state: State::AwaitingSnapshot {
-                buffered: VecDeque::new(),
+                buffered: UpdateBuffer::default(),
             },
-            book: Book::new_boxed(),
+            core: BookCore::new(levels_dropped),
         }
     }
 
     /// Back to waiting for a snapshot (reconnect, resubscribe).
     pub fn reset(&mut self) {
         self.state = State::AwaitingSnapshot {
-            buffered: VecDeque::new(),
+            buffered: UpdateBuffer::default(),
         };
-        self.book.clear();
+        self.core.clear();
     }
 
     /// Updates kept while waiting for a snapshot.
@@ -271,33 +135,40 @@ impl OkxBook {
     }
 
     pub fn book(&self) -> Option<&Book<BOOK_CAPACITY>> {
-        self.is_synced().then_some(&*self.book)
+        self.is_synced().then_some(self.core.book())
     }
 
-    fn fail(&mut self, r: OkxResync) -> OkxEvent {
+    fn fail(&mut self, r: ResyncReason) -> OkxEvent {
         self.reset();
         OkxEvent::Resync(r)
     }
 
-    fn verify(&mut self, venue: i64) -> Result<(), OkxResync> {
+    fn verify(&self, venue: i64) -> Result<(), ResyncReason> {
         if venue == 0 {
             return Ok(());
         }
-        let ours = checksum(&self.book);
+        let ours = checksum(self.core.book());
         if i64::from(ours) != venue {
-            return Err(OkxResync::Checksum { venue, ours });
+            return Err(ResyncReason::Checksum { venue, ours });
         }
+        Ok(())
+    }
+
+    fn apply(&mut self, d: &BookData<'_>) -> Result<(), ResyncReason> {
+        self.core.apply_levels(BookSide::Bid, Levels::new(d.bids))?;
+        self.core.apply_levels(BookSide::Ask, Levels::new(d.asks))?;
         Ok(())
     }
 
     /// A WebSocket `snapshot` (action `snapshot`).
     pub fn on_ws_snapshot(&mut self, d: &BookData<'_>) -> OkxEvent {
-        self.book.clear();
-        let r = apply_raw(&mut self.book, BookSide::Bid, d.bids)
-            .and_then(|()| apply_raw(&mut self.book, BookSide::Ask, d.asks))
+        self.core.clear();
+        let r = self
+            .apply(d)
             .and_then(|()| self.verify(d.checksum.unwrap_or(0)));
         match r {
             Ok(()) => {
+                self.core.advanced();
                 self.state = State::Synced { seq_id: d.seq_id };
                 OkxEvent::Applied {
                     seq_id: d.seq_id.unwrap_or(0),
@@ -309,74 +180,93 @@ impl OkxBook {
 
     /// A WebSocket `update`.
     pub fn on_update(&mut self, d: &BookData<'_>) -> OkxEvent {
-        match &mut self.state {
+        let last = match &mut self.state {
             State::AwaitingSnapshot { buffered } => {
                 let (Some(seq_id), Some(prev_seq_id)) = (d.seq_id, d.prev_seq_id) else {
                     // Without a sequence there is nothing to splice a REST snapshot onto.
                     return OkxEvent::Dropped;
                 };
-                let mut u = OwnedUpdate {
+                if seq_id != prev_seq_id
+                    && let Err(r) = check_jump(i128::from(prev_seq_id), i128::from(seq_id))
+                {
+                    return self.fail(r);
+                }
+                let ids = Seq {
                     seq_id,
                     prev_seq_id,
-                    bids: Vec::new(),
-                    asks: Vec::new(),
-                    checksum: d.checksum.unwrap_or(0),
                 };
-                if let Err(e) =
-                    read_levels(d.bids, &mut u.bids).and_then(|()| read_levels(d.asks, &mut u.asks))
-                {
-                    return self.fail(e);
-                }
-                if buffered.len() >= MAX_BUFFERED {
-                    buffered.pop_front();
-                }
-                buffered.push_back(u);
-                OkxEvent::Buffered
+                let pushed = buffered.push(
+                    ids,
+                    Levels::new(d.bids),
+                    Levels::new(d.asks),
+                    d.checksum.unwrap_or(0),
+                );
+                return match pushed {
+                    Ok(()) => OkxEvent::Buffered,
+                    Err(ResyncReason::Malformed) => self.fail(ResyncReason::Malformed),
+                    // The buffer restarted at this update: the snapshot in flight may no
+                    // longer bridge it, so say so (the feed fetches again).
+                    Err(r) => OkxEvent::Resync(r),
+                };
             }
-            State::Synced { seq_id } => {
-                let last = *seq_id;
-                if let (Some(last), Some(seq), Some(prev)) = (last, d.seq_id, d.prev_seq_id) {
-                    if seq == prev && seq == last {
-                        // A heartbeat: nothing changed; its checksum (if any) is the book's.
-                        // Levels under an unchanged seqId contradict the chain.
-                        if Levels::new(d.bids).next().is_some()
-                            || Levels::new(d.asks).next().is_some()
-                        {
-                            return self.fail(OkxResync::Malformed);
-                        }
-                        return match self.verify(d.checksum.unwrap_or(0)) {
-                            Ok(()) => OkxEvent::Heartbeat,
-                            Err(e) => self.fail(e),
-                        };
+            State::Synced { seq_id } => *seq_id,
+        };
+        match (last, d.seq_id, d.prev_seq_id) {
+            (Some(last), Some(seq), Some(prev)) => {
+                if seq == prev && seq == last {
+                    // A heartbeat: nothing changed; its checksum (if any) is the book's.
+                    // Levels under an unchanged seqId contradict the chain.
+                    if Levels::new(d.bids).next().is_some() || Levels::new(d.asks).next().is_some()
+                    {
+                        return self.fail(ResyncReason::Malformed);
                     }
-                    if seq < prev {
-                        return self.fail(OkxResync::SequenceReset);
-                    }
-                    if seq <= last {
-                        return OkxEvent::Dropped;
-                    }
-                    if prev != last {
-                        return self.fail(OkxResync::Gap {
-                            expected: last,
-                            got: prev,
-                        });
-                    }
+                    return match self.verify(d.checksum.unwrap_or(0)) {
+                        Ok(()) => OkxEvent::Heartbeat,
+                        Err(e) => self.fail(e),
+                    };
                 }
-                let r = apply_raw(&mut self.book, BookSide::Bid, d.bids)
-                    .and_then(|()| apply_raw(&mut self.book, BookSide::Ask, d.asks))
-                    .and_then(|()| self.verify(d.checksum.unwrap_or(0)));
-                match r {
-                    Ok(()) => {
-                        self.state = State::Synced {
-                            seq_id: d.seq_id.or(last),
-                        };
-                        OkxEvent::Applied {
-                            seq_id: d.seq_id.unwrap_or(0),
-                        }
-                    }
-                    Err(e) => self.fail(e),
+                if seq < prev {
+                    return self.fail(ResyncReason::SequenceReset);
+                }
+                if let Err(r) = check_jump(i128::from(prev), i128::from(seq)) {
+                    return self.fail(r);
+                }
+                if seq <= last {
+                    return match self.core.dropped_old() {
+                        Ok(()) => OkxEvent::Dropped,
+                        Err(r) => self.fail(r),
+                    };
+                }
+                if prev != last {
+                    return self.fail(ResyncReason::Gap {
+                        expected: i128::from(last),
+                        got: i128::from(prev),
+                    });
                 }
             }
+            // Synced on a sequence: an update without one cannot be placed in the chain.
+            (Some(_), _, _) => return self.fail(ResyncReason::MissingSequence),
+            // Synced without a sequence (captures before seqId existed): only a checksum
+            // can verify the update.
+            (None, _, _) if d.checksum.unwrap_or(0) == 0 => {
+                return self.fail(ResyncReason::MissingSequence);
+            }
+            (None, _, _) => {}
+        }
+        let r = self
+            .apply(d)
+            .and_then(|()| self.verify(d.checksum.unwrap_or(0)));
+        match r {
+            Ok(()) => {
+                self.core.advanced();
+                self.state = State::Synced {
+                    seq_id: d.seq_id.or(last),
+                };
+                OkxEvent::Applied {
+                    seq_id: d.seq_id.unwrap_or(0),
+                }
+            }
+            Err(e) => self.fail(e),
         }
     }
 
@@ -387,57 +277,64 @@ impl OkxBook {
         };
         let buffered = std::mem::take(buffered);
         let Some(snap) = d.seq_id else {
-            return self.fail(OkxResync::Malformed);
+            return self.fail(ResyncReason::Malformed);
         };
-        let kept: Vec<&OwnedUpdate> = buffered.iter().filter(|u| u.seq_id > snap).collect();
+        let kept: Vec<_> = buffered.iter().filter(|u| u.ids.seq_id > snap).collect();
         if let Some(first) = kept.first()
-            && first.prev_seq_id > snap
+            && first.ids.prev_seq_id > snap
         {
+            drop(kept);
             self.state = State::AwaitingSnapshot { buffered };
-            return OkxEvent::Resync(OkxResync::StaleSnapshot);
+            return OkxEvent::Resync(ResyncReason::StaleSnapshot);
         }
-        self.book.clear();
-        if let Err(e) = apply_raw(&mut self.book, BookSide::Bid, d.bids)
-            .and_then(|()| apply_raw(&mut self.book, BookSide::Ask, d.asks))
+        self.core
+            .dropped_by_snapshot((buffered.len() - kept.len()) as u64);
+        self.core.clear();
+        // The snapshot's own checksum, when it carries one, before anything is spliced on.
+        if let Err(e) = self
+            .apply(d)
+            .and_then(|()| self.verify(d.checksum.unwrap_or(0)))
         {
+            drop(kept);
             return self.fail(e);
         }
         let mut last = snap;
         for (i, u) in kept.iter().enumerate() {
-            if i > 0 && u.prev_seq_id != last {
-                return self.fail(OkxResync::Gap {
-                    expected: last,
-                    got: u.prev_seq_id,
-                });
+            if i > 0 && u.ids.prev_seq_id != last {
+                let gap = ResyncReason::Gap {
+                    expected: i128::from(last),
+                    got: i128::from(u.ids.prev_seq_id),
+                };
+                drop(kept);
+                return self.fail(gap);
             }
-            for (p, q) in &u.bids {
-                self.book.apply(BookSide::Bid, *p, *q);
-            }
-            for (p, q) in &u.asks {
-                self.book.apply(BookSide::Ask, *p, *q);
-            }
-            last = u.seq_id;
+            self.core.apply_owned(BookSide::Bid, &u.bids);
+            self.core.apply_owned(BookSide::Ask, &u.asks);
+            last = u.ids.seq_id;
             if let Err(e) = self.verify(u.checksum) {
+                drop(kept);
                 return self.fail(e);
             }
         }
+        self.core.advanced();
         self.state = State::Synced { seq_id: Some(last) };
         OkxEvent::Applied { seq_id: last }
     }
 
-    /// Fills the top `depth` levels while synced (`Err` when the book was cut below it).
-    pub fn fill(&mut self, depth: usize, out: &mut OrderbookData) -> Result<bool, OkxResync> {
+    /// Fills the top `depth` levels while synced; `Err` when the book cannot vouch for them
+    /// (cut below `depth`, or crossed): it is then reset.
+    pub fn fill(&mut self, depth: usize, out: &mut OrderbookData) -> Result<bool, ResyncReason> {
         let State::Synced { seq_id } = self.state else {
             return Ok(false);
         };
-        match self.book.fill(depth, out) {
+        match self.core.fill(depth, &mut out.bids, &mut out.asks) {
             Ok(()) => {
                 out.update_id = seq_id.unwrap_or(0).max(0) as u64;
                 Ok(true)
             }
-            Err(_) => {
+            Err(r) => {
                 self.reset();
-                Err(OkxResync::Truncated)
+                Err(r)
             }
         }
     }
@@ -446,6 +343,7 @@ impl OkxBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book::Decimal;
 
     fn crc(s: &str) -> i32 {
         crc32fast::hash(s.as_bytes()) as i32
@@ -497,7 +395,7 @@ mod tests {
             b.on_update(&data(
                 r#"{"asks":[],"bids":[],"checksum":0,"seqId":12,"prevSeqId":12}"#
             )),
-            OkxEvent::Resync(OkxResync::Gap {
+            OkxEvent::Resync(ResyncReason::Gap {
                 expected: 11,
                 got: 12
             })
@@ -509,7 +407,7 @@ mod tests {
         ));
         assert_eq!(
             c.on_update(&data(&up(11, 11))),
-            OkxEvent::Resync(OkxResync::Malformed)
+            OkxEvent::Resync(ResyncReason::Malformed)
         );
     }
 
@@ -541,7 +439,7 @@ mod tests {
             c.on_update(&data(
                 r#"{"asks":[],"bids":[],"checksum":0,"seqId":12,"prevSeqId":12}"#
             )),
-            OkxEvent::Resync(OkxResync::Gap {
+            OkxEvent::Resync(ResyncReason::Gap {
                 expected: 10,
                 got: 12
             })
@@ -550,7 +448,7 @@ mod tests {
             b.on_update(&data(
                 r#"{"asks":[],"bids":[],"checksum":0,"seqId":3,"prevSeqId":11}"#
             )),
-            OkxEvent::Resync(OkxResync::SequenceReset)
+            OkxEvent::Resync(ResyncReason::SequenceReset)
         );
     }
 
@@ -588,30 +486,8 @@ mod tests {
         ));
         assert_eq!(
             b.on_rest_snapshot(&data(r#"{"asks":[],"bids":[],"seqId":10}"#)),
-            OkxEvent::Resync(OkxResync::StaleSnapshot)
+            OkxEvent::Resync(ResyncReason::StaleSnapshot)
         );
-    }
-
-    #[test]
-    fn a_rest_seq_id_written_as_a_string_is_read_and_junk_is_refused() {
-        let d = data(r#"{"asks":[],"bids":[],"seqId":"123","prevSeqId":null}"#);
-        assert_eq!((d.seq_id, d.prev_seq_id), (Some(123), None));
-        for bad in [
-            r#"{"asks":[],"bids":[],"seqId":"12a"}"#,
-            r#"{"asks":[],"bids":[],"seqId":1.5}"#,
-            r#"{"asks":[],"bids":[],"checksum":true}"#,
-            r#"{"asks":[],"seqId":1}"#,
-            r#"{"asks":{},"bids":[]}"#,
-            r#"{"asks":[],"bids":[],"ts":5}"#,
-            r#"{"asks":[],"bids":[]"#,
-        ] {
-            assert!(BookData::parse(bad).is_err(), "{bad}");
-        }
-        let e = parse_entries(r#"[{"asks":[],"bids":[]},{"asks":[],"bids":[]}]"#)
-            .expect("valid books entries");
-        assert_eq!(e.len(), 2);
-        let five = format!("[{}]", [r#"{"asks":[],"bids":[]}"#; 5].join(","));
-        assert_eq!(parse_entries(&five).unwrap_err(), BookDataError::TooMany);
     }
 
     #[test]
@@ -631,11 +507,127 @@ mod tests {
         assert_eq!(b.on_update(&data(&hb(good))), OkxEvent::Heartbeat);
         assert_eq!(
             b.on_update(&data(&hb(good ^ 1))),
-            OkxEvent::Resync(OkxResync::Checksum {
+            OkxEvent::Resync(ResyncReason::Checksum {
                 venue: i64::from(good ^ 1),
                 ours: good
             })
         );
         assert!(!b.is_synced());
+    }
+
+    fn synced_at(seq: i64) -> OkxBook {
+        let mut b = OkxBook::new();
+        let snap = format!(
+            r#"{{"asks":[["10","1","0","1"]],"bids":[["9","1","0","1"]],"checksum":0,"seqId":{seq},"prevSeqId":-1}}"#
+        );
+        assert_eq!(
+            b.on_ws_snapshot(&data(&snap)),
+            OkxEvent::Applied { seq_id: seq }
+        );
+        b
+    }
+
+    fn filled(b: &mut OkxBook) -> Result<bool, ResyncReason> {
+        let mut out = OrderbookData {
+            bids: heapless::Vec::new(),
+            asks: heapless::Vec::new(),
+            update_id: 0,
+        };
+        b.fill(5, &mut out)
+    }
+
+    #[test]
+    fn tc8_a_synced_book_refuses_what_it_cannot_check_or_what_no_venue_has() {
+        // TC0: no sequence fields once synced on a sequence.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[["9.5","1","0","1"]],"checksum":0}"#
+            )),
+            OkxEvent::Resync(ResyncReason::MissingSequence)
+        );
+        // TC1: only one of the two.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(r#"{"asks":[],"bids":[],"checksum":0,"seqId":11}"#)),
+            OkxEvent::Resync(ResyncReason::MissingSequence)
+        );
+        // TC2: negative size, negative price.
+        for bids in [r#"[["9.5","-1","0","1"]]"#, r#"[["-9.5","1","0","1"]]"#] {
+            let mut b = synced_at(10);
+            let up =
+                format!(r#"{{"asks":[],"bids":{bids},"checksum":0,"seqId":11,"prevSeqId":10}}"#);
+            assert_eq!(
+                b.on_update(&data(&up)),
+                OkxEvent::Resync(ResyncReason::Malformed),
+                "{bids}"
+            );
+        }
+        // TC3: a crossing bid applies (the chain is fine) but is never published.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[["11","1","0","1"]],"checksum":0,"seqId":11,"prevSeqId":10}"#
+            )),
+            OkxEvent::Applied { seq_id: 11 }
+        );
+        assert_eq!(filled(&mut b), Err(ResyncReason::Crossed));
+        assert!(!b.is_synced());
+        // TC4: a jump to i64::MAX, and backwards past the reset rule.
+        let mut b = synced_at(10);
+        assert_eq!(
+            b.on_update(&data(
+                r#"{"asks":[],"bids":[],"checksum":0,"seqId":9223372036854775807,"prevSeqId":10}"#
+            )),
+            OkxEvent::Resync(ResyncReason::ImpossibleId {
+                from: 10,
+                to: i128::from(i64::MAX)
+            })
+        );
+        // TC5: a book without a sequence (a 2022 capture) takes only checksummed updates.
+        let mut c = OkxBook::new();
+        c.on_ws_snapshot(&data(r#"{"asks":[],"bids":[["1","1","0","1"]]}"#));
+        assert_eq!(
+            c.on_update(&data(
+                r#"{"asks":[],"bids":[["2","1","0","1"]],"checksum":0}"#
+            )),
+            OkxEvent::Resync(ResyncReason::MissingSequence)
+        );
+    }
+
+    #[test]
+    fn tc9_a_rest_snapshot_with_a_wrong_checksum_is_refused() {
+        let mut b = OkxBook::new();
+        let good = crc("3366.1:7:3366.8:9");
+        let snap = |c: i32| {
+            format!(
+                r#"{{"asks":[["3366.8","9","0","1"]],"bids":[["3366.1","7","0","1"]],"checksum":{c},"seqId":5}}"#
+            )
+        };
+        assert_eq!(
+            b.on_rest_snapshot(&data(&snap(good ^ 1))),
+            OkxEvent::Resync(ResyncReason::Checksum {
+                venue: i64::from(good ^ 1),
+                ours: good
+            })
+        );
+        assert!(!b.is_synced());
+        assert_eq!(
+            b.on_rest_snapshot(&data(&snap(good))),
+            OkxEvent::Applied { seq_id: 5 }
+        );
+    }
+
+    #[test]
+    fn tc10_a_book_that_only_gets_old_updates_is_stuck() {
+        let mut b = synced_at(100);
+        let old = r#"{"asks":[],"bids":[],"checksum":0,"seqId":50,"prevSeqId":49}"#;
+        for _ in 0..crate::book::sync::MAX_DROPPED_IN_A_ROW {
+            assert_eq!(b.on_update(&data(old)), OkxEvent::Dropped);
+        }
+        assert_eq!(
+            b.on_update(&data(old)),
+            OkxEvent::Resync(ResyncReason::Stuck)
+        );
     }
 }

@@ -1,15 +1,19 @@
 //! OKX v5: spot and USDT-margined swaps on one public socket.
 //!
-//! Owns: OKX URLs, instrument spelling (`BTC-USDT`, `BTC-USDT-SWAP`), channel names.
-//! Must not touch: sockets or other venues.
+//! Owns: OKX URLs, instrument spelling (`BTC-USDT`, `BTC-USDT-SWAP`), channel names, and
+//! split as Binance's is: frames and REST bodies (`wire`), subscriptions and their budget
+//! (`subs`), the seqId/checksum book machine (`book`), the per-socket protocol (`feed`) and
+//! the rubik pollers (`poll`). Must not touch: sockets or other venues.
 
 pub mod book;
 pub mod feed;
 pub mod poll;
+pub mod subs;
+pub mod wire;
 
 use crate::config::Config;
 use crate::model::{Channel, Exchange, Market, Symbol};
-use crate::plan::{Plan, RestPlan, SocketPlan, StreamPlan};
+use crate::plan::{Plan, RestPlan, SocketName, SocketPlan, StreamPlan};
 use crate::venue::PlanError;
 
 /// `BTC-USDT` (spot) or `BTC-USDT-SWAP` (perpetual).
@@ -25,7 +29,7 @@ pub fn plan(cfg: &Config, plan: &mut Plan) -> Result<(), PlanError> {
     let ep = &cfg.venues.okx;
     let mut socket = SocketPlan {
         exchange: Exchange::Okx,
-        name: "public",
+        name: SocketName::Public,
         url: ep.ws.as_str().to_owned(),
         streams: Vec::new(),
     };

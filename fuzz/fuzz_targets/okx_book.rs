@@ -1,0 +1,6 @@
+#![no_main]
+//! `marketbox::fuzzing::okx_book` under libFuzzer (its invariants are asserted there).
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| marketbox::fuzzing::okx_book(data));

@@ -1,0 +1,590 @@
+//! OKX frames and REST bodies, parsed without copying.
+//!
+//! Design: a WebSocket frame is an event (`{"event":"subscribe"|"error"|"notice",…}`) or a
+//! push (`{"arg":{"channel","instId"|"instType"},"action"?,"data":[…]}`). The envelope is read
+//! in one pass by the zero-copy scanner ([`Frame::parse`]); `data` stays raw and is read by
+//! the channel's own parser: `books` entries by [`BookData::parse`] (levels stay raw slices,
+//! walked when applied), the flat channels by borrowed serde rows. Channels, events, actions
+//! and ops are enums, never compared strings.
+//!
+//! Numbers are typed: a field that must be a number and is not is a [`WireError`] (counted as
+//! malformed by the feed), never a default value: an unreadable trade id must not become 0
+//! and collide in JetStream's duplicate window.
+//!
+//! Unknown keys are ignored everywhere (live payloads carry undocumented extras).
+//!
+//! Owns: every OKX field name. Must not touch: book state, subscriptions or publishing.
+
+use serde::Deserialize;
+
+use crate::venue::json::{Array, JsonError, Object, as_i64, as_plain_str, as_u64};
+
+/// Why a frame or body could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    #[error("`{0}` is missing")]
+    Missing(&'static str),
+    #[error("`{0}` is not what it should be")]
+    Invalid(&'static str),
+    #[error("more than {MAX_ENTRIES} entries in one push")]
+    TooMany,
+    #[error("neither an event nor a push")]
+    NotAFrame,
+    #[error("a push for an instrument this socket does not carry")]
+    UnknownInstrument,
+    #[error("the venue answered with error code {0}")]
+    Refused(Code),
+}
+
+/// An OKX error code as the venue wrote it (digits; at most 8 kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code {
+    digits: [u8; 8],
+    len: u8,
+}
+
+impl Code {
+    /// Keeps up to 8 characters of `raw` (any text: it is only shown, never a label).
+    pub fn new(raw: &str) -> Code {
+        let mut digits = [0u8; 8];
+        let mut len = 0;
+        for b in raw.bytes().filter(u8::is_ascii_graphic).take(8) {
+            digits[len] = b;
+            len += 1;
+        }
+        Code {
+            digits,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The channels marketbox subscribes to on `/ws/v5/public`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OkxChannel {
+    Books,
+    Trades,
+    FundingRate,
+    OpenInterest,
+    LiquidationOrders,
+}
+
+impl OkxChannel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OkxChannel::Books => "books",
+            OkxChannel::Trades => "trades",
+            OkxChannel::FundingRate => "funding-rate",
+            OkxChannel::OpenInterest => "open-interest",
+            OkxChannel::LiquidationOrders => "liquidation-orders",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OkxChannel> {
+        Some(match s {
+            "books" => OkxChannel::Books,
+            "trades" => OkxChannel::Trades,
+            "funding-rate" => OkxChannel::FundingRate,
+            "open-interest" => OkxChannel::OpenInterest,
+            "liquidation-orders" => OkxChannel::LiquidationOrders,
+            _ => return None,
+        })
+    }
+
+    /// `liquidation-orders` is subscribed by `instType`, every other channel by `instId`.
+    pub fn key_field(self) -> &'static str {
+        match self {
+            OkxChannel::LiquidationOrders => "instType",
+            _ => "instId",
+        }
+    }
+}
+
+/// A subscription request's operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Subscribe,
+    Unsubscribe,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Subscribe => "subscribe",
+            Op::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+/// An event frame's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Subscribe,
+    Unsubscribe,
+    Error,
+    Notice,
+    /// `login`, `channel-conn-count`, … : nothing marketbox acts on.
+    Other,
+}
+
+/// A `books` push's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Snapshot,
+    Update,
+}
+
+/// The venue's notice code for "service restart in 60 s".
+pub const NOTICE_RESTART: &str = "64008";
+
+/// A subscription arg as the venue echoes it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Arg<'a> {
+    /// `None` for a channel marketbox does not know (counted as unknown).
+    pub channel: Option<OkxChannel>,
+    pub inst_id: Option<&'a str>,
+    pub inst_type: Option<&'a str>,
+}
+
+impl<'a> Arg<'a> {
+    fn parse(raw: &'a str) -> Result<Self, WireError> {
+        let mut a = Arg::default();
+        let mut named = false;
+        for m in Object::new(raw) {
+            let (k, v) = m?;
+            let text = || as_plain_str(v).ok_or(WireError::Invalid("arg"));
+            match k {
+                "channel" => {
+                    a.channel = OkxChannel::parse(text()?);
+                    named = true;
+                }
+                "instId" => a.inst_id = Some(text()?),
+                "instType" => a.inst_type = Some(text()?),
+                _ => {}
+            }
+        }
+        if !named {
+            return Err(WireError::Missing("arg.channel"));
+        }
+        Ok(a)
+    }
+
+    /// The subscription key: `instId`, or `instType` for `liquidation-orders`.
+    pub fn key(&self) -> Option<&'a str> {
+        self.inst_id.or(self.inst_type)
+    }
+}
+
+/// A frame's envelope, read in one pass without allocating.
+#[derive(Debug, Default)]
+pub struct Frame<'a> {
+    /// The request id an event answers.
+    pub id: Option<&'a str>,
+    pub event: Option<Event>,
+    pub code: Option<&'a str>,
+    /// The message text (raw JSON when it holds escapes); for logs only.
+    pub msg: Option<&'a str>,
+    pub arg: Option<Arg<'a>>,
+    pub action: Option<Action>,
+    /// The raw `data` array of a push.
+    pub data: Option<&'a str>,
+}
+
+impl<'a> Frame<'a> {
+    pub fn parse(text: &'a str) -> Result<Self, WireError> {
+        let mut f = Frame::default();
+        for m in Object::new(text) {
+            let (k, v) = m?;
+            match k {
+                "id" => f.id = as_plain_str(v),
+                "event" => {
+                    f.event = Some(match as_plain_str(v).ok_or(WireError::Invalid("event"))? {
+                        "subscribe" => Event::Subscribe,
+                        "unsubscribe" => Event::Unsubscribe,
+                        "error" => Event::Error,
+                        "notice" => Event::Notice,
+                        _ => Event::Other,
+                    })
+                }
+                // Written as a string; a number is tolerated.
+                "code" => f.code = as_plain_str(v).or_else(|| as_u64(v).map(|_| v)),
+                "msg" => f.msg = Some(as_plain_str(v).unwrap_or(v)),
+                "arg" => f.arg = Some(Arg::parse(v)?),
+                "action" => {
+                    f.action = Some(match as_plain_str(v).ok_or(WireError::Invalid("action"))? {
+                        "snapshot" => Action::Snapshot,
+                        "update" => Action::Update,
+                        _ => return Err(WireError::Invalid("action")),
+                    })
+                }
+                "data" => f.data = Some(v),
+                _ => {}
+            }
+        }
+        if f.event.is_none() && (f.arg.is_none() || f.data.is_none()) {
+            return Err(WireError::NotAFrame);
+        }
+        Ok(f)
+    }
+}
+
+/// One `books` data entry (snapshot or update), borrowed from the frame. `asks` and `bids`
+/// are the raw level arrays, walked only when applied.
+#[derive(Debug, Clone, Copy)]
+pub struct BookData<'a> {
+    pub asks: &'a str,
+    pub bids: &'a str,
+    pub ts: Option<&'a str>,
+    pub checksum: Option<i64>,
+    pub seq_id: Option<i64>,
+    pub prev_seq_id: Option<i64>,
+}
+
+/// A sequence id: a JSON integer on the WebSocket; OKX's REST API writes most numbers as
+/// strings, so an integer in a string is accepted too. `null` is absent.
+fn seq(raw: &str, name: &'static str) -> Result<Option<i64>, WireError> {
+    if raw == "null" {
+        return Ok(None);
+    }
+    as_i64(raw)
+        .or_else(|| as_plain_str(raw).and_then(as_i64))
+        .map(Some)
+        .ok_or(WireError::Invalid(name))
+}
+
+impl<'a> BookData<'a> {
+    /// Reads one entry object without allocating. Unknown members are skipped.
+    pub fn parse(raw: &'a str) -> Result<Self, WireError> {
+        let (mut asks, mut bids) = (None, None);
+        let mut d = BookData {
+            asks: "[]",
+            bids: "[]",
+            ts: None,
+            checksum: None,
+            seq_id: None,
+            prev_seq_id: None,
+        };
+        for member in Object::new(raw) {
+            let (key, value) = member?;
+            match key {
+                "asks" => asks = Some(value),
+                "bids" => bids = Some(value),
+                "ts" => d.ts = Some(as_plain_str(value).ok_or(WireError::Invalid("ts"))?),
+                "checksum" => d.checksum = seq(value, "checksum")?,
+                "seqId" => d.seq_id = seq(value, "seqId")?,
+                "prevSeqId" => d.prev_seq_id = seq(value, "prevSeqId")?,
+                _ => {}
+            }
+        }
+        d.asks = asks.ok_or(WireError::Missing("asks"))?;
+        d.bids = bids.ok_or(WireError::Missing("bids"))?;
+        if !d.asks.starts_with('[') {
+            return Err(WireError::Invalid("asks"));
+        }
+        if !d.bids.starts_with('[') {
+            return Err(WireError::Invalid("bids"));
+        }
+        Ok(d)
+    }
+
+    /// The venue's timestamp (ms); 0 when absent or unreadable (it only labels the message,
+    /// it never reaches an id or a timer).
+    pub fn ts_ms(&self) -> u64 {
+        self.ts.and_then(|t| t.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Most entries one `books` push may carry (the venue sends one).
+pub const MAX_ENTRIES: usize = 4;
+
+/// The entries of one `books` push, kept inline so the hot path does not allocate.
+pub type Entries<'a> = heapless::Vec<BookData<'a>, MAX_ENTRIES>;
+
+/// Parses the raw `data` array of a `books` push (or of a REST books answer).
+pub fn parse_entries(raw: &str) -> Result<Entries<'_>, WireError> {
+    let mut out = Entries::new();
+    for item in Array::new(raw) {
+        out.push(BookData::parse(item?)?)
+            .map_err(|_| WireError::TooMany)?;
+    }
+    Ok(out)
+}
+
+/// A `books` push as the socket parses it: the envelope, then its entries.
+pub struct BooksPush<'a> {
+    pub inst_id: &'a str,
+    pub snapshot: bool,
+    pub entries: Entries<'a>,
+}
+
+/// Parses a `books` push the way the feed does (for benchmarks and tools).
+pub fn parse_books_push(text: &str) -> Result<BooksPush<'_>, WireError> {
+    let f = Frame::parse(text)?;
+    let (Some(arg), Some(data)) = (f.arg, f.data) else {
+        return Err(WireError::NotAFrame);
+    };
+    if arg.channel != Some(OkxChannel::Books) {
+        return Err(WireError::Invalid("arg.channel"));
+    }
+    Ok(BooksPush {
+        inst_id: arg.inst_id.ok_or(WireError::Missing("arg.instId"))?,
+        snapshot: f.action == Some(Action::Snapshot),
+        entries: parse_entries(data)?,
+    })
+}
+
+/// A `GET /api/v5/market/books` answer: `code` and the first entry of `data`.
+pub fn rest_books(body: &str) -> Result<BookData<'_>, WireError> {
+    let (mut code, mut data) = (None, None);
+    for m in Object::new(body) {
+        let (k, v) = m?;
+        match k {
+            "code" => code = as_plain_str(v).or(Some(v)),
+            "data" => data = Some(v),
+            _ => {}
+        }
+    }
+    match code {
+        Some("0") => {}
+        Some(c) => return Err(WireError::Refused(Code::new(c))),
+        None => return Err(WireError::Missing("code")),
+    }
+    let entries = parse_entries(data.ok_or(WireError::Missing("data"))?)?;
+    entries
+        .first()
+        .copied()
+        .ok_or(WireError::Missing("data[0]"))
+}
+
+/// A non-negative integer written as a JSON string (OKX's ids and timestamps).
+pub fn number(s: &str, field: &'static str) -> Result<u64, WireError> {
+    as_u64(s).ok_or(WireError::Invalid(field))
+}
+
+/// A `trades` row.
+#[derive(Deserialize)]
+pub struct Trade<'a> {
+    #[serde(rename = "tradeId", borrow)]
+    pub trade_id: &'a str,
+    #[serde(borrow)]
+    pub px: &'a str,
+    #[serde(borrow)]
+    pub sz: &'a str,
+    #[serde(borrow)]
+    pub side: &'a str,
+    #[serde(borrow)]
+    pub ts: &'a str,
+}
+
+/// A `funding-rate` row.
+#[derive(Deserialize)]
+pub struct Funding<'a> {
+    #[serde(rename = "fundingRate", borrow)]
+    pub funding_rate: &'a str,
+    #[serde(rename = "fundingTime", borrow)]
+    pub funding_time: &'a str,
+    #[serde(rename = "nextFundingRate", borrow, default)]
+    pub next_funding_rate: Option<&'a str>,
+    #[serde(borrow, default)]
+    pub ts: Option<&'a str>,
+}
+
+/// An `open-interest` row.
+#[derive(Deserialize)]
+pub struct OpenInterest<'a> {
+    #[serde(borrow)]
+    pub oi: &'a str,
+    #[serde(rename = "oiCcy", borrow)]
+    pub oi_ccy: &'a str,
+    #[serde(borrow)]
+    pub ts: &'a str,
+}
+
+/// One liquidation of a `liquidation-orders` row.
+#[derive(Deserialize)]
+pub struct LiqDetail<'a> {
+    #[serde(borrow)]
+    pub side: &'a str,
+    #[serde(rename = "posSide", borrow, default)]
+    pub pos_side: Option<&'a str>,
+    #[serde(rename = "bkPx", borrow)]
+    pub price: &'a str,
+    #[serde(borrow)]
+    pub sz: &'a str,
+    #[serde(borrow)]
+    pub ts: &'a str,
+}
+
+/// A stable 64-bit id for venue data the venue does not number: FNV-1a over the fields as
+/// written, each followed by a separator. The same data re-sent (or seen by a second box) gets
+/// the same id; data differing in any field gets another.
+pub fn content_id(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+impl LiqDetail<'_> {
+    /// A liquidation's id (the venue does not number them): [`content_id`] of its
+    /// instrument, timestamp, side, position side, price and size. Two in one millisecond
+    /// differ.
+    pub fn id(&self, inst_id: &str) -> u64 {
+        content_id(&[
+            inst_id,
+            self.ts,
+            self.side,
+            self.pos_side.unwrap_or(""),
+            self.price,
+            self.sz,
+        ])
+    }
+}
+
+impl Funding<'_> {
+    /// A funding update's id: its `ts` (every update in a funding period shares
+    /// `fundingTime`); payloads without `ts` (before 2023) get [`content_id`] of their funding
+    /// time and rates, so a changed rate is never taken for a re-send.
+    pub fn id(&self) -> Result<u64, WireError> {
+        match self.ts {
+            Some(ts) => number(ts, "ts"),
+            None => Ok(content_id(&[
+                self.funding_time,
+                self.funding_rate,
+                self.next_funding_rate.unwrap_or(""),
+            ])),
+        }
+    }
+}
+
+/// A `liquidation-orders` row.
+#[derive(Deserialize)]
+pub struct Liq<'a> {
+    #[serde(rename = "instId", borrow, default)]
+    pub inst_id: Option<&'a str>,
+    #[serde(borrow)]
+    pub details: Vec<LiqDetail<'a>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_are_typed() {
+        // TC0: a push.
+        let f = Frame::parse(
+            r#"{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[]}"#,
+        )
+        .expect("a push");
+        assert_eq!(f.arg.and_then(|a| a.channel), Some(OkxChannel::Books));
+        assert_eq!(f.action, Some(Action::Update));
+        // TC1: an event; an unknown channel is kept as unknown, not an error.
+        let f = Frame::parse(r#"{"event":"notice","code":"64008","msg":"x"}"#).expect("an event");
+        assert_eq!(
+            (f.event, f.code),
+            (Some(Event::Notice), Some(NOTICE_RESTART))
+        );
+        let f = Frame::parse(r#"{"arg":{"channel":"tickers","instId":"X"},"data":[]}"#)
+            .expect("a push on a channel marketbox does not know");
+        assert_eq!(f.arg.and_then(|a| a.channel), None);
+        // TC2: shapes refused.
+        for bad in [
+            "{}",
+            r#"{"arg":{"instId":"X"},"data":[]}"#,
+            r#"{"arg":{"channel":"books"},"action":"partial","data":[]}"#,
+            r#"{"event":5}"#,
+            "not json",
+        ] {
+            assert!(Frame::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_numbers_or_errors_never_zero() {
+        assert_eq!(number("123", "tradeId"), Ok(123));
+        for bad in ["", "-1", "1.5", "abc", "99999999999999999999999"] {
+            assert_eq!(
+                number(bad, "tradeId"),
+                Err(WireError::Invalid("tradeId")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            rest_books(r#"{"code":"51001","msg":"Instrument ID does not exist","data":[]}"#)
+                .map(|_| ()),
+            Err(WireError::Refused(Code::new("51001")))
+        );
+    }
+
+    #[test]
+    fn liquidation_ids_are_stable_and_distinct() {
+        let a = LiqDetail {
+            side: "sell",
+            pos_side: Some("long"),
+            price: "27000.1",
+            sz: "3",
+            ts: "1700000000000",
+        };
+        let b = LiqDetail { sz: "4", ..a };
+        let again = LiqDetail { ..a };
+        assert_eq!(a.id("BTC-USDT-SWAP"), again.id("BTC-USDT-SWAP"));
+        assert_ne!(
+            a.id("BTC-USDT-SWAP"),
+            b.id("BTC-USDT-SWAP"),
+            "same ms, other size"
+        );
+        assert_ne!(a.id("BTC-USDT-SWAP"), a.id("ETH-USDT-SWAP"));
+        // The separators keep "1|23" and "12|3" apart.
+        let x = LiqDetail {
+            price: "1",
+            sz: "23",
+            ..a
+        };
+        let y = LiqDetail {
+            price: "12",
+            sz: "3",
+            ..a
+        };
+        assert_ne!(x.id("I"), y.id("I"));
+    }
+
+    #[test]
+    fn a_rest_seq_id_written_as_a_string_is_read_and_junk_is_refused() {
+        let d = BookData::parse(r#"{"asks":[],"bids":[],"seqId":"123","prevSeqId":null}"#)
+            .expect("valid");
+        assert_eq!((d.seq_id, d.prev_seq_id), (Some(123), None));
+        for bad in [
+            r#"{"asks":[],"bids":[],"seqId":"12a"}"#,
+            r#"{"asks":[],"bids":[],"seqId":1.5}"#,
+            r#"{"asks":[],"bids":[],"checksum":true}"#,
+            r#"{"asks":[],"seqId":1}"#,
+            r#"{"asks":{},"bids":[]}"#,
+            r#"{"asks":[],"bids":[],"ts":5}"#,
+            r#"{"asks":[],"bids":[]"#,
+        ] {
+            assert!(BookData::parse(bad).is_err(), "{bad}");
+        }
+        let e = parse_entries(r#"[{"asks":[],"bids":[]},{"asks":[],"bids":[]}]"#)
+            .expect("valid books entries");
+        assert_eq!(e.len(), 2);
+        let five = format!("[{}]", [r#"{"asks":[],"bids":[]}"#; 5].join(","));
+        assert_eq!(parse_entries(&five).unwrap_err(), WireError::TooMany);
+    }
+}

@@ -420,7 +420,7 @@ impl Disk {
                         );
                         failing_since = Some(now);
                     }
-                    retry_at = now + DISK_RETRY;
+                    retry_at = now.checked_add(DISK_RETRY).unwrap_or(now);
                     self.to_bypass(&mut batch);
                 }
             }
@@ -498,8 +498,7 @@ impl Disk {
                     .open(&path)?;
                 // The new file's name must survive a crash too.
                 File::open(&self.dir)?.sync_all()?;
-                *file = Some(f);
-                (file.as_mut().expect("set just above"), Some(path), 0)
+                (file.insert(f), Some(path), 0)
             }
         };
         let written = f
@@ -617,13 +616,23 @@ impl Disk {
                     return None;
                 }
                 let next = &st.segs[idx + 1];
-                let f = File::open(&next.path).ok()?;
-                st.read = Some(ReadPos {
-                    seg: next.first,
-                    offset: 0,
-                    file: BufReader::new(f),
-                });
-                continue;
+                match File::open(&next.path) {
+                    Ok(f) => {
+                        st.read = Some(ReadPos {
+                            seg: next.first,
+                            offset: 0,
+                            file: BufReader::new(f),
+                        });
+                        continue;
+                    }
+                    Err(err) => {
+                        // Stay at the end of this one (never re-read from the start, which
+                        // would hand out records twice); the next call tries again.
+                        tracing::warn!(segment = %next.path.display(), %err, "[spool] dir: cannot open the next segment");
+                        st.read = Some(pos);
+                        return None;
+                    }
+                }
             }
             let mut body = Vec::new();
             match read_record(&mut pos.file, &mut body) {

@@ -282,9 +282,18 @@ impl Window {
         self.cap - self.slots.len().min(self.cap)
     }
 
-    /// Appends a record taken from the spool (its sequence number is above every other).
-    pub fn push(&mut self, rec: Record) {
+    /// Appends a record taken from the spool. Sequence numbers only grow; a record at or
+    /// below the newest one is already here (or was acknowledged) and is not taken twice.
+    pub fn push(&mut self, rec: Record) -> bool {
+        if self.slots.back().is_some_and(|b| b.0.sseq >= rec.sseq) {
+            tracing::error!(
+                sseq = rec.sseq,
+                "the spool handed out a record twice (a bug); ignored"
+            );
+            return false;
+        }
         self.slots.push_back((rec, SlotState::Queued));
+        true
     }
 
     /// A new connection: everything unacknowledged is to be sent again, oldest first.
@@ -357,7 +366,7 @@ pub async fn fill(spool: &Spool, window: &mut Window, scratch: &mut VecDeque<Rec
     }
     let more = spool.pop_batch(room, scratch).await;
     for r in scratch.drain(..) {
-        window.push(r);
+        let _ = window.push(r);
     }
     more
 }
@@ -529,7 +538,11 @@ mod tests {
         assert_eq!(w.ack(3), Some(30));
         assert_eq!(w.pop_acked(), Some(5));
         assert_eq!(w.len(), 1);
-        // TC3: repeated and unknown acks change nothing.
+        // TC3: a record handed out twice is not taken twice.
+        assert!(!w.push(rec(9)));
+        assert!(!w.push(rec(4)));
+        assert_eq!(w.len(), 1);
+        // TC4: repeated and unknown acks change nothing.
         assert_eq!(w.ack(3), None);
         assert_eq!(w.ack(4), None);
         assert_eq!(w.ack(9), Some(90));

@@ -159,8 +159,7 @@ impl Drop for Nats {
     }
 }
 
-/// Every message of a JetStream stream, in stream order: (subject, payload, duplicate of an
-/// earlier Nats-Msg-Id?).
+/// Every message of a JetStream stream, in stream order: (subject, payload).
 pub fn read_stream(nats: &Nats, stream: &str) -> Vec<(String, Vec<u8>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -12,50 +12,19 @@ use std::time::Duration;
 
 use brokers::{InProc, Marketbox, Nats, NatsAuth, Seen, TempDir, read_stream};
 use marketbox::config::Config;
-use sim::{Disconnect, Mkt, Sim, SimOptions};
+use sim::{Disconnect, Mkt, Sim};
 
 fn sim() -> Sim {
-    Sim::start(SimOptions {
-        diff_interval: Duration::from_millis(10),
-        trade_chance_pct: 90,
-        ..SimOptions::default()
-    })
+    brokers::busy_sim()
 }
 
 fn config_text(sim: &Sim, nats_url: &str, spool_dir: &std::path::Path) -> String {
-    format!(
-        r#"
-[device]
-id = "disk-box"
-[budget]
-max_connections = 4
-[book]
-depth = 5
-[session]
-connect_timeout = "2s"
-backoff_min = "50ms"
-backoff_max = "500ms"
-[tls]
-extra_ca = "{ca}"
-[venues.binance]
-spot_ws = "{ws}"
-spot_rest = "{rest}"
-[[feeds]]
-exchange = "binance"
-market = "spot"
-symbols = ["BTC-USDT", "ETH-USDT"]
-channels = ["orderbook", "trade"]
-[upstream]
-kind = "nats"
-url = "{nats_url}"
-[spool]
-dir = "{dir}"
-disk_bytes = 1048576
-"#,
-        ca = sim.ca_pem_path().display(),
-        ws = sim.spot_ws(),
-        rest = sim.rest(),
-        dir = spool_dir.display(),
+    brokers::spot_feed(
+        sim,
+        &format!(
+            "[upstream]\nkind = \"nats\"\nurl = \"{nats_url}\"\n[spool]\ndir = \"{}\"\ndisk_bytes = 1048576\n",
+            spool_dir.display()
+        ),
     )
 }
 

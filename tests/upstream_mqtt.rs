@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use brokers::{InProc, Mosquitto, Seen};
 use marketbox::config::Config;
-use sim::{Sim, SimOptions};
+use sim::Sim;
 
 /// A QoS 1 subscriber to `#` with a persistent session, on its own thread and runtime,
 /// collecting payloads; it reconnects by itself (rumqttc) across broker restarts.
@@ -89,46 +89,15 @@ fn config(sim: &Sim, url: &str) -> Config {
 }
 
 fn config_text(sim: &Sim, url: &str) -> String {
-    format!(
-        r#"
-[device]
-id = "mqtt-box"
-[budget]
-max_connections = 4
-[book]
-depth = 5
-[session]
-connect_timeout = "2s"
-backoff_min = "50ms"
-backoff_max = "1s"
-[tls]
-extra_ca = "{ca}"
-[venues.binance]
-spot_ws = "{ws}"
-spot_rest = "{rest}"
-[[feeds]]
-exchange = "binance"
-market = "spot"
-symbols = ["BTC-USDT", "ETH-USDT"]
-channels = ["orderbook", "trade"]
-[upstream]
-kind = "mqtt"
-url = "{url}"
-subject_prefix = "md"
-"#,
-        ca = sim.ca_pem_path().display(),
-        ws = sim.spot_ws(),
-        rest = sim.rest(),
+    brokers::spot_feed(
+        sim,
+        &format!("[upstream]\nkind = \"mqtt\"\nurl = \"{url}\"\nsubject_prefix = \"md\"\n"),
     )
 }
 
 #[test]
 fn qos1_through_a_mosquitto_restart_loses_no_trade_and_duplicates_carry_their_id() {
-    let sim = Sim::start(SimOptions {
-        diff_interval: Duration::from_millis(10),
-        trade_chance_pct: 90,
-        ..SimOptions::default()
-    });
+    let sim = brokers::busy_sim();
     let mut broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port);
     let mut mb = InProc::start(&config(&sim, &broker.url()));
@@ -195,10 +164,7 @@ fn qos1_through_a_mosquitto_restart_loses_no_trade_and_duplicates_carry_their_id
 
 #[test]
 fn refused_credentials_are_named_counted_and_survived() {
-    let sim = Sim::start(SimOptions {
-        diff_interval: Duration::from_millis(10),
-        ..SimOptions::default()
-    });
+    let sim = brokers::busy_sim();
     let broker = Mosquitto::start_with(Some(("box", "right-password")));
     let dir = brokers::TempDir::new("mqtt-auth");
     let pass = dir.path().join("password");
@@ -214,17 +180,7 @@ fn refused_credentials_are_named_counted_and_survived() {
     std::fs::write(&path, text(&sim)).expect("write the config");
     let cfg = Config::load(&path).expect("valid config");
     let mb = InProc::start(&cfg);
-    assert!(mb.wait_metric(
-        "marketbox_upstream_errors_total",
-        &[("kind", "auth")],
-        1,
-        Duration::from_secs(10)
-    ));
-    let msg = mb
-        .up
-        .as_ref()
-        .and_then(|u| u.last_error())
-        .unwrap_or_default();
+    let msg = mb.failure("auth");
     assert!(
         msg.contains("[upstream.mqtt] username and password_file"),
         "{msg}"
@@ -233,14 +189,7 @@ fn refused_credentials_are_named_counted_and_survived() {
         !msg.contains("wrong-password"),
         "a secret in the message: {msg}"
     );
-    let before = mb.metric("marketbox_messages_total", &[]);
-    assert!(mb.wait_metric(
-        "marketbox_messages_total",
-        &[],
-        before + 50,
-        Duration::from_secs(10)
-    ));
-    assert_eq!(mb.metric("marketbox_upstream_up", &[]), 0);
+    mb.assert_collecting_while_down();
     drop(mb);
     // The right password works.
     std::fs::write(&pass, "right-password\n").expect("write the password");

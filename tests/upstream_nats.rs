@@ -10,46 +10,14 @@ use std::time::{Duration, Instant};
 
 use brokers::{InProc, Marketbox, Nats, NatsAuth, Seen, TempDir, read_stream};
 use marketbox::config::Config;
-use sim::{Mkt, Sim, SimOptions};
+use sim::{Mkt, Sim};
 
 fn sim() -> Sim {
-    Sim::start(SimOptions {
-        diff_interval: Duration::from_millis(10),
-        trade_chance_pct: 90,
-        ..SimOptions::default()
-    })
+    brokers::busy_sim()
 }
 
-/// A Binance spot feed (books and trades of two symbols) from the simulator, then `extra`.
 fn config_text(sim: &Sim, extra: &str) -> String {
-    format!(
-        r#"
-[device]
-id = "test-box"
-[budget]
-max_connections = 4
-[book]
-depth = 5
-[session]
-connect_timeout = "2s"
-backoff_min = "50ms"
-backoff_max = "1s"
-[tls]
-extra_ca = "{ca}"
-[venues.binance]
-spot_ws = "{ws}"
-spot_rest = "{rest}"
-[[feeds]]
-exchange = "binance"
-market = "spot"
-symbols = ["BTC-USDT", "ETH-USDT"]
-channels = ["orderbook", "trade"]
-{extra}
-"#,
-        ca = sim.ca_pem_path().display(),
-        ws = sim.spot_ws(),
-        rest = sim.rest(),
-    )
+    brokers::spot_feed(sim, extra)
 }
 
 fn nats_upstream(url: &str, more: &str) -> String {
@@ -138,17 +106,7 @@ fn with_a_tiny_spool_and_the_broker_down_the_gaps_equal_the_drops() {
     ));
     let mut mb = InProc::start(&cfg);
     // Unreachable broker at start: counted, collection goes on.
-    assert!(mb.wait_metric(
-        "marketbox_upstream_errors_total",
-        &[("kind", "connect")],
-        1,
-        Duration::from_secs(10)
-    ));
-    let msg = mb
-        .up
-        .as_ref()
-        .and_then(|u| u.last_error())
-        .unwrap_or_default();
+    let msg = mb.failure("connect");
     assert!(
         msg.contains("[upstream] url") && msg.contains("cannot connect"),
         "{msg}"
@@ -278,30 +236,13 @@ fn refused_credentials_and_a_foreign_stream_are_named_counted_and_survived() {
     })
     .expect("valid config");
     let mb = InProc::start(&cfg);
-    assert!(mb.wait_metric(
-        "marketbox_upstream_errors_total",
-        &[("kind", "auth")],
-        1,
-        Duration::from_secs(10)
-    ));
-    let msg = mb
-        .up
-        .as_ref()
-        .and_then(|u| u.last_error())
-        .unwrap_or_default();
+    let msg = mb.failure("auth");
     assert!(msg.contains("token_file"), "{msg}");
     assert!(
         !msg.contains("wrong-token"),
         "a secret in the message: {msg}"
     );
-    let before = mb.metric("marketbox_messages_total", &[]);
-    assert!(mb.wait_metric(
-        "marketbox_messages_total",
-        &[],
-        before + 50,
-        Duration::from_secs(10)
-    ));
-    assert_eq!(mb.metric("marketbox_upstream_up", &[]), 0);
+    mb.assert_collecting_while_down();
     drop(mb);
     // The right token works.
     std::fs::write(&token, "right-token\n").expect("write the token");
@@ -334,27 +275,11 @@ fn refused_credentials_and_a_foreign_stream_are_named_counted_and_survived() {
     });
     let cfg = parse(&config_text(&sim, &nats_upstream(&nats.url(), "")));
     let mb = InProc::start(&cfg);
-    assert!(mb.wait_metric(
-        "marketbox_upstream_errors_total",
-        &[("kind", "stream")],
-        1,
-        Duration::from_secs(10)
-    ));
-    let msg = mb
-        .up
-        .as_ref()
-        .and_then(|u| u.last_error())
-        .unwrap_or_default();
+    let msg = mb.failure("stream");
     assert!(
         msg.contains("[upstream.nats] stream") && msg.contains("other.>"),
         "{msg}"
     );
-    let before = mb.metric("marketbox_messages_total", &[]);
-    assert!(mb.wait_metric(
-        "marketbox_messages_total",
-        &[],
-        before + 50,
-        Duration::from_secs(10)
-    ));
+    mb.assert_collecting_while_down();
     assert_eq!(mb.metric("marketbox_upstream_acked_total", &[]), 0);
 }

@@ -444,6 +444,35 @@ impl InProc {
         false
     }
 
+    /// Waits for an upstream failure of `kind` to be counted; returns the message it left.
+    pub fn failure(&self, kind: &str) -> String {
+        assert!(
+            self.wait_metric(
+                "marketbox_upstream_errors_total",
+                &[("kind", kind)],
+                1,
+                Duration::from_secs(10)
+            ),
+            "no {kind} failure counted"
+        );
+        self.up
+            .as_ref()
+            .and_then(|u| u.last_error())
+            .unwrap_or_default()
+    }
+
+    /// Collection goes on: 50 more messages published within 10 s, and the upstream is down.
+    pub fn assert_collecting_while_down(&self) {
+        let before = self.metric("marketbox_messages_total", &[]);
+        assert!(self.wait_metric(
+            "marketbox_messages_total",
+            &[],
+            before + 50,
+            Duration::from_secs(10)
+        ));
+        assert_eq!(self.metric("marketbox_upstream_up", &[]), 0);
+    }
+
     /// Stops the sessions, lets the upstream deliver everything left, and waits for it.
     pub fn stop_and_drain(&mut self, timeout: Duration) {
         self.app.stop();
@@ -473,6 +502,48 @@ impl Drop for InProc {
             let _ = t.join();
         }
     }
+}
+
+/// A simulator that prints a book diff every 10 ms and trades in 90 % of them.
+pub fn busy_sim() -> crate::sim::Sim {
+    crate::sim::Sim::start(crate::sim::SimOptions {
+        diff_interval: Duration::from_millis(10),
+        trade_chance_pct: 90,
+        ..crate::sim::SimOptions::default()
+    })
+}
+
+/// A config collecting Binance spot books and trades of two symbols from the simulator, with
+/// short backoffs; `extra` adds sections (the upstream, the spool).
+pub fn spot_feed(sim: &crate::sim::Sim, extra: &str) -> String {
+    format!(
+        r#"
+[device]
+id = "test-box"
+[budget]
+max_connections = 4
+[book]
+depth = 5
+[session]
+connect_timeout = "2s"
+backoff_min = "50ms"
+backoff_max = "1s"
+[tls]
+extra_ca = "{ca}"
+[venues.binance]
+spot_ws = "{ws}"
+spot_rest = "{rest}"
+[[feeds]]
+exchange = "binance"
+market = "spot"
+symbols = ["BTC-USDT", "ETH-USDT"]
+channels = ["orderbook", "trade"]
+{extra}
+"#,
+        ca = sim.ca_pem_path().display(),
+        ws = sim.spot_ws(),
+        rest = sim.rest(),
+    )
 }
 
 /// Stops the simulator's feed (sockets stay open, nothing more is sent) and waits for the

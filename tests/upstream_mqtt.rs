@@ -201,3 +201,30 @@ fn refused_credentials_are_named_counted_and_survived() {
         Duration::from_secs(10)
     ));
 }
+
+#[test]
+fn mqtts_trusts_the_configured_ca_and_only_it() {
+    let sim = brokers::busy_sim();
+    let dir = brokers::TempDir::new("mqtt-tls");
+    let (ca, cert, key) = brokers::tls_files(dir.path());
+    let broker = Mosquitto::start_tls(&cert, &key);
+    // TC0: the webpki roots alone do not trust the broker: named, counted, collection goes on.
+    let mb = InProc::start(&config(&sim, &broker.url()));
+    let msg = mb.failure("tls");
+    assert!(msg.contains("[upstream.mqtt] ca"), "{msg}");
+    mb.assert_collecting_while_down();
+    drop(mb);
+    // TC1: with `ca` it is verified and messages are acknowledged.
+    let text = format!(
+        "{}[upstream.mqtt]\nca = \"{}\"\n",
+        config_text(&sim, &broker.url()),
+        ca.display()
+    );
+    let mb = InProc::start(&Config::parse(&text, "mqtts.toml").expect("test config"));
+    assert!(mb.wait_metric(
+        "marketbox_upstream_acked_total",
+        &[],
+        10,
+        Duration::from_secs(10)
+    ));
+}

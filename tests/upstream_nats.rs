@@ -283,3 +283,29 @@ fn refused_credentials_and_a_foreign_stream_are_named_counted_and_survived() {
     mb.assert_collecting_while_down();
     assert_eq!(mb.metric("marketbox_upstream_acked_total", &[]), 0);
 }
+
+#[test]
+fn tls_trusts_the_configured_ca_and_only_it() {
+    let sim = sim();
+    let dir = TempDir::new("nats-tls");
+    let (ca, cert, key) = brokers::tls_files(dir.path());
+    let nats = Nats::start_tls(&cert, &key);
+    // TC0: the webpki roots alone do not trust the broker: named, counted, collection goes on.
+    let mb = InProc::start(&parse(&config_text(&sim, &nats_upstream(&nats.url(), ""))));
+    let msg = mb.failure("tls");
+    assert!(msg.contains("[upstream.nats] ca"), "{msg}");
+    mb.assert_collecting_while_down();
+    drop(mb);
+    // TC1: with `ca` it is verified and messages are acknowledged.
+    let cfg = parse(&config_text(
+        &sim,
+        &nats_upstream(&nats.url(), &format!("ca = \"{}\"\n", ca.display())),
+    ));
+    let mb = InProc::start(&cfg);
+    assert!(mb.wait_metric(
+        "marketbox_upstream_acked_total",
+        &[],
+        10,
+        Duration::from_secs(10)
+    ));
+}

@@ -156,8 +156,33 @@ pub fn covers(stream: &str, filter: &str) -> bool {
     }
 }
 
+/// Whether a rustls error (a certificate the roots do not trust, a name that does not match,
+/// a failed handshake) is somewhere in `err`'s chain; the client reports those as I/O.
+fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<futures_rustls::rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<futures_rustls::rustls::Error>())
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 fn classify_connect(err: &async_nats::ConnectError, url: &str) -> SessionError {
-    match err.kind() {
+    let kind = if is_tls_failure(err) {
+        ConnectErrorKind::Tls
+    } else {
+        err.kind()
+    };
+    match kind {
         ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
             SessionError::new(
                 ErrorKind::Auth,

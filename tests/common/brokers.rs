@@ -68,8 +68,47 @@ pub enum NatsAuth {
 pub struct Nats {
     pub port: u16,
     auth: NatsAuth,
+    /// Server certificate and key (PEM files) when it speaks TLS.
+    tls: Option<(PathBuf, PathBuf)>,
     store: TempDir,
     child: Option<Child>,
+}
+
+/// A throwaway CA and a `localhost` server certificate signed by it, as PEM files in `dir`:
+/// (CA, certificate, key).
+pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "marketbox test broker CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("leaf key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("leaf params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = params.signed_by(&key, &ca).expect("leaf");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("write the CA");
+    std::fs::write(&paths.1, leaf.pem()).expect("write the certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write the key");
+    for p in [&paths.1, &paths.2] {
+        // mosquitto drops to its own user and must read them.
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+        std::fs::set_permissions(p, mode).expect("chmod");
+    }
+    paths
 }
 
 impl Nats {
@@ -79,9 +118,23 @@ impl Nats {
 
     /// A server on `port` (for tests that start the broker after marketbox).
     pub fn start_on(port: u16, auth: NatsAuth) -> Nats {
+        Self::start_full(port, auth, None)
+    }
+
+    /// A server speaking TLS with this certificate and key (clients use `tls://localhost`).
+    pub fn start_tls(cert: &Path, key: &Path) -> Nats {
+        Self::start_full(
+            free_port(),
+            NatsAuth::None,
+            Some((cert.to_owned(), key.to_owned())),
+        )
+    }
+
+    fn start_full(port: u16, auth: NatsAuth, tls: Option<(PathBuf, PathBuf)>) -> Nats {
         let mut n = Nats {
             port,
             auth,
+            tls,
             store: TempDir::new("nats"),
             child: None,
         };
@@ -102,6 +155,13 @@ impl Nats {
         .arg(self.store.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
+        }
         match &self.auth {
             NatsAuth::None => {}
             NatsAuth::Token(t) => {
@@ -123,7 +183,10 @@ impl Nats {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("nats://127.0.0.1:{}", self.port),
+            Some(_) => format!("tls://localhost:{}", self.port),
+        }
     }
 
     /// SIGKILL: no goodbye, whatever was in flight is lost.
@@ -190,6 +253,7 @@ pub struct Mosquitto {
     dir: TempDir,
     child: Option<Child>,
     password: Option<(String, String)>,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Mosquitto {
@@ -204,6 +268,20 @@ impl Mosquitto {
             dir: TempDir::new("mosquitto"),
             child: None,
             password: password.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            tls: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// A broker speaking TLS with this certificate and key (clients use `mqtts://localhost`).
+    pub fn start_tls(cert: &Path, key: &Path) -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: TempDir::new("mosquitto"),
+            child: None,
+            password: None,
+            tls: Some((cert.to_owned(), key.to_owned())),
         };
         m.spawn();
         m
@@ -237,8 +315,14 @@ impl Mosquitto {
                 format!("allow_anonymous false\npassword_file {}\n", file.display())
             }
         };
+        let tls = match &self.tls {
+            None => String::new(),
+            Some((cert, key)) => {
+                format!("certfile {}\nkeyfile {}\n", cert.display(), key.display())
+            }
+        };
         let text = format!(
-            "listener {port} 127.0.0.1\n{auth}persistence true\n\
+            "listener {port} 127.0.0.1\n{tls}{auth}persistence true\n\
              persistence_location {data}/\nautosave_interval 1\nmax_queued_messages 0\n\
              max_inflight_messages 0\nlog_dest stderr\nlog_type error\n",
             port = self.port,
@@ -261,7 +345,10 @@ impl Mosquitto {
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("mqtt://127.0.0.1:{}", self.port),
+            Some(_) => format!("mqtts://localhost:{}", self.port),
+        }
     }
 
     /// A graceful stop (SIGTERM: mosquitto saves its persistence file), then a start on the

@@ -127,9 +127,12 @@ impl Socket {
         let socket = &plan.sockets[0];
         let keys = StreamKey::for_socket(socket);
         let spool = Spool::new(64 << 20, Default::default());
+        // The publisher reports into the registry as in production (message counter,
+        // last-message timestamp, latency histogram), so the allocation check covers them.
+        let metrics = Arc::new(Metrics::new());
         let mut s = Socket {
-            proto: OkxProtocol::new(socket, &cfg, Arc::new(Metrics::new())),
-            publisher: Publisher::new(spool.clone(), Format::Json, &keys, None),
+            proto: OkxProtocol::new(socket, &cfg, metrics.clone()),
+            publisher: Publisher::new(spool.clone(), Format::Json, &keys, Some(&metrics)),
             spool,
             send: Vec::new(),
             rest: Vec::new(),

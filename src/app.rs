@@ -4,11 +4,16 @@
 //! executor, and the tasks of sessions and the upstream. Dropping [`App`] stops everything
 //! (sessions drop their sockets and permits).
 //!
+//! Observability is started in two steps: [`App::start`] builds what `/health` and `/ready`
+//! read (the plan gauges, the readiness checks of every planned stream, the executor's
+//! heartbeat), and [`App::serve`] opens the `[metrics] listen` server and starts the
+//! `[metrics.push]` loop, as [`run`] does.
+//!
 //! Must not touch: venue formats (venue code builds each socket's protocol) or socket I/O.
 
-use std::sync::Arc;
-
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
@@ -16,7 +21,10 @@ use smol::{Executor, Task, Timer};
 
 use crate::budget::Budget;
 use crate::config::{Config, UpstreamKind};
-use crate::metrics::{Metrics, TaskLabels};
+use crate::metrics::health::{Liveness, Readiness, freshness};
+use crate::metrics::http::{Endpoints, ListenError, Server};
+use crate::metrics::push::{self, PushSetupError};
+use crate::metrics::{Metrics, SocketLabels, StreamLabels, TaskLabels};
 use crate::net::http::RestClient;
 use crate::net::tls;
 use crate::net::ws::WsOptions;
@@ -37,7 +45,15 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Listen(#[from] ListenError),
+    #[error("{0}")]
+    Push(#[from] PushSetupError),
 }
+
+/// The executor's heartbeat: a task that beats every second; `/health` calls the executor
+/// stuck after this long without one.
+pub const EXECUTOR_STUCK_AFTER: Duration = Duration::from_secs(10);
 
 /// A running marketbox.
 pub struct App {
@@ -46,6 +62,10 @@ pub struct App {
     pub budget: Budget,
     pub spool: Spool,
     pub rest: RestClient,
+    /// The heartbeats `/health` checks; loops register here.
+    pub liveness: Liveness,
+    endpoints: Arc<Endpoints>,
+    http: Option<Server>,
     tasks: Vec<Task<()>>,
 }
 
@@ -72,7 +92,9 @@ impl App {
             cfg.spool.disk_bytes.0 as u64,
             SpoolMetrics::new(&metrics),
         )?;
+        let liveness = Liveness::new();
         let shared = Shared {
+            liveness: liveness.clone(),
             budget: budget.clone(),
             tls: tls_ws,
             rest: rest.clone(),
@@ -88,6 +110,30 @@ impl App {
             },
         };
         let mut tasks = Vec::new();
+        metrics.plan_sockets.set(plan.needed() as i64);
+        let mut checked = Vec::new();
+        let stale_after = cfg.session.stale_after.0;
+        for socket in &plan.sockets {
+            metrics
+                .plan_ws_connections
+                .get_or_create(&SocketLabels {
+                    exchange: socket.exchange,
+                    socket: socket.name.as_str().to_owned(),
+                })
+                .set(1);
+            for key in StreamKey::for_socket(socket) {
+                checked.push((key, freshness(key.channel, stale_after, None)));
+                if key.channel == crate::model::Channel::Orderbook {
+                    // Exported at 0 from the start, so rates and alerts see the series.
+                    let _ = metrics.book_levels_dropped.get_or_create(&StreamLabels {
+                        exchange: key.exchange,
+                        market: key.market,
+                        symbol: key.symbol.to_string(),
+                        channel: key.channel,
+                    });
+                }
+            }
+        }
         for socket in &plan.sockets {
             let keys = StreamKey::for_socket(socket);
             let template =
@@ -121,6 +167,9 @@ impl App {
                 symbol: spec.symbol,
                 channel: spec.channel,
             };
+            let period = humantime::parse_duration(spec.period).unwrap_or_default();
+            let every = spec.interval.max(period);
+            checked.push((key, freshness(key.channel, stale_after, Some(every))));
             let template =
                 Publisher::new(spool.clone(), cfg.upstream.format, &[key], Some(&metrics));
             let (client, limiters, m) = (rest.clone(), shared.limiters.clone(), metrics.clone());
@@ -128,30 +177,121 @@ impl App {
                 "{} {} {} {}",
                 spec.exchange, spec.market, spec.symbol, spec.channel
             );
+            // It beats at least every 5 s while it waits, and around each request.
+            let limit = cfg.rest.request_timeout.0 + Duration::from_secs(15);
+            let live = liveness.clone();
+            let beat_name = format!("poller {name}");
             tasks.push(supervise(executor, &metrics, "poller", name, move || {
                 let (spec, client, limiters, m) =
                     (spec.clone(), client.clone(), limiters.clone(), m.clone());
                 let publisher = template.fork();
+                let beat = live.register(beat_name.clone(), limit);
                 async move {
-                    match session::poll::run(spec, client, limiters, publisher, m).await {}
+                    match session::poll::run(spec, client, limiters, publisher, m, beat).await {}
                 }
             }));
         }
+        let beat = liveness.register("executor", EXECUTOR_STUCK_AFTER);
+        tasks.push(executor.spawn(async move {
+            loop {
+                beat.beat();
+                Timer::after(Duration::from_secs(1)).await;
+            }
+        }));
+        let endpoints = Arc::new(Endpoints {
+            metrics: metrics.clone(),
+            liveness: liveness.clone(),
+            readiness: Readiness::new(&metrics, &checked),
+        });
         Ok(App {
             plan,
             metrics,
             budget,
             spool,
             rest,
+            liveness,
+            endpoints,
+            http: None,
             tasks,
         })
     }
 
+    /// Opens the `[metrics] listen` server (unless it is `""`) and starts the
+    /// `[metrics.push]` loop (when configured) on `executor`.
+    pub fn serve(
+        &mut self,
+        cfg: &Config,
+        executor: &Arc<Executor<'static>>,
+    ) -> Result<(), StartError> {
+        if let Some(addr) = cfg.metrics.listen.0 {
+            self.http = Some(crate::metrics::http::start(
+                addr,
+                self.endpoints.clone(),
+                executor,
+            )?);
+        }
+        if let Some(p) = &cfg.metrics.push {
+            let settings = push::PushSettings {
+                url: p.url.clone(),
+                interval: p.interval.0,
+                device: cfg.device.id.to_string(),
+                auth: push::Auth::from_config(p)?,
+            };
+            // A push waits at most one request timeout per round, besides the interval.
+            let limit = settings.interval + cfg.rest.request_timeout.0 + Duration::from_secs(10);
+            let beat = self.liveness.register("metrics push", limit);
+            let (m, rest) = (self.metrics.clone(), self.rest.clone());
+            tracing::info!(url = %p.url, interval = ?settings.interval, "pushing metrics (remote write)");
+            let name = p.url.to_string();
+            self.tasks.push(supervise(
+                executor,
+                &self.metrics,
+                "push",
+                name,
+                move || {
+                    let (settings, m, rest, beat) =
+                        (settings.clone(), m.clone(), rest.clone(), beat.clone());
+                    async move { match push::run(settings, m, rest, beat).await {} }
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where `/metrics`, `/health` and `/ready` are served, once [`App::serve`] opened it.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(Server::local_addr)
+    }
+
     /// Stops every session (their sockets close and permits return).
     pub fn stop(&mut self) {
+        self.http = None;
         self.tasks.clear();
         self.spool.close();
     }
+}
+
+/// Runs the stdout upstream until it fails: `marketbox_upstream_up` is 1 while it runs, and
+/// 0 once it failed or was cancelled.
+pub async fn run_stdout<W>(
+    spool: Spool,
+    format: crate::config::Format,
+    metrics: &Metrics,
+    out: W,
+) -> std::io::Result<()>
+where
+    W: futures_lite::io::AsyncWrite + Unpin,
+{
+    /// Sets the gauge back to 0 however the upstream ends, cancellation included.
+    struct Down<'a>(&'a Metrics);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            self.0.upstream_up.set(0);
+        }
+    }
+    metrics.upstream_up.set(1);
+    let _down = Down(metrics);
+    crate::upstream::stdout::run(spool, format, out).await
 }
 
 /// Runs tasks made by `make` for ever. A task that ends (none should) or panics is logged with
@@ -229,7 +369,8 @@ pub enum RunError {
 /// Runs the service until the process is stopped or the upstream fails.
 pub fn run(cfg: Config) -> Result<(), RunError> {
     let executor = Arc::new(Executor::new());
-    let app = App::start(&cfg, &executor)?;
+    let mut app = App::start(&cfg, &executor)?;
+    app.serve(&cfg, &executor)?;
     tracing::info!("{}", app.plan.display(cfg.budget.max_connections.0));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     for i in 1..threads {
@@ -257,9 +398,8 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let result = smol::block_on(executor.run(async {
         match cfg.upstream.kind() {
             UpstreamKind::Stdout => {
-                app.metrics.upstream_up.set(1);
                 let out = smol::Unblock::new(std::io::stdout());
-                crate::upstream::stdout::run(app.spool.clone(), cfg.upstream.format, out).await
+                run_stdout(app.spool.clone(), cfg.upstream.format, &app.metrics, out).await
             }
             UpstreamKind::Nats | UpstreamKind::Mqtt => {
                 let up = crate::upstream::start(

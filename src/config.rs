@@ -1108,6 +1108,11 @@ impl Endpoint {
         &self.url[start..start + self.authority_len]
     }
 
+    /// `scheme://authority`: the host a connection goes to.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme(), self.authority())
+    }
+
     /// The path after the authority, possibly empty, without a trailing `/`.
     pub fn path(&self) -> &str {
         &self.url[self.scheme_len + 3 + self.authority_len..]

@@ -88,27 +88,31 @@ pub struct Plan {
     pub rest: Vec<RestPlan>,
     /// Upstream connections (0 for stdout).
     pub upstream: usize,
+    /// The remote-write receiver (`scheme://authority`) when `[metrics.push]` is set: one
+    /// keep-alive connection holding a REST permit.
+    pub push: Option<String>,
 }
 
 /// The plan does not fit the budget.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "the plan needs {needed} sockets ({websockets} WebSockets + {rest} REST hosts + {upstream} \
-     upstream) but [budget] max_connections is {limit}: raise max_connections or collect fewer \
-     exchange-markets"
+     upstream + {push} metrics push) but [budget] max_connections is {limit}: raise \
+     max_connections or collect fewer exchange-markets"
 )]
 pub struct PlanExceedsBudget {
     pub needed: usize,
     pub websockets: usize,
     pub rest: usize,
     pub upstream: usize,
+    pub push: usize,
     pub limit: usize,
 }
 
 impl Plan {
     /// Sockets the plan holds open at once in steady state.
     pub fn needed(&self) -> usize {
-        self.sockets.len() + self.rest.len() + self.upstream
+        self.sockets.len() + self.rest.len() + self.upstream + usize::from(self.push.is_some())
     }
 
     /// Refuses a plan that cannot fit `limit` permits.
@@ -120,6 +124,7 @@ impl Plan {
                 websockets: self.sockets.len(),
                 rest: self.rest.len(),
                 upstream: self.upstream,
+                push: usize::from(self.push.is_some()),
                 limit,
             });
         }
@@ -177,6 +182,10 @@ impl fmt::Display for PlanDisplay<'_> {
             writeln!(f, "  {} {}: {}", r.exchange, r.base, r.purposes.join(", "))?;
         }
         writeln!(f, "upstream connections: {}", p.upstream)?;
+        match &p.push {
+            Some(host) => writeln!(f, "metrics push: 1 ({host}, one keep-alive connection)")?,
+            None => writeln!(f, "metrics push: 0")?,
+        }
         write!(
             f,
             "budget: {} of {} sockets planned, {} spare for make-before-break rotation",
@@ -207,6 +216,7 @@ mod tests {
             sockets: vec![sock; ws],
             rest: vec![host; rest],
             upstream: 1,
+            push: None,
         }
     }
 
@@ -221,5 +231,22 @@ mod tests {
             err.to_string()
                 .contains("4 WebSockets + 3 REST hosts + 1 upstream")
         );
+    }
+
+    #[test]
+    fn the_metrics_push_holds_a_socket_of_the_plan() {
+        let mut p = plan(4, 3);
+        p.push = Some("https://prom.example".into());
+        // TC0: one more socket needed, and the refusal says why.
+        assert_eq!(p.needed(), 9);
+        let err = p.check(8).unwrap_err();
+        assert!(err.to_string().contains("+ 1 metrics push"), "{err}");
+        // TC1: the printed plan names the receiver.
+        let text = p.display(10).to_string();
+        assert!(
+            text.contains("metrics push: 1 (https://prom.example"),
+            "{text}"
+        );
+        assert!(text.contains("budget: 9 of 10 sockets planned"), "{text}");
     }
 }

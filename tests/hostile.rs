@@ -706,3 +706,13 @@ channels = ["orderbook", "trade"]
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("upstream"), "{stderr}");
 }
+
+#[test]
+fn every_session_shows_its_loop_alive_in_health() {
+    let mut h = Harness::start(|sim| binance(sim, 4, STABLE5, &two(), r#""orderbook", "trade""#));
+    assert!(h.wait_books(1, Duration::from_secs(15)));
+    let report = h.app.liveness.check(Instant::now());
+    let names: Vec<&str> = report.loops.iter().map(|l| l.name.as_str()).collect();
+    assert!(names.contains(&"session binance spot"), "{names:?}");
+    assert!(report.healthy, "{:?}", report.stuck);
+}

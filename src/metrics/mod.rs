@@ -5,7 +5,21 @@
 //! `Gauge` are cheap `Arc` clones) when a session starts, so the per-message path never hashes a
 //! label set or allocates. HTTP serving and remote push plug in on top of [`Metrics::encode`].
 //!
+//! The registry has two levels: the `marketbox_` families, and beside them (no prefix) the
+//! standard `process_*` metrics read from `/proc` at each encode ([`process`]). It encodes in
+//! both exposition formats: OpenMetrics 1.0 ([`Metrics::encode`]) and Prometheus text 0.0.4
+//! ([`Metrics::encode_prometheus`]), which `/metrics` picks by the `Accept` header and the
+//! remote push reads its samples from.
+//!
 //! Owns: metric names, help texts and label sets. Must not touch: sockets or venue formats.
+//!
+//! Submodules: [`health`] (`/health` and `/ready` verdicts), [`http`] (the server),
+//! [`push`] (Prometheus remote-write), [`process`] (`/proc` figures).
+
+pub mod health;
+pub mod http;
+pub mod process;
+pub mod push;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -18,6 +32,16 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::model::{Channel, Exchange, Market};
+
+/// Bucket bounds (seconds) of `marketbox_event_latency_seconds`: from a same-rack millisecond
+/// to a half-minute stall.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
 
 /// Labels of a planned socket.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +165,37 @@ pub struct HostLabels {
     pub host: String,
 }
 
+/// Labels of the exchange-to-publish latency: per venue pipe and channel (the symbol adds
+/// series, not insight: every symbol of a market shares the socket and the clock).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub exchange: Exchange,
+    pub market: Market,
+    pub channel: Channel,
+}
+
+/// Labels of a remote-write attempt outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// `ok`, `retry` (5xx or 429), `rejected` (another status), `error` (no answer).
+    pub result: &'static str,
+}
+
+/// Labels of remote-write batches given up.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushDropLabels {
+    /// `rejected` (a 4xx other than 429), `too_old` (retried past the age cap), `queue_full`.
+    pub reason: &'static str,
+}
+
+/// Labels of an HTTP request served.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// `/metrics`, `/health`, `/ready`, or `other`.
+    pub path: &'static str,
+    pub status: u16,
+}
+
 /// Buckets of `marketbox_upstream_ack_latency_seconds`: 100 µs to 30 s.
 const ACK_LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
@@ -186,11 +241,22 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub upstream_ack_latency: Histogram,
     pub task_restarts: Family<TaskLabels, Counter>,
+    pub stream_last_message: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    pub event_latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    pub plan_ws_connections: Family<SocketLabels, Gauge>,
+    pub plan_sockets: Gauge,
+    pub push_requests: Family<PushLabels, Counter>,
+    pub push_dropped: Family<PushDropLabels, Counter>,
+    pub push_last_success: Gauge<f64, AtomicU64>,
+    pub push_queue: Gauge,
+    pub http_requests: Family<HttpLabels, Counter>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("marketbox");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("marketbox");
         let m = Metrics {
             ws_connections: Family::default(),
             connects: Family::default(),
@@ -229,6 +295,15 @@ impl Metrics {
             upstream_errors: Family::default(),
             upstream_ack_latency: Histogram::new(ACK_LATENCY_BUCKETS),
             task_restarts: Family::default(),
+            stream_last_message: Family::default(),
+            event_latency: Family::new_with_constructor(latency_histogram),
+            plan_ws_connections: Family::default(),
+            plan_sockets: Gauge::default(),
+            push_requests: Family::default(),
+            push_dropped: Family::default(),
+            push_last_success: Gauge::default(),
+            push_queue: Gauge::default(),
+            http_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -416,14 +491,71 @@ impl Metrics {
             "Supervised tasks that ended or panicked and were restarted",
             m.task_restarts.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register(
+            "stream_last_message_timestamp_seconds",
+            "Unix time of the last message published on a stream (age = time() - this; 0 before the first)",
+            m.stream_last_message.clone(),
+        );
+        registry.register(
+            "event_latency_seconds",
+            "Time from the exchange's event timestamp to the message entering the spool",
+            m.event_latency.clone(),
+        );
+        registry.register(
+            "plan_ws_connections",
+            "WebSockets the plan holds open per socket (compare marketbox_ws_connections)",
+            m.plan_ws_connections.clone(),
+        );
+        registry.register(
+            "plan_sockets",
+            "Sockets of every kind the plan holds open at once (compare marketbox_budget_in_use)",
+            m.plan_sockets.clone(),
+        );
+        registry.register(
+            "push_requests",
+            "Remote-write requests by result (ok, retry, rejected, error)",
+            m.push_requests.clone(),
+        );
+        registry.register(
+            "push_dropped_batches",
+            "Remote-write batches given up, by reason (rejected, too_old, queue_full)",
+            m.push_dropped.clone(),
+        );
+        registry.register(
+            "push_last_success_timestamp_seconds",
+            "Unix time of the last remote-write request the receiver accepted",
+            m.push_last_success.clone(),
+        );
+        registry.register(
+            "push_queue_batches",
+            "Remote-write batches waiting to be sent (retries included)",
+            m.push_queue.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Requests served on the metrics listener, by path and status",
+            m.http_requests.clone(),
+        );
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
-    /// The registry in Prometheus text format.
+    /// The registry in the OpenMetrics 1.0 text format (ends with `# EOF`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The registry in the Prometheus text format 0.0.4 (what `promtool check metrics` reads
+    /// and what the remote push samples).
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
 
@@ -519,6 +651,64 @@ impl BookHealth {
             self.unverified_seconds
                 .inc_by(now.saturating_duration_since(since).as_secs_f64());
             self.unverified_since = Some(now.max(since));
+        }
+    }
+}
+
+/// The per-stream clock readings a publisher records for every message: the
+/// last-message timestamp and the exchange-to-publish latency. Resolved once per stream;
+/// recording is two atomic updates, no allocation.
+#[derive(Debug, Clone)]
+pub struct StreamClock {
+    last_message: Gauge<f64, AtomicU64>,
+    latency: Option<Histogram>,
+}
+
+impl StreamClock {
+    /// The handles of one stream, or detached ones when `metrics` is `None`.
+    pub fn new(
+        metrics: Option<&Metrics>,
+        exchange: Exchange,
+        market: Market,
+        symbol: &str,
+        channel: Channel,
+    ) -> Self {
+        let Some(m) = metrics else {
+            return StreamClock {
+                last_message: Gauge::default(),
+                latency: None,
+            };
+        };
+        let labels = StreamLabels {
+            exchange,
+            market,
+            symbol: symbol.to_owned(),
+            channel,
+        };
+        StreamClock {
+            last_message: m.stream_last_message.get_or_create(&labels).clone(),
+            latency: Some(
+                m.event_latency
+                    .get_or_create(&LatencyLabels {
+                        exchange,
+                        market,
+                        channel,
+                    })
+                    .clone(),
+            ),
+        }
+    }
+
+    /// A message stamped `ts_exchange_ms` by the venue (0: the venue gave no time) was
+    /// published at `local_ns` (Unix nanoseconds). A venue clock ahead of ours counts as
+    /// zero latency; an absurd venue time cannot overflow.
+    pub fn record(&self, ts_exchange_ms: u64, local_ns: u64) {
+        self.last_message.set(local_ns as f64 / 1e9);
+        if let Some(h) = &self.latency
+            && ts_exchange_ms > 0
+        {
+            let latency_ns = local_ns.saturating_sub(ts_exchange_ms.saturating_mul(1_000_000));
+            h.observe(latency_ns as f64 / 1e9);
         }
     }
 }

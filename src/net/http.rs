@@ -23,6 +23,10 @@
 //! Every request is bounded by `[rest] request_timeout` (waiting for the slot included) and
 //! every body by `[rest] max_body_bytes`.
 //!
+//! Requests are `GET`s for the venues and, for the remote-write push (`metrics::push`), a
+//! `POST` with a body and its own headers ([`RestClient::post`]) over the same kind of
+//! connection and permit.
+//!
 //! Owns: HTTP framing and connection reuse. Must not touch: rate limits (see
 //! `session::rest`) or what response bodies mean.
 
@@ -36,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use futures_rustls::rustls::ClientConfig;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use prometheus_client::metrics::gauge::Gauge;
@@ -131,7 +135,7 @@ impl Drop for OpenGuard {
 /// The hyper connection future with everything that must end with it.
 struct Driver {
     // Field order is drop order: socket, then the count, then the permit.
-    conn: Connection<FuturesIo<Transport>, Empty<Bytes>>,
+    conn: Connection<FuturesIo<Transport>, Full<Bytes>>,
     _open: OpenGuard,
     _permit: Permit,
     host: Arc<str>,
@@ -154,7 +158,7 @@ impl Future for Driver {
 
 /// One keep-alive connection.
 struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
     /// A request was started and has not finished: if the slot is free, it was abandoned.
     busy: bool,
     last_used: Instant,
@@ -260,11 +264,39 @@ impl RestClient {
         base: &Endpoint,
         path_and_query: &str,
     ) -> Result<RestResponse, RestError> {
+        let out = Outgoing {
+            method: http::Method::GET,
+            path_and_query,
+            headers: None,
+            body: Bytes::new(),
+        };
+        self.send(base, out).await
+    }
+
+    /// `POST` `body` to `base` + `path_and_query` with `headers` added, on the host's one
+    /// keep-alive connection, under the same timeout, body limit and cancel safety as
+    /// [`RestClient::get`].
+    pub async fn post(
+        &self,
+        base: &Endpoint,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<RestResponse, RestError> {
+        let out = Outgoing {
+            method: http::Method::POST,
+            path_and_query,
+            headers: Some(headers),
+            body,
+        };
+        self.send(base, out).await
+    }
+
+    async fn send(&self, base: &Endpoint, out: Outgoing<'_>) -> Result<RestResponse, RestError> {
+        let path_and_query = out.path_and_query;
         let slot = self.slot(base);
         let deadline = crate::time::after(Instant::now(), self.inner.timeout);
-        let result = self
-            .locked_request(&slot, base, path_and_query, deadline)
-            .await;
+        let result = self.locked_request(&slot, base, out, deadline).await;
         if let Some(m) = &self.inner.metrics {
             let status = match &result {
                 Ok(r) => r.status.to_string(),
@@ -317,7 +349,7 @@ impl RestClient {
         &self,
         slot: &Arc<Slot>,
         base: &Endpoint,
-        path_and_query: &str,
+        out: Outgoing<'_>,
         deadline: Instant,
     ) -> Result<RestResponse, RestError> {
         let after = self.inner.timeout;
@@ -325,7 +357,7 @@ impl RestClient {
             .or(expire(deadline, after))
             .await?;
         let result = self
-            .request(&mut guard.0, slot, base, path_and_query)
+            .request(&mut guard.0, slot, base, out)
             .or(expire(deadline, after))
             .await;
         if result.is_err()
@@ -341,23 +373,31 @@ impl RestClient {
         conn: &mut Option<Conn>,
         slot: &Arc<Slot>,
         base: &Endpoint,
-        path_and_query: &str,
+        out: Outgoing<'_>,
     ) -> Result<RestResponse, RestError> {
+        let path_and_query = out.path_and_query;
         let mut path = String::with_capacity(base.path().len() + path_and_query.len() + 1);
         path.push_str(base.path());
         path.push_str(path_and_query);
         if path.is_empty() {
             path.push('/');
         }
-        let req = http::Request::get(path.as_str())
+        let mut req = http::Request::builder()
+            .method(out.method)
+            .uri(path.as_str())
             .header(http::header::HOST, base.authority())
             .header(http::header::USER_AGENT, USER_AGENT)
             .header(http::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(out.body))
             .map_err(|source| RestError::InvalidPath {
                 path: path.clone(),
                 source,
             })?;
+        if let Some(extra) = out.headers {
+            for (name, value) in extra {
+                req.headers_mut().insert(name, value.clone());
+            }
+        }
 
         // Reuse only a connection that is idle and still open.
         if let Some(c) = conn.as_mut() {
@@ -465,6 +505,14 @@ impl RestClient {
             })
             .detach();
     }
+}
+
+/// One request: method, target, extra headers and body (empty for a `GET`).
+struct Outgoing<'a> {
+    method: http::Method,
+    path_and_query: &'a str,
+    headers: Option<&'a http::HeaderMap>,
+    body: Bytes,
 }
 
 /// Fails with [`RestError::Timeout`] at `deadline`.

@@ -202,6 +202,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub session: SessionConfig,
     pub ws: WsOptions,
+    /// Where each session's loop shows it is alive (`/health`).
+    pub liveness: crate::metrics::health::Liveness,
 }
 
 struct Handles {
@@ -370,6 +372,13 @@ pub async fn run(
         max_lifetime: shared.session.max_lifetime.0,
     };
     let purpose = format!("{exchange} {socket}");
+    // The loop beats at least once a second while connected and before every wait; a wait
+    // is at most a backoff, a connect or an idle timeout.
+    let s = &shared.session;
+    let beat = shared.liveness.register(
+        format!("session {exchange} {socket}"),
+        s.idle_timeout.0 + s.connect_timeout.0 + s.backoff_max() + Duration::from_secs(10),
+    );
     let window = shared.connect_limits.get(exchange, proto.connect_limit());
     let (rest_tx, rest_rx) = smol::channel::bounded::<RestDone>(256);
     let mut rest_tasks: Vec<Task<()>> = Vec::new();
@@ -381,6 +390,7 @@ pub async fn run(
     };
     let mut rest_reqs = Vec::new();
     loop {
+        beat.beat();
         if let Link::Backoff { until, .. } = link {
             Timer::at(until).await;
             link = link.backoff_elapsed(Instant::now());
@@ -442,6 +452,7 @@ pub async fn run(
             queue: &mut queue,
             rest_reqs: &mut rest_reqs,
             generation,
+            beat: &beat,
         };
         let (ended, last_link) = runner.read_loop(&mut live, link).await;
         link = last_link;
@@ -496,6 +507,7 @@ struct Runner<'a> {
     queue: &'a mut SendQueue,
     rest_reqs: &'a mut Vec<RestRequest>,
     generation: u64,
+    beat: &'a crate::metrics::health::Heartbeat,
 }
 
 impl Runner<'_> {
@@ -713,6 +725,7 @@ impl Runner<'_> {
                     }
                     let mut control = Control::Continue;
                     if now >= next_tick {
+                        self.beat.beat();
                         next_tick = now + Duration::from_secs(1);
                         control = self.proto.on_tick(now, &mut io);
                         let rotate_after = self.timings.max_lifetime + lifetime_jitter;

@@ -67,6 +67,7 @@ pub async fn run(
     limiters: Limiters,
     mut publisher: Publisher,
     metrics: Arc<Metrics>,
+    beat: crate::metrics::health::Heartbeat,
 ) -> Infallible {
     let labels = StreamLabels {
         exchange: spec.exchange,
@@ -87,7 +88,8 @@ pub async fn run(
             weight: spec.weight,
             limit: spec.limit,
         };
-        let outcome = match rest::execute(&client, &limiter, req).await {
+        beat.beat();
+        let outcome = match rest::execute_beating(&client, &limiter, req, || beat.beat()).await {
             Ok(resp) if resp.status == 200 => {
                 (spec.parse)(&resp.body, spec.period).map_err(|e| (e.to_string(), None))
             }
@@ -121,6 +123,15 @@ pub async fn run(
                 d
             }
         };
-        Timer::after(wait).await;
+        // Sleep in pieces so the heartbeat shows a waiting poller alive.
+        let until = crate::time::after(std::time::Instant::now(), wait);
+        loop {
+            beat.beat();
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            Timer::after(left.min(Duration::from_secs(5))).await;
+        }
     }
 }

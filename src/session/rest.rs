@@ -200,11 +200,25 @@ pub async fn execute(
     limiter: &HostLimiter,
     req: RestRequest,
 ) -> Result<RestResponse, RestError> {
+    execute_beating(client, limiter, req, || {}).await
+}
+
+/// [`execute`], calling `alive` at least every 5 s while it waits for the limiter (a loop
+/// waiting out a venue's block is alive, not stuck).
+pub async fn execute_beating(
+    client: &RestClient,
+    limiter: &HostLimiter,
+    req: RestRequest,
+    alive: impl Fn(),
+) -> Result<RestResponse, RestError> {
+    let mut logged = false;
     while let Err(wait) = limiter.try_reserve(req.weight, Instant::now()) {
-        if wait >= Duration::from_secs(1) {
+        if wait >= Duration::from_secs(1) && !logged {
+            logged = true;
             tracing::info!(wait = ?wait, bucket = limiter.spec.bucket, host = %req.base.authority(), "REST request waits for the venue's rate limit");
         }
-        Timer::after(wait.max(Duration::from_millis(10))).await;
+        alive();
+        Timer::after(wait.clamp(Duration::from_millis(10), Duration::from_secs(5))).await;
     }
     let result = client.get(&req.base, &req.path).await;
     if let Ok(resp) = &result {

@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::budget::Budget;
 use crate::config::{Config, Format, UpstreamKind};
 use crate::encode::Encoder;
-use crate::metrics::{Metrics, StreamLabels};
+use crate::metrics::{Metrics, StreamClock, StreamLabels};
 use crate::model::{
     Channel, Data, Exchange, Market, Message, MsgId, OrderbookData, Symbol, message_id,
 };
@@ -186,6 +186,7 @@ struct StreamState {
     /// Shared with every fork of the publisher, so a restarted session continues the numbers.
     seq: Arc<AtomicU64>,
     published: Counter,
+    clock: StreamClock,
     duplicates: Counter,
     /// The venue ids published last on this stream (a ring), to drop a message whose id was
     /// just published: the overlap of two sockets during a rotation, a venue's re-send.
@@ -255,6 +256,13 @@ impl Publisher {
                     published: metrics.map_or_else(Counter::default, |m| {
                         m.messages.get_or_create(&labels).clone()
                     }),
+                    clock: StreamClock::new(
+                        metrics,
+                        key.exchange,
+                        key.market,
+                        key.symbol.as_str(),
+                        key.channel,
+                    ),
                     duplicates: metrics.map_or_else(Counter::default, |m| {
                         m.duplicates.get_or_create(&labels).clone()
                     }),
@@ -306,6 +314,7 @@ impl Publisher {
                 key: s.key,
                 seq: s.seq.clone(),
                 published: s.published.clone(),
+                clock: s.clock.clone(),
                 duplicates: s.duplicates.clone(),
                 recent: vec![0; s.recent.len()].into_boxed_slice(),
                 recent_next: 0,
@@ -368,6 +377,8 @@ impl Publisher {
         }
         let seq = st.seq.fetch_add(1, Ordering::Relaxed) + 1;
         st.published.inc();
+        let local_ns = now_ns();
+        st.clock.record(ts_exchange_ms, local_ns);
         let key = st.key;
         let m = &mut self.scratch;
         m.exchange = key.exchange;
@@ -376,7 +387,7 @@ impl Publisher {
         m.channel = key.channel;
         m.seq = seq;
         m.ts_exchange_ms = ts_exchange_ms;
-        m.ts_local_ns = now_ns();
+        m.ts_local_ns = local_ns;
         m.id = message_id(key.exchange, key.market, key.symbol, key.channel, venue_id);
         let h = &mut self.header;
         h.exchange = key.exchange;

@@ -39,6 +39,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, PlanError> {
             crate::config::UpstreamKind::Stdout => 0,
             crate::config::UpstreamKind::Nats | crate::config::UpstreamKind::Mqtt => 1,
         },
+        push: cfg.metrics.push.as_ref().map(|p| p.url.origin()),
         ..Plan::default()
     };
     binance::plan(cfg, &mut plan)?;

@@ -26,6 +26,12 @@ pub struct Seen {
 pub struct Harness {
     pub sim: Sim,
     pub app: App,
+    /// The config the app was started with, and the executor it runs on (for `App::serve`;
+    /// not every suite uses them).
+    #[allow(dead_code)]
+    pub config: Config,
+    #[allow(dead_code)]
+    pub executor: Arc<smol::Executor<'static>>,
     _threads: Vec<std::thread::JoinHandle<()>>,
     stop: smol::channel::Sender<()>,
     pub seen: Seen,
@@ -47,7 +53,8 @@ impl Harness {
             ..SimOptions::default()
         });
         let ex = Arc::new(smol::Executor::new());
-        let app = App::start(&make_config(&sim), &ex).expect("app starts");
+        let config = make_config(&sim);
+        let app = App::start(&config, &ex).expect("app starts");
         let (stop, rx) = smol::channel::bounded::<()>(1);
         let mut threads = Vec::new();
         for _ in 0..2 {
@@ -61,6 +68,8 @@ impl Harness {
         Harness {
             sim,
             app,
+            config,
+            executor: ex,
             _threads: threads,
             stop,
             seen: Seen::default(),

@@ -135,6 +135,7 @@ pub(crate) fn new_market(opts: &SimOptions) -> Market {
                     open_interest: 80_000_000 + i as i64 * 1_000_000,
                     funding: 3_936,
                     marks: 0,
+                    silent: false,
                 },
             );
         }
@@ -1045,7 +1046,7 @@ pub(crate) async fn run_market(sh: Arc<Shared>) {
         let mut m = lock(&sh.market);
         let Market { books, rng } = &mut *m;
         events.clear();
-        for ((mkt, sym), st) in books.iter_mut() {
+        for ((mkt, sym), st) in books.iter_mut().filter(|(_, st)| !st.silent) {
             symbol_tick(opts, *mkt, sym, st, rng, ts, mark_due, liq_due, &mut events);
         }
         let clients = lock(&sh.clients);

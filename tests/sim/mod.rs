@@ -310,6 +310,9 @@ pub(crate) struct SymbolState {
     pub funding: i64,
     /// Mark-price ticks sent (every third also goes to `@markPrice`).
     pub marks: u64,
+    /// `silence`: the symbol's market stands still and sends nothing (no diffs, trades,
+    /// marks or liquidations) until it is resumed, then carries on without a gap.
+    pub silent: bool,
 }
 
 pub(crate) struct Market {
@@ -881,6 +884,17 @@ impl Sim {
             .get_mut(&(mkt, venue_symbol(symbol)))
         {
             s.gaps += 1;
+        }
+    }
+
+    /// `symbol` goes silent (`true`: nothing at all is sent for it, its book stands still) or
+    /// resumes where it stopped (`false`). Other symbols are unaffected.
+    pub fn silence(&self, mkt: Mkt, symbol: &str, silent: bool) {
+        if let Some(s) = lock(&self.shared.market)
+            .books
+            .get_mut(&(mkt, venue_symbol(symbol)))
+        {
+            s.silent = silent;
         }
     }
 

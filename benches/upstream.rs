@@ -251,6 +251,7 @@ fn rss(secs: u64, upstream: &str) {
             },
             1,
         )
+        .replacen("[metrics]\n", "[metrics]\nlisten = \"127.0.0.1:0\"\n", 1)
         .replacen("[tls]\n", &format!("[tls]\nextra_ca = \"{}\"\n", ca.display()), 1)
         .replacen(
             "[venues.binance]\n",

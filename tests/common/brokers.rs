@@ -607,6 +607,8 @@ pub fn spot_feed(sim: &crate::sim::Sim, extra: &str) -> String {
         r#"
 [device]
 id = "test-box"
+[metrics]
+listen = "127.0.0.1:0"
 [budget]
 max_connections = 4
 [book]

@@ -144,7 +144,7 @@ impl Socket {
         let plan = marketbox::venue::plan(&cfg).expect("plan");
         let socket = &plan.sockets[0];
         let keys = StreamKey::for_socket(socket);
-        let spool = Spool::new(64 << 20, Default::default(), Default::default());
+        let spool = Spool::new(64 << 20, Default::default());
         // The publisher reports into the registry as in production (message counter,
         // last-message timestamp, latency histogram), so the allocation check covers them.
         let metrics = Arc::new(Metrics::new());

@@ -30,7 +30,7 @@ use crate::net::tls;
 use crate::net::ws::WsOptions;
 use crate::plan::{Plan, PlanExceedsBudget};
 use crate::session::{self, Shared};
-use crate::upstream::spool::Spool;
+use crate::upstream::spool::{Spool, SpoolError, SpoolMetrics};
 use crate::upstream::{Publisher, StreamKey};
 use crate::venue::{self, PlanError};
 
@@ -43,6 +43,8 @@ pub enum StartError {
     Budget(#[from] PlanExceedsBudget),
     #[error("TLS set-up failed: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
     #[error("{0}")]
     Listen(#[from] ListenError),
     #[error("{0}")]
@@ -84,11 +86,12 @@ impl App {
             executor.clone(),
             Some(metrics.clone()),
         );
-        let spool = Spool::new(
+        let spool = Spool::open(
             cfg.spool.ram_bytes.0,
-            metrics.spool_dropped.clone(),
-            metrics.spool_depth.clone(),
-        );
+            cfg.spool.dir.as_ref().map(|d| d.get_ref().as_path()),
+            cfg.spool.disk_bytes.0 as u64,
+            SpoolMetrics::new(&metrics),
+        )?;
         let liveness = Liveness::new();
         let shared = Shared {
             liveness: liveness.clone(),
@@ -398,10 +401,18 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 let out = smol::Unblock::new(std::io::stdout());
                 run_stdout(app.spool.clone(), cfg.upstream.format, &app.metrics, out).await
             }
-            kind => Err(std::io::Error::other(format!(
-                "[upstream] kind = \"{}\" is not available in this build",
-                kind.as_str()
-            ))),
+            UpstreamKind::Nats | UpstreamKind::Mqtt => {
+                let up = crate::upstream::start(
+                    &cfg,
+                    app.spool.clone(),
+                    app.budget.clone(),
+                    &app.metrics,
+                )
+                .map_err(std::io::Error::other)?;
+                smol::unblock(move || up.join())
+                    .await
+                    .map_err(std::io::Error::other)
+            }
         }
     }));
     match result {

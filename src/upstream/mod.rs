@@ -2,12 +2,18 @@
 //!
 //! Design: sessions never touch the upstream. They hand normalized messages to a
 //! [`Publisher`], which numbers them per stream, encodes them once, and pushes the bytes into
-//! the [`spool::Spool`]; one upstream task drains the spool into the sink (stdout now; NATS
-//! JetStream and MQTT plug in beside it with their own connection permit).
+//! the [`spool::Spool`] (RAM, or RAM in front of the on-disk log of [`disk`]); one upstream
+//! drains the spool into the sink: [`stdout`] on the executor, or a broker ([`nats`],
+//! [`mqtt`]) on its own thread with one current-thread tokio runtime, supervised by [`link`]
+//! (the budget permit, backoff, the in-flight window that is re-sent after a reconnect).
 //!
-//! Owns: per-stream sequence numbers, the record framing on stdout. Must not touch: venue
-//! formats, sockets to exchanges.
+//! Owns: per-stream sequence numbers, the record framing on stdout, starting the upstream.
+//! Must not touch: venue formats, sockets to exchanges.
 
+pub mod disk;
+pub mod link;
+pub mod mqtt;
+pub mod nats;
 pub mod spool;
 pub mod stdout;
 
@@ -17,7 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::config::Format;
+use crate::budget::Budget;
+use crate::config::{Config, Format, UpstreamKind};
 use crate::encode::Encoder;
 use crate::metrics::{Metrics, StreamClock, StreamLabels};
 use crate::model::{
@@ -25,6 +32,128 @@ use crate::model::{
 };
 use crate::plan::SocketPlan;
 use spool::{RecordHeader, Spool};
+
+/// A broker upstream running on its own thread.
+pub struct UpstreamHandle {
+    thread: Option<std::thread::JoinHandle<Result<(), link::UpstreamError>>>,
+    stop: Arc<link::Control>,
+}
+
+impl UpstreamHandle {
+    /// Ends the upstream without draining (what is unacknowledged stays in the spool's disk
+    /// log, if any).
+    pub fn abort(&self) {
+        self.stop.abort();
+    }
+
+    /// Waits for the thread: it ends once the spool is closed and drained, or when aborted.
+    pub fn join(mut self) -> Result<(), link::UpstreamError> {
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(link::UpstreamError::Panicked),
+            None => Ok(()),
+        }
+    }
+
+    /// The last broker failure (its message names the config key to look at).
+    pub fn last_error(&self) -> Option<String> {
+        self.stop.last_error()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for UpstreamHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop.abort();
+        }
+    }
+}
+
+/// Starts the configured broker upstream (`nats` or `mqtt`) on its own thread, draining
+/// `spool`. Its socket holds a permit of `budget`. Errors only for a config that cannot work
+/// (unreadable secrets, bad trust roots) or a thread that cannot start; broker failures are
+/// retried with backoff for ever, counted and logged.
+pub fn start(
+    cfg: &Config,
+    spool: Spool,
+    budget: Budget,
+    metrics: &crate::metrics::Metrics,
+) -> Result<UpstreamHandle, link::UpstreamError> {
+    start_observed(cfg, spool, budget, metrics, None)
+}
+
+/// [`start`], telling `observer` each message's stamp-to-ack latency (for benchmarks).
+pub fn start_observed(
+    cfg: &Config,
+    spool: Spool,
+    budget: Budget,
+    metrics: &crate::metrics::Metrics,
+    observer: Option<link::AckObserver>,
+) -> Result<UpstreamHandle, link::UpstreamError> {
+    let kind = cfg.upstream.kind();
+    let url = cfg.upstream.url.as_ref().map(|u| u.get_ref().clone());
+    let Some(url) = url.filter(|_| kind != UpstreamKind::Stdout) else {
+        return Err(link::UpstreamError::Config(format!(
+            "[upstream] kind = \"{}\" is not a broker with a url",
+            kind.as_str()
+        )));
+    };
+    enum Which {
+        Nats(nats::Settings),
+        Mqtt(mqtt::Settings),
+    }
+    let (which, window, name) = match kind {
+        UpstreamKind::Mqtt => (
+            Which::Mqtt(
+                mqtt::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
+            ),
+            mqtt::WINDOW,
+            "upstream mqtt",
+        ),
+        _ => (
+            Which::Nats(
+                nats::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
+            ),
+            nats::WINDOW,
+            "upstream nats",
+        ),
+    };
+    let stop = Arc::new(link::Control::default());
+    let mut handles = link::Handles::new(metrics);
+    handles.observer = observer;
+    let sup = link::Supervisor {
+        name,
+        spool: spool.clone(),
+        budget,
+        handles: handles.clone(),
+        stop: stop.clone(),
+        backoff_min: cfg.session.backoff_min(),
+        backoff_max: cfg.session.backoff_max(),
+        stable_after: cfg.session.stable_after.0,
+        window,
+    };
+    let thread = std::thread::Builder::new()
+        .name("marketbox-upstream".into())
+        .spawn(move || match which {
+            Which::Nats(s) => sup.run(|w| {
+                let (s, spool, h) = (s.clone(), spool.clone(), handles.clone());
+                Box::pin(async move { nats::session(&s, &spool, w, &h).await })
+            }),
+            Which::Mqtt(s) => sup.run(|w| {
+                let (s, spool, h) = (s.clone(), spool.clone(), handles.clone());
+                Box::pin(async move { mqtt::session(&s, &spool, w, &h).await })
+            }),
+        })
+        .map_err(link::UpstreamError::Runtime)?;
+    Ok(UpstreamHandle {
+        thread: Some(thread),
+        stop,
+    })
+}
 
 /// One output stream: what a message's `seq` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,6 +299,7 @@ impl Publisher {
                 channel: Channel::Orderbook,
                 seq: 0,
                 id: MsgId::new(),
+                ts_local_ns: 0,
             },
         }
     }
@@ -266,6 +396,7 @@ impl Publisher {
         h.channel = key.channel;
         h.seq = m.seq;
         h.id.clone_from(&m.id);
+        h.ts_local_ns = m.ts_local_ns;
         match self.encoder.encode(m) {
             Ok(bytes) => {
                 self.spool.push(h, bytes);

@@ -147,33 +147,34 @@ impl Decimal {
     /// Writes the digits as the venue wrote them into `buf` and returns them (ASCII digits,
     /// `.` and `-` only).
     pub fn write_ascii<'b>(&self, buf: &'b mut [u8; DECIMAL_TEXT_MAX]) -> &'b [u8] {
-        let mut pos = buf.len();
-        let mut m = self.mantissa.unsigned_abs();
-        let mut frac = self.scale;
-        loop {
-            pos -= 1;
-            buf[pos] = b'0' + (m % 10) as u8;
-            m /= 10;
-            if frac > 0 {
-                frac -= 1;
-                if frac == 0 {
-                    pos -= 1;
-                    buf[pos] = b'.';
-                    if m == 0 {
-                        pos -= 1;
-                        buf[pos] = b'0';
-                        break;
-                    }
-                }
-            } else if m == 0 {
-                break;
-            }
-        }
+        // The mantissa's digits, two at a time (itoa), then the point placed among them.
+        let mut digits = itoa::Buffer::new();
+        let d = digits.format(self.mantissa.unsigned_abs()).as_bytes();
+        let scale = usize::from(self.scale);
+        let mut len = 0;
         if self.mantissa < 0 {
-            pos -= 1;
-            buf[pos] = b'-';
+            buf[0] = b'-';
+            len = 1;
         }
-        &buf[pos..]
+        if scale == 0 {
+            buf[len..len + d.len()].copy_from_slice(d);
+            len += d.len();
+        } else if d.len() > scale {
+            let int = d.len() - scale;
+            buf[len..len + int].copy_from_slice(&d[..int]);
+            buf[len + int] = b'.';
+            buf[len + int + 1..len + int + 1 + scale].copy_from_slice(&d[int..]);
+            len += d.len() + 1;
+        } else {
+            // 0.00ddd: a zero, the point, the missing leading zeros, the digits.
+            let zeros = scale - d.len();
+            buf[len] = b'0';
+            buf[len + 1] = b'.';
+            buf[len + 2..len + 2 + zeros].fill(b'0');
+            buf[len + 2 + zeros..len + 2 + scale].copy_from_slice(d);
+            len += 2 + scale;
+        }
+        &buf[..len]
     }
 }
 

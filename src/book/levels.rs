@@ -76,13 +76,24 @@ const POW10: [i128; 20] = {
 };
 
 /// A price's sort key: its value at 19 decimal places (exact: a `Decimal` has at most 19),
-/// negated for bids so that ascending keys are best first on both sides.
-fn key(side: BookSide, price: Decimal) -> i128 {
+/// negated for bids so that ascending keys are best first on both sides. Kept as two words
+/// (ordered like the `i128` they split) so an entry is 8-aligned and 40 bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    hi: i64,
+    lo: u64,
+}
+
+fn key(side: BookSide, price: Decimal) -> Key {
     let scale = usize::from(price.scale()).min(19);
     let v = i128::from(price.mantissa()) * POW10[19 - scale];
-    match side {
+    let v = match side {
         BookSide::Bid => -v,
         BookSide::Ask => v,
+    };
+    Key {
+        hi: (v >> 64) as i64,
+        lo: v as u64,
     }
 }
 
@@ -113,48 +124,68 @@ impl Packed {
     }
 }
 
+/// A level and its key, side by side: one move per shift.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    key: Key,
+    level: Packed,
+}
+
 /// Up to [`BLOCK`] consecutive levels, sorted by key.
 #[derive(Debug, Clone)]
 struct Block {
     len: usize,
-    keys: [i128; BLOCK],
-    levels: [Packed; BLOCK],
+    entries: [Entry; BLOCK],
 }
 
 impl Block {
     const EMPTY: Block = Block {
         len: 0,
-        keys: [0; BLOCK],
-        levels: [Packed {
-            price: 0,
-            qty: 0,
-            price_scale: 0,
-            qty_scale: 0,
+        entries: [Entry {
+            key: Key { hi: 0, lo: 0 },
+            level: Packed {
+                price: 0,
+                qty: 0,
+                price_scale: 0,
+                qty_scale: 0,
+            },
         }; BLOCK],
     };
 
-    fn first(&self) -> i128 {
-        self.keys[0]
+    fn first(&self) -> Key {
+        self.entries[0].key
     }
 
-    fn search(&self, k: i128) -> Result<usize, usize> {
-        self.keys[..self.len].binary_search(&k)
+    fn last(&self) -> Key {
+        self.entries[self.len - 1].key
     }
 
-    fn insert(&mut self, at: usize, k: i128, l: Packed) {
-        self.keys.copy_within(at..self.len, at + 1);
-        self.levels.copy_within(at..self.len, at + 1);
-        self.keys[at] = k;
-        self.levels[at] = l;
+    fn search(&self, k: Key) -> Result<usize, usize> {
+        self.entries[..self.len].binary_search_by(|e| e.key.cmp(&k))
+    }
+
+    fn insert(&mut self, at: usize, e: Entry) {
+        self.entries.copy_within(at..self.len, at + 1);
+        self.entries[at] = e;
         self.len += 1;
     }
 
-    fn remove(&mut self, at: usize) -> (i128, Packed) {
-        let out = (self.keys[at], self.levels[at]);
-        self.keys.copy_within(at + 1..self.len, at);
-        self.levels.copy_within(at + 1..self.len, at);
+    fn remove(&mut self, at: usize) -> Entry {
+        let out = self.entries[at];
+        self.entries.copy_within(at + 1..self.len, at);
         self.len -= 1;
         out
+    }
+}
+
+/// Two distinct blocks of the pool, mutably.
+fn two_mut(blocks: &mut [Block], a: usize, b: usize) -> (&mut Block, &mut Block) {
+    if a < b {
+        let (x, y) = blocks.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = blocks.split_at_mut(a);
+        (&mut y[0], &mut x[b])
     }
 }
 
@@ -163,10 +194,12 @@ struct Side<const N: usize> {
     /// The pool; `order` says which blocks hold levels, best first, `free` which do not.
     blocks: Box<[Block; MAX_BLOCKS]>,
     order: heapless::Vec<u16, MAX_BLOCKS>,
+    /// The first key of each block in `order` (searched without touching the blocks).
+    firsts: heapless::Vec<Key, MAX_BLOCKS>,
     free: heapless::Vec<u16, MAX_BLOCKS>,
     len: usize,
     /// The key of the worst level the side vouches for, when it is cut.
-    known_through: Option<i128>,
+    known_through: Option<Key>,
     side: BookSide,
 }
 
@@ -180,6 +213,7 @@ impl<const N: usize> Side<N> {
         Side {
             blocks: Box::new([Block::EMPTY; MAX_BLOCKS]),
             order: heapless::Vec::new(),
+            firsts: heapless::Vec::new(),
             free,
             len: 0,
             known_through: None,
@@ -192,6 +226,7 @@ impl<const N: usize> Side<N> {
             self.blocks[usize::from(b)].len = 0;
             let _ = self.free.push(b);
         }
+        self.firsts.clear();
         self.len = 0;
         self.known_through = None;
     }
@@ -206,23 +241,27 @@ impl<const N: usize> Side<N> {
 
     /// The block position that holds, or would hold, `k`: the last block whose first key is
     /// at most `k` (the first block when `k` is below all).
-    fn block_for(&self, k: i128) -> usize {
+    fn block_for(&self, k: Key) -> usize {
         let n = self.order.len();
-        // partition_point: blocks whose first key <= k come first.
-        let p = self
-            .order
-            .partition_point(|&b| self.blocks[usize::from(b)].first() <= k);
+        let p = self.firsts.partition_point(|f| *f <= k);
         p.saturating_sub(1).min(n.saturating_sub(1))
     }
 
-    fn last_key(&self) -> Option<i128> {
-        let pos = self.order.len().checked_sub(1)?;
-        let b = self.block(pos);
-        Some(b.keys[b.len - 1])
+    /// Records block position `pos`'s first key (after it changed).
+    fn refresh_first(&mut self, pos: usize) {
+        let b = &self.blocks[usize::from(self.order[pos])];
+        if b.len > 0 {
+            self.firsts[pos] = b.first();
+        }
     }
 
-    /// Inserts `(k, l)` into block position `pos` at `at`, splitting a full block first.
-    fn insert_at(&mut self, mut pos: usize, mut at: usize, k: i128, l: Packed) {
+    fn last_key(&self) -> Option<Key> {
+        let pos = self.order.len().checked_sub(1)?;
+        Some(self.block(pos).last())
+    }
+
+    /// Inserts `e` into block position `pos` at `at`, splitting a full block first.
+    fn insert_at(&mut self, mut pos: usize, mut at: usize, e: Entry) {
         if self.block(pos).len == BLOCK {
             let Some(fresh) = self.free.pop() else {
                 // The pool is sized for N <= BOOK_CAPACITY; a smaller side never gets here.
@@ -230,26 +269,23 @@ impl<const N: usize> Side<N> {
             };
             let half = BLOCK / 2;
             let (src, dst) = (usize::from(self.order[pos]), usize::from(fresh));
-            let (keys, levels) = {
-                let b = &self.blocks[src];
-                (b.keys, b.levels)
-            };
-            let nb = &mut self.blocks[dst];
-            nb.keys[..BLOCK - half].copy_from_slice(&keys[half..]);
-            nb.levels[..BLOCK - half].copy_from_slice(&levels[half..]);
-            nb.len = BLOCK - half;
-            self.blocks[src].len = half;
-            // Capacity MAX_BLOCKS and a block was free: the insert fits.
+            let (s, d) = two_mut(&mut self.blocks[..], src, dst);
+            d.entries[..BLOCK - half].copy_from_slice(&s.entries[half..]);
+            d.len = BLOCK - half;
+            s.len = half;
+            // Capacity MAX_BLOCKS and a block was free: the inserts fit.
+            let first = d.first();
             let _ = self.order.insert(pos + 1, fresh);
-            if at > half {
+            let _ = self.firsts.insert(pos + 1, first);
+            if at > half || (at == half && e.key > first) {
                 pos += 1;
                 at -= half;
-            } else if at == half && k > self.block(pos + 1).first() {
-                pos += 1;
-                at = 0;
             }
         }
-        self.block_mut(pos).insert(at, k, l);
+        self.block_mut(pos).insert(at, e);
+        if at == 0 {
+            self.firsts[pos] = e.key;
+        }
         self.len += 1;
     }
 
@@ -257,6 +293,9 @@ impl<const N: usize> Side<N> {
     fn remove_at(&mut self, pos: usize, at: usize) {
         self.block_mut(pos).remove(at);
         self.len -= 1;
+        if at == 0 {
+            self.refresh_first(pos);
+        }
         self.rebalance(pos);
     }
 
@@ -268,47 +307,43 @@ impl<const N: usize> Side<N> {
         if len >= half {
             return;
         }
-        if len == 0 && self.order.len() == 1 {
+        let n = self.order.len();
+        if n == 1 {
             return;
         }
-        let n = self.order.len();
         // The neighbour to work with: the next one, else the previous one.
         let (left, right) = if pos + 1 < n {
             (pos, pos + 1)
-        } else if pos > 0 {
-            (pos - 1, pos)
         } else {
-            return;
+            (pos - 1, pos)
         };
         let (l, r) = (
             usize::from(self.order[left]),
             usize::from(self.order[right]),
         );
-        let (ll, rl) = (self.blocks[l].len, self.blocks[r].len);
+        let (lb, rb) = two_mut(&mut self.blocks[..], l, r);
+        let (ll, rl) = (lb.len, rb.len);
         if ll + rl <= BLOCK {
             // Merge right into left and free right.
-            let (keys, levels) = {
-                let b = &self.blocks[r];
-                (b.keys, b.levels)
-            };
-            let lb = &mut self.blocks[l];
-            lb.keys[ll..ll + rl].copy_from_slice(&keys[..rl]);
-            lb.levels[ll..ll + rl].copy_from_slice(&levels[..rl]);
+            lb.entries[ll..ll + rl].copy_from_slice(&rb.entries[..rl]);
             lb.len = ll + rl;
-            self.blocks[r].len = 0;
+            rb.len = 0;
             self.order.remove(right);
+            self.firsts.remove(right);
             let _ = self.free.push(r as u16);
+            self.refresh_first(left);
         } else if ll < rl {
             // Borrow the right block's first level.
-            let (k, v) = self.blocks[r].remove(0);
-            let lb = &mut self.blocks[l];
+            let e = rb.remove(0);
             let at = lb.len;
-            lb.insert(at, k, v);
+            lb.insert(at, e);
+            self.refresh_first(left);
+            self.refresh_first(right);
         } else {
             // Borrow the left block's last level.
-            let at = self.blocks[l].len - 1;
-            let (k, v) = self.blocks[l].remove(at);
-            self.blocks[r].insert(0, k, v);
+            let e = lb.remove(ll - 1);
+            rb.insert(0, e);
+            self.refresh_first(right);
         }
     }
 
@@ -319,7 +354,10 @@ impl<const N: usize> Side<N> {
         {
             return Applied::Unknown;
         }
-        let level = Packed::new(Level { price, qty });
+        let entry = Entry {
+            key: k,
+            level: Packed::new(Level { price, qty }),
+        };
         if self.order.is_empty() {
             if qty.is_zero() {
                 return Applied::Absent;
@@ -328,7 +366,8 @@ impl<const N: usize> Side<N> {
                 return Applied::Unknown;
             };
             let _ = self.order.push(b);
-            self.block_mut(0).insert(0, k, level);
+            let _ = self.firsts.push(entry.key);
+            self.block_mut(0).insert(0, entry);
             self.len = 1;
             return Applied::Inserted;
         }
@@ -339,14 +378,14 @@ impl<const N: usize> Side<N> {
                     self.remove_at(pos, at);
                     Applied::Removed
                 } else {
-                    self.block_mut(pos).levels[at] = level;
+                    self.block_mut(pos).entries[at].level = entry.level;
                     Applied::Updated
                 }
             }
             Err(_) if qty.is_zero() => Applied::Absent,
             Err(at) => {
                 if self.len < N {
-                    self.insert_at(pos, at, k, level);
+                    self.insert_at(pos, at, entry);
                     return Applied::Inserted;
                 }
                 *dropped += 1;
@@ -363,7 +402,7 @@ impl<const N: usize> Side<N> {
                 let at = match self.block(pos).search(k) {
                     Ok(at) | Err(at) => at,
                 };
-                self.insert_at(pos, at, k, level);
+                self.insert_at(pos, at, entry);
                 self.known_through = self.last_key();
                 Applied::Evicted
             }
@@ -374,19 +413,19 @@ impl<const N: usize> Side<N> {
     fn iter(&self) -> impl Iterator<Item = Level> + '_ {
         self.order.iter().flat_map(move |&b| {
             let b = &self.blocks[usize::from(b)];
-            b.levels[..b.len].iter().map(|p| p.level())
+            b.entries[..b.len].iter().map(|e| e.level.level())
         })
     }
 
     fn best(&self) -> Option<Level> {
         let b = &self.blocks[usize::from(*self.order.first()?)];
-        (b.len > 0).then(|| b.levels[0].level())
+        (b.len > 0).then(|| b.entries[0].level.level())
     }
 
     fn worst(&self) -> Option<Level> {
         let pos = self.order.len().checked_sub(1)?;
         let b = self.block(pos);
-        (b.len > 0).then(|| b.levels[b.len - 1].level())
+        (b.len > 0).then(|| b.entries[b.len - 1].level.level())
     }
 }
 

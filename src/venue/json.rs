@@ -147,6 +147,24 @@ impl<'a> Scanner<'a> {
         Ok(Some(key))
     }
 
+    /// Consumes the `[` that opens an array.
+    pub fn begin_array(&mut self) -> Result<(), JsonError> {
+        self.expect(b'[', "expected '['")
+    }
+
+    /// Whether another element of the array being read follows (its `,` consumed); `false`
+    /// (and the `]` consumed) at its end. `first` is true before the first element.
+    pub fn next_element(&mut self, first: &mut bool) -> Result<bool, JsonError> {
+        if self.eat(b']') {
+            return Ok(false);
+        }
+        if !*first {
+            self.expect(b',', "expected ',' or ']' between elements")?;
+        }
+        *first = false;
+        Ok(true)
+    }
+
     /// A string without escapes; returns its contents.
     pub fn string(&mut self) -> Result<&'a str, JsonError> {
         self.string_raw(true)
@@ -209,6 +227,35 @@ impl<'a> Scanner<'a> {
             return Err(self.err("expected a non-negative integer"));
         }
         Ok(n)
+    }
+
+    /// An integer (`-1`, `0`, `9223372036854775807`), or an integer in a string (`"42"`), or
+    /// `null` (`None`): OKX writes its sequence ids as numbers on the WebSocket and as strings
+    /// over REST.
+    pub fn i64_or_null(&mut self) -> Result<Option<i64>, JsonError> {
+        self.skip_ws();
+        match self.peek() {
+            Some(b'n') => {
+                if self.text.as_bytes().get(self.pos..self.pos + 4) == Some(b"null") {
+                    self.pos += 4;
+                    return Ok(None);
+                }
+                Err(self.err("expected an integer"))
+            }
+            Some(b'"') => {
+                let s = self.string()?;
+                as_i64(s).map(Some).ok_or(self.err("expected an integer"))
+            }
+            _ => {
+                let start = self.pos;
+                self.scalar()?;
+                let raw = self.text.get(start..self.pos).unwrap_or("");
+                as_i64(raw).map(Some).ok_or_else(|| {
+                    self.pos = start;
+                    self.err("expected an integer")
+                })
+            }
+        }
     }
 
     /// Skips one scalar (number, `true`, `false`, `null`).
@@ -317,7 +364,20 @@ impl<'a> Scanner<'a> {
             self.pos += k;
             match rest[k] {
                 b'"' => {
-                    self.string_raw(false)?;
+                    // Skip the string in place (its characters are checked by whoever walks
+                    // the array later): to the closing quote, over escaped characters.
+                    self.pos += 1;
+                    loop {
+                        let rest = bytes.get(self.pos..).unwrap_or_default();
+                        let Some(k) = rest.iter().position(|&b| b == b'"' || b == b'\\') else {
+                            self.pos = bytes.len();
+                            return Err(self.err("unterminated string"));
+                        };
+                        self.pos += k + if rest[k] == b'"' { 1 } else { 2 };
+                        if rest[k] == b'"' {
+                            break;
+                        }
+                    }
                 }
                 b'[' | b'{' => {
                     depth += 1;
@@ -369,8 +429,9 @@ impl<'a> Levels<'a> {
         }
     }
 
-    /// The common shape `["p","q"]` (no whitespace, no escapes, exactly two strings), read
-    /// with two scans; `None` sends anything else down the general path.
+    /// The common shapes `["p","q"]` (Binance) and `["p","q","0","4"]` (OKX: more plain
+    /// strings after the two), without whitespace or escapes, read with one scan per string;
+    /// `None` sends anything else down the general path.
     fn entry_fast(&mut self) -> Option<(&'a str, &'a str)> {
         let (text, start) = (self.cur.text, self.cur.pos);
         let b = text.as_bytes();
@@ -389,12 +450,19 @@ impl<'a> Levels<'a> {
             return None;
         }
         let e2 = string_end(e1 + 3)?;
-        if b.get(e2 + 1) != Some(&b']') {
+        let mut end = e2 + 1;
+        while b.get(end) == Some(&b',') {
+            if b.get(end + 1) != Some(&b'"') {
+                return None;
+            }
+            end = string_end(end + 2)? + 1;
+        }
+        if b.get(end) != Some(&b']') {
             return None;
         }
         // Every index sits next to an ASCII quote: char boundaries.
         let pair = (text.get(start + 2..e1)?, text.get(e1 + 3..e2)?);
-        self.cur.pos = e2 + 2;
+        self.cur.pos = end + 1;
         Some(pair)
     }
 

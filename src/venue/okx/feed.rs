@@ -352,7 +352,10 @@ impl OkxProtocol {
         now: Instant,
         io: &mut Io<'_>,
     ) -> Result<(), WireError> {
-        let entries = parse_entries(raw)?;
+        let entries = match &f.books {
+            Some(e) => e.clone(),
+            None => parse_entries(raw)?,
+        };
         let snapshot = f.action == Some(Action::Snapshot);
         if snapshot {
             self.ws_snapshots = true;

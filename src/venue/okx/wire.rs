@@ -17,7 +17,7 @@
 
 use serde::Deserialize;
 
-use crate::venue::json::{Array, JsonError, Object, as_i64, as_plain_str, as_u64};
+use crate::venue::json::{Array, JsonError, Object, Scanner, as_i64, as_plain_str, as_u64};
 
 /// Why a frame or body could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -159,35 +159,15 @@ pub struct Arg<'a> {
 }
 
 impl<'a> Arg<'a> {
-    fn parse(raw: &'a str) -> Result<Self, WireError> {
-        let mut a = Arg::default();
-        let mut named = false;
-        for m in Object::new(raw) {
-            let (k, v) = m?;
-            let text = || as_plain_str(v).ok_or(WireError::Invalid("arg"));
-            match k {
-                "channel" => {
-                    a.channel = OkxChannel::parse(text()?);
-                    named = true;
-                }
-                "instId" => a.inst_id = Some(text()?),
-                "instType" => a.inst_type = Some(text()?),
-                _ => {}
-            }
-        }
-        if !named {
-            return Err(WireError::Missing("arg.channel"));
-        }
-        Ok(a)
-    }
-
     /// The subscription key: `instId`, or `instType` for `liquidation-orders`.
     pub fn key(&self) -> Option<&'a str> {
         self.inst_id.or(self.inst_type)
     }
 }
 
-/// A frame's envelope, read in one pass without allocating.
+/// A frame's envelope, read in one pass without allocating. A `books` push (its `arg` comes
+/// before its `data`, as OKX writes them) has its entries read in the same pass into
+/// [`Frame::books`], their level arrays kept as raw slices for the book to walk once.
 #[derive(Debug, Default)]
 pub struct Frame<'a> {
     /// The request id an event answers.
@@ -200,39 +180,142 @@ pub struct Frame<'a> {
     pub action: Option<Action>,
     /// The raw `data` array of a push.
     pub data: Option<&'a str>,
+    /// The entries of a `books` push, read with the envelope.
+    pub books: Option<Entries<'a>>,
+}
+
+/// Reads the `arg` object at the scanner.
+fn read_arg<'a>(sc: &mut Scanner<'a>) -> Result<Arg<'a>, WireError> {
+    let mut a = Arg::default();
+    let mut named = false;
+    sc.begin_object()?;
+    let mut first = true;
+    while let Some(k) = sc.next_key(&mut first)? {
+        match k {
+            "channel" => {
+                a.channel = OkxChannel::parse(sc.string().map_err(|_| WireError::Invalid("arg"))?);
+                named = true;
+            }
+            "instId" => a.inst_id = Some(sc.string().map_err(|_| WireError::Invalid("arg"))?),
+            "instType" => a.inst_type = Some(sc.string().map_err(|_| WireError::Invalid("arg"))?),
+            _ => {
+                sc.value()?;
+            }
+        }
+    }
+    if !named {
+        return Err(WireError::Missing("arg.channel"));
+    }
+    Ok(a)
+}
+
+/// Reads one `books` entry object at the scanner; the level arrays are skipped (brackets and
+/// strings matched) and kept raw.
+fn read_entry<'a>(sc: &mut Scanner<'a>) -> Result<BookData<'a>, WireError> {
+    let (mut asks, mut bids) = (None, None);
+    let mut d = BookData {
+        asks: "[]",
+        bids: "[]",
+        ts: None,
+        checksum: None,
+        seq_id: None,
+        prev_seq_id: None,
+    };
+    sc.begin_object()?;
+    let mut first = true;
+    while let Some(k) = sc.next_key(&mut first)? {
+        match k {
+            "asks" => asks = Some(sc.array_raw().map_err(|_| WireError::Invalid("asks"))?),
+            "bids" => bids = Some(sc.array_raw().map_err(|_| WireError::Invalid("bids"))?),
+            "ts" => d.ts = Some(sc.string().map_err(|_| WireError::Invalid("ts"))?),
+            "checksum" => {
+                d.checksum = sc
+                    .i64_or_null()
+                    .map_err(|_| WireError::Invalid("checksum"))?
+            }
+            "seqId" => d.seq_id = sc.i64_or_null().map_err(|_| WireError::Invalid("seqId"))?,
+            "prevSeqId" => {
+                d.prev_seq_id = sc
+                    .i64_or_null()
+                    .map_err(|_| WireError::Invalid("prevSeqId"))?
+            }
+            _ => {
+                sc.value()?;
+            }
+        }
+    }
+    d.asks = asks.ok_or(WireError::Missing("asks"))?;
+    d.bids = bids.ok_or(WireError::Missing("bids"))?;
+    Ok(d)
+}
+
+/// Reads a `data` array of `books` entries at the scanner, in place.
+fn read_entries<'a>(sc: &mut Scanner<'a>) -> Result<Entries<'a>, WireError> {
+    let mut out = Entries::new();
+    sc.begin_array()?;
+    let mut first = true;
+    while sc.next_element(&mut first)? {
+        out.push(read_entry(sc)?).map_err(|_| WireError::TooMany)?;
+    }
+    Ok(out)
 }
 
 impl<'a> Frame<'a> {
     pub fn parse(text: &'a str) -> Result<Self, WireError> {
         let mut f = Frame::default();
-        for m in Object::new(text) {
-            let (k, v) = m?;
+        let mut sc = Scanner::new(text);
+        sc.begin_object()?;
+        let mut first = true;
+        while let Some(k) = sc.next_key(&mut first)? {
             match k {
-                "id" => f.id = as_plain_str(v),
+                "id" => f.id = as_plain_str(sc.value()?),
                 "event" => {
-                    f.event = Some(match as_plain_str(v).ok_or(WireError::Invalid("event"))? {
-                        "subscribe" => Event::Subscribe,
-                        "unsubscribe" => Event::Unsubscribe,
-                        "error" => Event::Error,
-                        "notice" => Event::Notice,
-                        _ => Event::Other,
-                    })
+                    f.event = Some(
+                        match sc.string().map_err(|_| WireError::Invalid("event"))? {
+                            "subscribe" => Event::Subscribe,
+                            "unsubscribe" => Event::Unsubscribe,
+                            "error" => Event::Error,
+                            "notice" => Event::Notice,
+                            _ => Event::Other,
+                        },
+                    )
                 }
                 // Written as a string; a number is tolerated.
-                "code" => f.code = as_plain_str(v).or_else(|| as_u64(v).map(|_| v)),
-                "msg" => f.msg = Some(as_plain_str(v).unwrap_or(v)),
-                "arg" => f.arg = Some(Arg::parse(v)?),
-                "action" => {
-                    f.action = Some(match as_plain_str(v).ok_or(WireError::Invalid("action"))? {
-                        "snapshot" => Action::Snapshot,
-                        "update" => Action::Update,
-                        _ => return Err(WireError::Invalid("action")),
-                    })
+                "code" => {
+                    let v = sc.value()?;
+                    f.code = as_plain_str(v).or_else(|| as_u64(v).map(|_| v));
                 }
-                "data" => f.data = Some(v),
-                _ => {}
+                "msg" => {
+                    let v = sc.value()?;
+                    f.msg = Some(as_plain_str(v).unwrap_or(v));
+                }
+                "arg" => f.arg = Some(read_arg(&mut sc)?),
+                "action" => {
+                    f.action = Some(
+                        match sc.string().map_err(|_| WireError::Invalid("action"))? {
+                            "snapshot" => Action::Snapshot,
+                            "update" => Action::Update,
+                            _ => return Err(WireError::Invalid("action")),
+                        },
+                    )
+                }
+                "data" => {
+                    let books = f.arg.is_some_and(|a| a.channel == Some(OkxChannel::Books));
+                    if books && sc.peek_token() == Some(b'[') {
+                        let from = sc.position();
+                        let entries = read_entries(&mut sc)?;
+                        f.data = sc.slice(from, sc.position());
+                        f.books = Some(entries);
+                    } else {
+                        f.data = Some(sc.value()?);
+                    }
+                }
+                _ => {
+                    sc.value()?;
+                }
             }
         }
+        sc.end()?;
         if f.event.is_none() && (f.arg.is_none() || f.data.is_none()) {
             return Err(WireError::NotAFrame);
         }
@@ -338,10 +421,14 @@ pub fn parse_books_push(text: &str) -> Result<BooksPush<'_>, WireError> {
     if arg.channel != Some(OkxChannel::Books) {
         return Err(WireError::Invalid("arg.channel"));
     }
+    let entries = match f.books {
+        Some(e) => e,
+        None => parse_entries(data)?,
+    };
     Ok(BooksPush {
         inst_id: arg.inst_id.ok_or(WireError::Missing("arg.instId"))?,
         snapshot: f.action == Some(Action::Snapshot),
-        entries: parse_entries(data)?,
+        entries,
     })
 }
 

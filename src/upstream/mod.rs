@@ -67,6 +67,50 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// A stream starting at `seq` 1, counting into `metrics` when given.
+    fn new(key: StreamKey, metrics: Option<&Metrics>) -> Self {
+        let labels = StreamLabels {
+            exchange: key.exchange,
+            market: key.market,
+            symbol: key.symbol.to_string(),
+            channel: key.channel,
+        };
+        StreamState {
+            key,
+            seq: Arc::new(AtomicU64::new(0)),
+            published: metrics.map_or_else(Counter::default, |m| {
+                m.messages.get_or_create(&labels).clone()
+            }),
+            clock: StreamClock::new(
+                metrics,
+                key.exchange,
+                key.market,
+                key.symbol.as_str(),
+                key.channel,
+            ),
+            duplicates: metrics.map_or_else(Counter::default, |m| {
+                m.duplicates.get_or_create(&labels).clone()
+            }),
+            recent: vec![0; recent_ids(key.channel)].into_boxed_slice(),
+            recent_next: 0,
+            recent_len: 0,
+        }
+    }
+
+    /// The same stream for another publisher: the numbers go on, the recent ids start over.
+    fn fork(&self) -> Self {
+        StreamState {
+            key: self.key,
+            seq: self.seq.clone(),
+            published: self.published.clone(),
+            clock: self.clock.clone(),
+            duplicates: self.duplicates.clone(),
+            recent: vec![0; self.recent.len()].into_boxed_slice(),
+            recent_next: 0,
+            recent_len: 0,
+        }
+    }
+
     /// Whether `id` was published recently; records it when not.
     fn seen(&mut self, id: u64) -> bool {
         if self.recent[..self.recent_len].contains(&id) {
@@ -114,34 +158,7 @@ impl Publisher {
     ) -> Self {
         let streams = streams
             .iter()
-            .map(|key| {
-                let labels = StreamLabels {
-                    exchange: key.exchange,
-                    market: key.market,
-                    symbol: key.symbol.to_string(),
-                    channel: key.channel,
-                };
-                StreamState {
-                    key: *key,
-                    seq: Arc::new(AtomicU64::new(0)),
-                    published: metrics.map_or_else(Counter::default, |m| {
-                        m.messages.get_or_create(&labels).clone()
-                    }),
-                    clock: StreamClock::new(
-                        metrics,
-                        key.exchange,
-                        key.market,
-                        key.symbol.as_str(),
-                        key.channel,
-                    ),
-                    duplicates: metrics.map_or_else(Counter::default, |m| {
-                        m.duplicates.get_or_create(&labels).clone()
-                    }),
-                    recent: vec![0; recent_ids(key.channel)].into_boxed_slice(),
-                    recent_next: 0,
-                    recent_len: 0,
-                }
-            })
+            .map(|key| StreamState::new(*key, metrics))
             .collect();
         let placeholder = Symbol::parse("X-Y").unwrap_or_else(|_| unreachable!("valid literal"));
         Publisher {
@@ -177,20 +194,7 @@ impl Publisher {
     /// A publisher for the same streams that continues their sequence numbers (for a session
     /// restarted after a failure). Its recent-id memory starts empty.
     pub fn fork(&self) -> Publisher {
-        let streams = self
-            .streams
-            .iter()
-            .map(|s| StreamState {
-                key: s.key,
-                seq: s.seq.clone(),
-                published: s.published.clone(),
-                clock: s.clock.clone(),
-                duplicates: s.duplicates.clone(),
-                recent: vec![0; s.recent.len()].into_boxed_slice(),
-                recent_next: 0,
-                recent_len: 0,
-            })
-            .collect();
+        let streams = self.streams.iter().map(StreamState::fork).collect();
         Publisher {
             spool: self.spool.clone(),
             encoder: Encoder::new(self.encoder.format()),
@@ -198,6 +202,44 @@ impl Publisher {
             scratch: self.scratch.clone(),
             header: self.header.clone(),
         }
+    }
+
+    /// The streams become `keys`, in that order (the plan of the socket changed while the
+    /// service runs): a stream already carried keeps its sequence numbers, a new one starts
+    /// at 1. Sessions running on forks take the change with [`Publisher::follow`].
+    pub fn retarget(&mut self, keys: &[StreamKey], metrics: Option<&Metrics>) {
+        let mut old = std::mem::take(&mut self.streams);
+        self.streams = keys
+            .iter()
+            .map(|k| match old.iter().position(|s| s.key == *k) {
+                Some(i) => old.swap_remove(i),
+                None => StreamState::new(*k, metrics),
+            })
+            .collect();
+    }
+
+    /// Takes the streams of `template` (after its [`Publisher::retarget`]): the numbers are
+    /// the template's, shared; a stream this publisher already carried keeps its recent ids,
+    /// so a message published just before the change is still recognised as a duplicate.
+    pub fn follow(&mut self, template: &Publisher) {
+        let mut old = std::mem::take(&mut self.streams);
+        self.streams = template
+            .streams
+            .iter()
+            .map(|t| match old.iter().position(|s| s.key == t.key) {
+                Some(i) => {
+                    let mut mine = old.swap_remove(i);
+                    mine.seq = t.seq.clone();
+                    mine
+                }
+                None => t.fork(),
+            })
+            .collect();
+    }
+
+    /// The stream keys, in index order.
+    pub fn keys(&self) -> impl Iterator<Item = StreamKey> + '_ {
+        self.streams.iter().map(|s| s.key)
     }
 
     /// The stream index of a key, if this publisher carries it.
@@ -272,5 +314,80 @@ impl Publisher {
             }
             Err(err) => tracing::error!(%err, "message could not be encoded (a bug); dropped"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Side, TradeData};
+
+    fn key(symbol: &str) -> StreamKey {
+        StreamKey {
+            exchange: Exchange::Binance,
+            market: Market::Spot,
+            symbol: Symbol::parse(symbol).expect("a symbol"),
+            channel: Channel::Trade,
+        }
+    }
+
+    fn trade(id: u64) -> Data {
+        let one = crate::decimal::Decimal::parse("1").expect("a decimal");
+        Data::Trade(TradeData {
+            trade_id: id,
+            price: one,
+            qty: one,
+            side: Side::Buy,
+        })
+    }
+
+    /// Every record in the spool: (symbol, seq).
+    fn drain(spool: &Spool) -> Vec<(String, u64)> {
+        let mut buf = Vec::new();
+        std::iter::from_fn(|| spool.try_pop(&mut buf))
+            .map(|h| (h.symbol.to_string(), h.seq))
+            .collect()
+    }
+
+    #[test]
+    fn a_live_plan_change_keeps_the_numbers_of_the_streams_that_stay() {
+        let spool = Spool::new(1 << 16, Counter::default(), Default::default());
+        let (a, b, c) = (key("AAA-USDT"), key("BBB-USDT"), key("CCC-USDT"));
+        let mut template = Publisher::new(spool.clone(), Format::Json, &[a, b], None);
+        let mut session = template.fork();
+        session.publish(0, 1, 10, trade(10));
+        session.publish(0, 1, 11, trade(11));
+        session.publish(1, 1, 20, trade(20));
+        // TC0: the plan becomes [b, c, a]: indices follow the new plan.
+        template.retarget(&[b, c, a], None);
+        session.follow(&template);
+        assert_eq!(session.keys().collect::<Vec<_>>(), vec![b, c, a]);
+        session.publish(2, 1, 12, trade(12));
+        session.publish(1, 1, 30, trade(30));
+        // TC1: the id published just before the change is still a duplicate.
+        session.publish(2, 1, 12, trade(12));
+        // TC2: a session started again later (a fork of the template) continues the numbers.
+        let mut restarted = template.fork();
+        restarted.publish(1, 1, 31, trade(31));
+        restarted.publish(0, 1, 21, trade(21));
+        let got = drain(&spool);
+        let want: Vec<(String, u64)> = [
+            ("AAA-USDT", 1),
+            ("AAA-USDT", 2),
+            ("BBB-USDT", 1),
+            ("AAA-USDT", 3),
+            ("CCC-USDT", 1),
+            ("CCC-USDT", 2),
+            ("BBB-USDT", 2),
+        ]
+        .iter()
+        .map(|(s, n)| (s.to_string(), *n))
+        .collect();
+        assert_eq!(got, want);
+        // TC3: a stream dropped from the plan is gone; publishing on a stale index is refused.
+        template.retarget(&[c], None);
+        session.follow(&template);
+        session.publish(1, 1, 13, trade(13));
+        assert!(drain(&spool).is_empty());
     }
 }

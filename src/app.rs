@@ -48,6 +48,8 @@ pub enum StartError {
     Listen(#[from] ListenError),
     #[error("{0}")]
     Push(#[from] PushSetupError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// The plan of a config, checked against its budget: what `check-config` prints and what
@@ -662,12 +664,72 @@ pub enum RunError {
     UpstreamEnded,
 }
 
-/// Runs the service until the process is stopped or the upstream fails.
-pub fn run(cfg: Config) -> Result<(), RunError> {
+/// What `run` needs besides the config.
+pub struct RunOptions {
+    /// The config file the service was started with (the console saves to it) and its text
+    /// (the console edits it, comments kept).
+    pub config_path: std::path::PathBuf,
+    pub config_text: String,
+    /// Sets the log level (`log level` at the console).
+    pub log: Option<crate::console::LogControl>,
+}
+
+/// How the service stopped without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The console asked for a restart: the caller starts the process again.
+    Restart,
+}
+
+/// The console's view of the running service.
+struct ConsoleService {
+    control: Arc<Control>,
+    restart: smol::channel::Sender<()>,
+}
+
+impl crate::console::Service for ConsoleService {
+    fn apply(&self, config: &Arc<Config>, changed: &[String]) -> Result<Applied, String> {
+        self.control
+            .apply(config, changed)
+            .map_err(|e| e.to_string())
+    }
+
+    fn restart(&self) {
+        let _ = self.restart.try_send(());
+    }
+}
+
+/// Longest a restart waits for the messages already spooled to reach the upstream.
+pub const RESTART_DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs the service until the process is stopped, the upstream fails, or the console asks
+/// for a restart.
+pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
+    let started = Instant::now();
     let executor = Arc::new(Executor::new());
     let mut app = App::start(&cfg, &executor)?;
     app.serve(&cfg, &executor)?;
     tracing::info!("{}", app.plan.display(cfg.budget.max_connections.0));
+    let (restart_tx, restart_rx) = smol::channel::bounded::<()>(1);
+    let store = crate::console::store::Store::new(
+        &opts.config_path,
+        &opts.config_text,
+        Arc::new(cfg.clone()),
+    )
+    .map_err(StartError::Config)?;
+    let console = crate::console::Console::new(
+        store,
+        Arc::new(ConsoleService {
+            control: app.control.clone(),
+            restart: restart_tx,
+        }),
+        app.metrics.clone(),
+        started,
+        opts.log,
+    );
+    let sampler = executor.spawn(console.clone().sample_forever());
+    let devices =
+        crate::console::device::start(&console, &cfg.console.devices, cfg.console.baud, &executor);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     for i in 1..threads {
         let (ex, m) = (executor.clone(), app.metrics.clone());
@@ -691,21 +753,61 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 }
             });
     }
-    let result = smol::block_on(executor.run(async {
-        match cfg.upstream.kind() {
-            UpstreamKind::Stdout => {
-                let out = smol::Unblock::new(std::io::stdout());
-                run_stdout(app.spool.clone(), cfg.upstream.format, &app.metrics, out).await
+    let (format, kind, metrics) = (
+        cfg.upstream.format,
+        cfg.upstream.kind(),
+        app.metrics.clone(),
+    );
+    let upstream = |spool: Spool| {
+        let metrics = metrics.clone();
+        async move {
+            match kind {
+                UpstreamKind::Stdout => {
+                    let out = smol::Unblock::new(std::io::stdout());
+                    run_stdout(spool, format, &metrics, out).await
+                }
+                kind => Err(std::io::Error::other(format!(
+                    "[upstream] kind = \"{}\" is not available in this build",
+                    kind.as_str()
+                ))),
             }
-            kind => Err(std::io::Error::other(format!(
-                "[upstream] kind = \"{}\" is not available in this build",
-                kind.as_str()
-            ))),
         }
-    }));
+    };
+    let up = upstream(app.spool.clone());
+    let result = smol::block_on(executor.run(async { Some(up.await) }.or(async {
+        let _ = restart_rx.recv().await;
+        None
+    })));
     match result {
-        Ok(()) => Err(RunError::UpstreamEnded),
-        Err(err) => Err(RunError::Upstream(err)),
+        Some(Ok(())) => Err(RunError::UpstreamEnded),
+        Some(Err(err)) => Err(RunError::Upstream(err)),
+        None => {
+            tracing::info!("restarting (asked at the console)");
+            drop(devices);
+            drop(sampler);
+            // No new messages; what is spooled goes upstream first (for a while).
+            app.stop();
+            let up = upstream(app.spool.clone());
+            let drained = smol::block_on(
+                executor.run(
+                    async {
+                        let _ = up.await;
+                        true
+                    }
+                    .or(async {
+                        Timer::after(RESTART_DRAIN).await;
+                        false
+                    }),
+                ),
+            );
+            if !drained {
+                tracing::warn!(
+                    left = app.spool.len(),
+                    "the spool did not drain before the restart"
+                );
+            }
+            Ok(Stopped::Restart)
+        }
     }
 }
 

@@ -1294,16 +1294,21 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
 impl Config {
     /// Reads and validates a config file, and the files it names (bounded reads).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = Config::read_text(path)?;
+        Config::from_text(&text, path)
+    }
+
+    /// Reads a config file's text (at most [`MAX_CONFIG_BYTES`], UTF-8).
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
         let origin = path.display().to_string();
         let bytes = read_bounded(path, MAX_CONFIG_BYTES).map_err(|reason| ConfigError::Read {
             path: origin.clone(),
             source: std::io::Error::other(reason),
         })?;
-        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Read {
+        String::from_utf8(bytes).map_err(|e| ConfigError::Read {
             path: origin.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        Config::from_text(&text, path)
+        })
     }
 
     /// Validates config text as if it were the file at `path` (what [`Config::load`] does

@@ -142,6 +142,10 @@ pub trait Protocol: Send {
     fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control;
     /// The socket is gone (not called when a rotation replaced it).
     fn on_disconnected(&mut self);
+    /// Called while no socket is up (before each wait for a backoff or a connection): time
+    /// passes for the books' health (`marketbox_book_unverified_seconds_total` keeps counting
+    /// while the venue cannot be reached).
+    fn on_idle(&mut self, _now: Instant) {}
     /// Outgoing frames allowed per second on this socket (the venue's incoming limit).
     fn send_rate(&self) -> (u32, Duration);
     /// How to ask a silent socket whether it is alive.
@@ -441,6 +445,7 @@ pub async fn run(
             let (mut send, mut rest) = (Vec::new(), Vec::new());
             p.take(proto.as_mut(), &mut publisher, &mut send, &mut rest);
         }
+        proto.on_idle(Instant::now());
         if let Link::Backoff { until, .. } = link {
             Timer::at(until).await;
             link = link.backoff_elapsed(Instant::now());

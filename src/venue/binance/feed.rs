@@ -735,6 +735,14 @@ impl Protocol for BinanceProtocol {
         }
     }
 
+    fn on_idle(&mut self, now: Instant) {
+        for st in &mut self.symbols {
+            if let Some(h) = st.health.as_mut() {
+                h.tick(now);
+            }
+        }
+    }
+
     /// Binance allows 300 connection attempts per 5 minutes per IP; we take 240.
     fn connect_limit(&self) -> ConnectLimit {
         ConnectLimit {

@@ -696,6 +696,14 @@ impl Protocol for OkxProtocol {
         }
     }
 
+    fn on_idle(&mut self, now: Instant) {
+        for inst in &mut self.insts {
+            if let Some(b) = inst.book.as_mut() {
+                b.health.tick(now);
+            }
+        }
+    }
+
     fn send_rate(&self) -> (u32, Duration) {
         (3, Duration::from_secs(1))
     }

@@ -698,3 +698,51 @@ fn the_stdio_console_reads_stdin_and_answers_on_stderr_leaving_stdout_to_the_dat
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn restart_runs_the_saved_file_in_the_same_process_and_log_level_takes_effect() {
+    let dir = Scratch::new("console-restart");
+    let cfg = dir.path("marketbox.toml");
+    let sock = dir.path("console.sock");
+    std::fs::write(&cfg, console_only(&[format!("unix:{}", sock.display())])).expect("write");
+    let mut svc = Service::start(&cfg);
+    let pid = svc.child.id();
+    let mut c = connect(&sock, Duration::from_secs(20));
+    assert_eq!(c.command("set book.depth 7"), ["ok"]);
+    assert_eq!(c.command("apply"), ["applied: book.depth"]);
+    // TC0: restart reads the file: unsaved changes would be lost, so it refuses.
+    let out = c.command("restart");
+    assert!(
+        out[0].starts_with("error: ") && out[0].ends_with("save first"),
+        "{out:?}"
+    );
+    assert_eq!(c.command("save"), [format!("saved {}", cfg.display())]);
+    // TC1: the service logs at warn (MARKETBOX_LOG); info from now on.
+    assert_eq!(c.command("log level info"), ["log level info"]);
+    c.out.write_all(b"restart\n").expect("restart");
+    assert!(
+        c.inbox.wait_closed(Duration::from_secs(10)),
+        "the session stays open"
+    );
+    assert!(
+        c.inbox
+            .all()
+            .contains(&format!("restarting from {}", cfg.display()))
+    );
+    // TC2: the same process serves again, from the saved file.
+    let mut c = connect(&sock, Duration::from_secs(20));
+    assert_eq!(c.command("get book.depth"), ["7"]);
+    assert!(svc.alive());
+    assert_eq!(svc.child.id(), pid);
+    assert!(
+        svc.stderr
+            .wait_for(
+                0,
+                "restarting (asked at the console)",
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "{}",
+        svc.stderr.all()
+    );
+}

@@ -225,6 +225,7 @@ impl Console {
                 }
                 let mut r = Reply::line(format!("restarting from {}", store.path().display()));
                 r.restart = true;
+                r.close = kind != Kind::Tty;
                 r
             }
             Command::Quit => match kind {

@@ -186,12 +186,13 @@ impl<W: Write> Session<W> {
     }
 }
 
-/// Connects to a console socket (waiting for it to appear) and waits for the prompt.
+/// Connects to a console socket (waiting for it to appear, and again when a service going
+/// away closes the connection before its prompt) and waits for the prompt.
 pub fn connect(path: &Path, timeout: Duration) -> Session<UnixStream> {
     let deadline = Instant::now() + timeout;
-    let stream = loop {
-        match UnixStream::connect(path) {
-            Ok(s) => break s,
+    loop {
+        let stream = match UnixStream::connect(path) {
+            Ok(s) => s,
             Err(e) => {
                 assert!(
                     Instant::now() < deadline,
@@ -199,18 +200,27 @@ pub fn connect(path: &Path, timeout: Duration) -> Session<UnixStream> {
                     path.display()
                 );
                 std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
+        };
+        let inbox = Inbox::reading(stream.try_clone().expect("clone the stream"));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(end) = inbox.wait_for(0, PROMPT, left) {
+            return Session {
+                out: stream,
+                inbox,
+                pos: end,
+                enter: "\n",
+            };
         }
-    };
-    let inbox = Inbox::reading(stream.try_clone().expect("clone the stream"));
-    let mut s = Session {
-        out: stream,
-        inbox,
-        pos: 0,
-        enter: "\n",
-    };
-    s.ready(timeout);
-    s
+        assert!(
+            Instant::now() < deadline,
+            "no prompt on {}; got {:?}",
+            path.display(),
+            inbox.all()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A pty pair: the master (the test's end) and the slave's path (the device the service or

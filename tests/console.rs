@@ -296,6 +296,7 @@ fn a_symbol_added_at_the_console_is_subscribed_on_the_existing_socket_and_surviv
     // TC3: the socket count never changed: no new connection, one open.
     assert_eq!((sim.ws_accepts(), sim.open_ws()), (accepts, 1));
     let status = c.command("status");
+    eprintln!("{}", status.join("\n"));
     assert!(status[0].contains("sockets 1 of 1 planned"), "{status:?}");
     assert!(
         status

@@ -83,6 +83,8 @@ pub struct App {
 
 /// One planned socket's session: its plan (replaced to reconfigure it live) and its task.
 struct Slot {
+    exchange: crate::model::Exchange,
+    name: crate::plan::SocketName,
     plan: crate::watch::Sender<SessionPlan>,
     _task: Task<()>,
 }
@@ -177,7 +179,14 @@ impl Control {
             rt.plan.clone()
         };
         let old_plan = std::mem::replace(&mut rt.plan, plan.clone());
-        for (slot, socket) in rt.slots.iter().zip(&plan.sockets) {
+        for slot in &rt.slots {
+            let Some(socket) = plan
+                .sockets
+                .iter()
+                .find(|s| (s.exchange, s.name) == (slot.exchange, slot.name))
+            else {
+                continue;
+            };
             let current = slot.plan.borrow();
             if current.socket == *socket && !depth_live {
                 continue;
@@ -344,6 +353,8 @@ fn start_session(
         },
     );
     Some(Slot {
+        exchange: socket.exchange,
+        name: socket.name,
         plan: tx,
         _task: task,
     })

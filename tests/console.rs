@@ -265,8 +265,7 @@ fn a_symbol_added_at_the_console_is_subscribed_on_the_existing_socket_and_surviv
     let applied_at = Instant::now();
     let out = c.command("apply");
     assert!(
-        out.iter()
-            .any(|l| l == "applied: feeds.binance.spot.symbols"),
+        out.iter().any(|l| l == "applied: feeds.binance.spot"),
         "{out:?}"
     );
     assert!(!out.iter().any(|l| l.contains("error")), "{out:?}");
@@ -730,9 +729,16 @@ fn restart_runs_the_saved_file_in_the_same_process_and_log_level_takes_effect() 
             .all()
             .contains(&format!("restarting from {}", cfg.display()))
     );
-    // TC2: the same process serves again, from the saved file.
-    let mut c = connect(&sock, Duration::from_secs(20));
-    assert_eq!(c.command("get book.depth"), ["7"]);
+    // TC2: the same process serves again, from the saved file (a connection made while the
+    // old run still listened closes: connect again).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let depth = loop {
+        if let Some(out) = connect(&sock, Duration::from_secs(20)).try_command("get book.depth") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "the console did not come back");
+    };
+    assert_eq!(depth, ["7"]);
     assert!(svc.alive());
     assert_eq!(svc.child.id(), pid);
     assert!(
@@ -745,5 +751,59 @@ fn restart_runs_the_saved_file_in_the_same_process_and_log_level_takes_effect() 
             .is_some(),
         "{}",
         svc.stderr.all()
+    );
+}
+
+#[test]
+fn changes_the_running_service_cannot_make_live_ask_for_a_restart() {
+    let dir = Scratch::new("console-live");
+    let cfg = dir.path("marketbox.toml");
+    let sock = dir.path("console.sock");
+    std::fs::write(&cfg, console_only(&[format!("unix:{}", sock.display())])).expect("write");
+    let _svc = Service::start(&cfg);
+    let mut c = connect(&sock, Duration::from_secs(20));
+    // TC0: a first symbol needs a socket the plan does not have; a session timing is read at
+    // start. Both wait for a restart; book.depth is live.
+    assert_eq!(c.command("add symbol binance spot BTC-USDT"), ["ok"]);
+    assert_eq!(c.command("set session.idle_timeout 5s"), ["ok"]);
+    assert_eq!(c.command("set book.depth 5"), ["ok"]);
+    let out = c.command("apply");
+    assert_eq!(
+        out,
+        [
+            "applied: book.depth",
+            "needs a restart to take effect: feeds.binance.spot, session.idle_timeout (save, then restart)"
+        ]
+    );
+    let status = c.command("status");
+    assert!(
+        status[0].contains("sockets 0 of 0 planned"),
+        "no socket opened: {status:?}"
+    );
+    assert!(
+        status
+            .iter()
+            .any(|l| l == "restart needed for: feeds.binance.spot, session.idle_timeout"),
+        "{status:?}"
+    );
+    // TC1: a config the whole validation refuses changes nothing.
+    assert_eq!(
+        c.command("set upstream.kind nats")
+            .first()
+            .map(String::as_str),
+        Some("ok")
+    );
+    let out = c.command("apply");
+    assert!(
+        out[0].starts_with("error: ") && out[0].contains("needs a url"),
+        "{out:?}"
+    );
+    assert_eq!(out[1], "nothing was applied");
+    assert_eq!(
+        c.command("show config")
+            .iter()
+            .filter(|l| *l == "kind = \"stdout\"")
+            .count(),
+        1
     );
 }

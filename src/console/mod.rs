@@ -106,6 +106,23 @@ impl Reply {
     }
 }
 
+/// Changed keys as `apply` reports them: a feed's keys as the feed
+/// (`feeds.binance.spot`), each once, in order.
+fn summary(keys: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for k in keys {
+        let k = if k.starts_with("feeds.") {
+            k.splitn(4, '.').take(3).collect::<Vec<_>>().join(".")
+        } else {
+            k.clone()
+        };
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
 /// The console of one service, shared by every session on every device.
 pub struct Console {
     store: Mutex<Store>,
@@ -258,7 +275,7 @@ impl Console {
         store.commit(&prepared);
         let mut out = String::new();
         if !applied.live.is_empty() {
-            let _ = writeln!(out, "applied: {}", applied.live.join(", "));
+            let _ = writeln!(out, "applied: {}", summary(&applied.live).join(", "));
         }
         if applied.sockets_changed > 0 {
             let _ = writeln!(
@@ -268,16 +285,17 @@ impl Console {
             );
         }
         if !applied.restart.is_empty() {
+            let keys = summary(&applied.restart);
             let _ = writeln!(
                 out,
                 "needs a restart to take effect: {} (save, then restart)",
-                applied.restart.join(", ")
+                keys.join(", ")
             );
             let mut waiting = self
                 .waiting_restart
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            for k in applied.restart {
+            for k in keys {
                 if !waiting.contains(&k) {
                     waiting.push(k);
                 }

@@ -167,22 +167,26 @@ impl<W: Write> Session<W> {
 
     /// Types a command; returns its output lines (echo and prompt removed).
     pub fn command(&mut self, line: &str) -> Vec<String> {
+        self.try_command(line).unwrap_or_else(|| {
+            panic!(
+                "no prompt after {line:?}; got {:?}",
+                self.inbox.text(self.pos, usize::MAX)
+            )
+        })
+    }
+
+    /// [`Session::command`], or `None` when no prompt follows (the session closed).
+    pub fn try_command(&mut self, line: &str) -> Option<Vec<String>> {
         self.out
             .write_all(format!("{line}{}", self.enter).as_bytes())
-            .expect("write the command");
-        self.out.flush().expect("flush");
+            .ok()?;
+        self.out.flush().ok()?;
         let end = self
             .inbox
-            .wait_for(self.pos, &format!("\n{PROMPT}"), Duration::from_secs(20))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no prompt after {line:?}; got {:?}",
-                    self.inbox.text(self.pos, usize::MAX)
-                )
-            });
+            .wait_for(self.pos, &format!("\n{PROMPT}"), Duration::from_secs(20))?;
         let text = self.inbox.text(self.pos, end - PROMPT.len());
         self.pos = end;
-        reply_lines(&text)
+        Some(reply_lines(&text))
     }
 }
 

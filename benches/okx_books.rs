@@ -41,22 +41,40 @@ fn load() -> Option<(Vec<String>, Vec<String>)> {
     Some((snaps, updates))
 }
 
-/// The same updates with `"checksum":0`, as production has sent since 2026-06-23: the machine
-/// then relies on the seqId chain (absent in 2022, so here nothing is verified) and skips the
-/// CRC.
-fn zero_checksums(updates: &[String]) -> Vec<String> {
-    updates
+/// The capture as production sends it since 2026-06-23: snapshots and updates carry a
+/// `seqId`/`prevSeqId` chain per instrument (the 2022 capture predates it), updates carry
+/// `"checksum":0`, so the machine follows the chain and skips the CRC.
+fn production_shaped(snaps: &[String], updates: &[String]) -> (Vec<String>, Vec<String>) {
+    const START: i64 = 1_000;
+    let inst = |f: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(f).expect("a capture frame");
+        v["arg"]["instId"].as_str().unwrap_or("").to_owned()
+    };
+    let rewrite = |f: &str, sum: Option<i64>, seq: i64, prev: i64| {
+        let key = r#""checksum":"#;
+        let at = f
+            .find(key)
+            .expect("every frame of the capture has a checksum");
+        let from = at + key.len();
+        let to = f[from..].find([',', '}']).map_or(f.len(), |n| from + n);
+        let sum = sum.map_or_else(|| f[from..to].to_owned(), |s| s.to_string());
+        format!(
+            r#"{}{sum},"seqId":{seq},"prevSeqId":{prev}{}"#,
+            &f[..from],
+            &f[to..]
+        )
+    };
+    let snaps = snaps.iter().map(|f| rewrite(f, None, START, -1)).collect();
+    let mut next: HashMap<String, i64> = HashMap::new();
+    let updates = updates
         .iter()
         .map(|f| {
-            let key = r#""checksum":"#;
-            let Some(at) = f.find(key) else {
-                return f.clone();
-            };
-            let from = at + key.len();
-            let to = f[from..].find([',', '}']).map_or(f.len(), |n| from + n);
-            format!("{}0{}", &f[..from], &f[to..])
+            let seq = next.entry(inst(f)).or_insert(START);
+            *seq += 1;
+            rewrite(f, Some(0), *seq, *seq - 1)
         })
-        .collect()
+        .collect();
+    (snaps, updates)
 }
 
 /// One machine per instrument, synced on its snapshot.
@@ -126,7 +144,7 @@ impl Socket {
         let plan = marketbox::venue::plan(&cfg).expect("plan");
         let socket = &plan.sockets[0];
         let keys = StreamKey::for_socket(socket);
-        let spool = Spool::new(64 << 20, Default::default(), Default::default());
+        let spool = Spool::new(64 << 20, Default::default());
         // The publisher reports into the registry as in production (message counter,
         // last-message timestamp, latency histogram), so the allocation check covers them.
         let metrics = Arc::new(Metrics::new());
@@ -177,7 +195,7 @@ fn bench(c: &mut Criterion) {
         .filter(|f| f.contains(r#""instId":"BTC-USDT""#))
         .cloned()
         .collect();
-    let zeroed = zero_checksums(&updates);
+    let (snaps_zero, zeroed) = production_shaped(&snaps, &updates);
     let mut o = out();
 
     // Steady-state allocations: one synced pass, machines and output built beforehand.
@@ -295,7 +313,7 @@ fn bench(c: &mut Criterion) {
     let apply_zero = per(
         time_pass(
             budget,
-            || synced(&snaps),
+            || synced(&snaps_zero),
             |s| {
                 pass(s, &zeroed, false, &mut o);
             },

@@ -31,7 +31,7 @@ use crate::net::ws::WsOptions;
 use crate::plan::{Plan, PlanExceedsBudget};
 use crate::session::poll::PollerSpec;
 use crate::session::{self, SessionPlan, Shared};
-use crate::upstream::spool::Spool;
+use crate::upstream::spool::{Spool, SpoolError, SpoolMetrics};
 use crate::upstream::{Publisher, StreamKey};
 use crate::venue::{self, PlanError};
 
@@ -45,11 +45,15 @@ pub enum StartError {
     #[error("TLS set-up failed: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("{0}")]
     Listen(#[from] ListenError),
     #[error("{0}")]
     Push(#[from] PushSetupError),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("the upstream settings cannot be used: {0}")]
+    UpstreamSettings(String),
 }
 
 /// The plan of a config, checked against its budget: what `check-config` prints and what
@@ -113,6 +117,8 @@ struct Runtime {
     pollers: Vec<Poller>,
     readiness: Arc<Readiness>,
     parts: Parts,
+    /// The broker upstream, when one runs.
+    upstream: Option<crate::upstream::UpstreamControl>,
 }
 
 /// What `apply` did with each changed key.
@@ -124,6 +130,8 @@ pub struct Applied {
     pub restart: Vec<String>,
     /// Sockets that took new streams or dropped some (subscribed on the live socket).
     pub sockets_changed: usize,
+    /// The broker upstream reconnects with new settings.
+    pub upstream_reconnected: bool,
 }
 
 /// Changes the running service with the least disruption.
@@ -143,9 +151,17 @@ impl Control {
         let mut guard = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
         let rt = &mut *guard;
         let same_shape = same_sockets(&rt.plan, &new_plan);
+        // A broker's settings change by reconnecting the upstream alone; a switch between
+        // stdout and a broker, or of the encoding the sessions use, needs a restart.
+        let (old_up, new_up) = (&rt.config.upstream, &new.upstream);
+        let upstream_live = rt.upstream.is_some()
+            && old_up.kind() != UpstreamKind::Stdout
+            && new_up.kind() != UpstreamKind::Stdout
+            && old_up.format == new_up.format;
         let mut applied = Applied::default();
         let mut feeds_live = false;
         let mut depth_live = false;
+        let mut upstream_changed = false;
         for key in changed {
             let live = if key.starts_with("feeds.") {
                 feeds_live |= same_shape;
@@ -153,6 +169,9 @@ impl Control {
             } else if key == "book.depth" {
                 depth_live = true;
                 true
+            } else if key.starts_with("upstream.") {
+                upstream_changed |= upstream_live;
+                upstream_live
             } else {
                 false
             };
@@ -161,6 +180,15 @@ impl Control {
             } else {
                 applied.restart.push(key.clone());
             }
+        }
+        if upstream_changed && let Some(up) = &rt.upstream {
+            // First, as it can still refuse (a credential file gone since the check).
+            up.reconfigure(new)
+                .map_err(|e| StartError::UpstreamSettings(e.to_string()))?;
+            applied.upstream_reconnected = true;
+            let mut running = (*rt.config).clone();
+            running.upstream = new.upstream.clone();
+            rt.config = Arc::new(running);
         }
         if !feeds_live && !depth_live {
             return Ok(applied);
@@ -237,6 +265,14 @@ impl Control {
         }
         rt.config = running;
         Ok(applied)
+    }
+
+    /// The broker upstream `apply` reconfigures (none for stdout).
+    pub fn set_upstream(&self, upstream: Option<crate::upstream::UpstreamControl>) {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upstream = upstream;
     }
 
     /// The plan the service runs now.
@@ -413,11 +449,12 @@ impl App {
             executor.clone(),
             Some(metrics.clone()),
         );
-        let spool = Spool::new(
+        let spool = Spool::open(
             cfg.spool.ram_bytes.0,
-            metrics.spool_dropped.clone(),
-            metrics.spool_depth.clone(),
-        );
+            cfg.spool.dir.as_ref().map(|d| d.get_ref().as_path()),
+            cfg.spool.disk_bytes.0 as u64,
+            SpoolMetrics::new(&metrics),
+        )?;
         let liveness = Liveness::new();
         let shared = Shared {
             liveness: liveness.clone(),
@@ -500,6 +537,7 @@ impl App {
                 pollers,
                 readiness,
                 parts,
+                upstream: None,
             }),
         });
         Ok(App {
@@ -764,31 +802,33 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
                 }
             });
     }
-    let (format, kind, metrics) = (
-        cfg.upstream.format,
-        cfg.upstream.kind(),
-        app.metrics.clone(),
-    );
-    let upstream = |spool: Spool| {
-        let metrics = metrics.clone();
-        async move {
-            match kind {
-                UpstreamKind::Stdout => {
-                    let out = smol::Unblock::new(std::io::stdout());
-                    run_stdout(spool, format, &metrics, out).await
-                }
-                kind => Err(std::io::Error::other(format!(
-                    "[upstream] kind = \"{}\" is not available in this build",
-                    kind.as_str()
-                ))),
-            }
+    // The upstream drains the spool until it is closed (a restart) or fails.
+    let mut broker = None;
+    let mut upstream: Task<std::io::Result<()>> = match cfg.upstream.kind() {
+        UpstreamKind::Stdout => {
+            let (spool, format, metrics) =
+                (app.spool.clone(), cfg.upstream.format, app.metrics.clone());
+            executor.spawn(async move {
+                let out = smol::Unblock::new(std::io::stdout());
+                run_stdout(spool, format, &metrics, out).await
+            })
+        }
+        UpstreamKind::Nats | UpstreamKind::Mqtt => {
+            let up =
+                crate::upstream::start(&cfg, app.spool.clone(), app.budget.clone(), &app.metrics)
+                    .map_err(|e| RunError::Upstream(std::io::Error::other(e)))?;
+            let control = up.control();
+            app.control.set_upstream(Some(control.clone()));
+            broker = Some(control);
+            smol::unblock(move || up.join().map_err(std::io::Error::other))
         }
     };
-    let up = upstream(app.spool.clone());
-    let result = smol::block_on(executor.run(async { Some(up.await) }.or(async {
-        let _ = restart_rx.recv().await;
-        None
-    })));
+    let result = smol::block_on(
+        executor.run(async { Some((&mut upstream).await) }.or(async {
+            let _ = restart_rx.recv().await;
+            None
+        })),
+    );
     match result {
         Some(Ok(())) => Err(RunError::UpstreamEnded),
         Some(Err(err)) => Err(RunError::Upstream(err)),
@@ -798,11 +838,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
             drop(sampler);
             // No new messages; what is spooled goes upstream first (for a while).
             app.stop();
-            let up = upstream(app.spool.clone());
             let drained = smol::block_on(
                 executor.run(
                     async {
-                        let _ = up.await;
+                        let _ = (&mut upstream).await;
                         true
                     }
                     .or(async {
@@ -816,7 +855,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
                     left = app.spool.len(),
                     "the spool did not drain before the restart"
                 );
+                if let Some(b) = broker {
+                    b.abort();
+                }
             }
+            // A disk spool keeps what is left: flushed, and its cursor saved.
+            app.spool.shutdown();
             Ok(Stopped::Restart)
         }
     }

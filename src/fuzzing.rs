@@ -619,11 +619,7 @@ fn protocol(data: &[u8], exchange: crate::model::Exchange) {
     let Some(mut proto) = crate::venue::protocol_for(socket, &cfg, &metrics) else {
         panic!("a protocol for {exchange}");
     };
-    let spool = Spool::new(
-        1 << 20,
-        prometheus_client::metrics::counter::Counter::default(),
-        prometheus_client::metrics::gauge::Gauge::default(),
-    );
+    let spool = Spool::new(1 << 20, Default::default());
     let keys = StreamKey::for_socket(socket);
     let mut publisher = Publisher::new(spool.clone(), cfg.upstream.format, &keys, None);
     let (mut send, mut rest) = (Vec::new(), Vec::new());

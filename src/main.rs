@@ -33,8 +33,12 @@ enum Command {
         /// Config file.
         file: PathBuf,
     },
-    /// Read length-prefixed postcard messages on stdin, write JSON lines on stdout.
-    Decode,
+    /// Decode postcard messages to JSON lines on stdout: length-prefixed records on stdin, or,
+    /// given files, one message per file (a NATS or MQTT payload saved as it came).
+    Decode {
+        /// Files of one postcard payload each; none: length-prefixed records on stdin.
+        files: Vec<PathBuf>,
+    },
     /// Attach this terminal (or a script's stdin and stdout) to a running service's console.
     Console {
         /// The service's console socket (`[console] devices = ["unix:PATH"]`).
@@ -151,7 +155,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Decode => match decode() {
+        Command::Decode { files } => match decode(&files) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("error: {err}");
@@ -161,11 +165,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// Length-prefixed postcard records (`u32` little-endian length, then the message) to JSON
-/// lines. Stops at a clean end of input; a truncated or undecodable record is an error naming
-/// its position.
-fn decode() -> Result<(), String> {
-    const MAX_RECORD: usize = 1 << 20;
+/// Largest postcard record or payload file decoded.
+const MAX_RECORD: usize = 1 << 20;
+
+/// Postcard to JSON lines: each file holds one payload; without files, length-prefixed records
+/// (`u32` little-endian length, then the message) on stdin. Stops at a clean end of input; a
+/// truncated or undecodable record is an error naming its position or file.
+fn decode(files: &[PathBuf]) -> Result<(), String> {
+    if !files.is_empty() {
+        let stdout = std::io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        for f in files {
+            let bytes = marketbox::config::read_bounded(f, MAX_RECORD as u64)
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+            let msg = marketbox::encode::decode_postcard(&bytes)
+                .map_err(|e| format!("{}: not a marketbox postcard message: {e}", f.display()))?;
+            serde_json::to_writer(&mut out, &msg).map_err(|e| e.to_string())?;
+            out.write_all(b"\n").map_err(|e| e.to_string())?;
+        }
+        return out.flush().map_err(|e| e.to_string());
+    }
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let stdout = std::io::stdout();

@@ -132,4 +132,23 @@ fn decode_turns_postcard_records_into_json_lines() {
     let line = String::from_utf8(out.stdout).unwrap();
     assert_eq!(serde_json::from_str::<Message>(line.trim()).unwrap(), msg);
     assert!(line.contains("\"price\":\"1.50\""), "{line}");
+
+    // One payload per file (a NATS or MQTT message saved as it came); a bad file is named.
+    let dir = std::env::temp_dir().join(format!("marketbox-cli-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, bad) = (dir.join("a.bin"), dir.join("b.bin"), dir.join("bad.bin"));
+    std::fs::write(&a, &bytes).unwrap();
+    std::fs::write(&b, &bytes).unwrap();
+    std::fs::write(&bad, [0xff, 0xff, 0xff]).unwrap();
+    let out = marketbox().arg("decode").arg(&a).arg(&b).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    for l in text.lines() {
+        assert_eq!(serde_json::from_str::<Message>(l).unwrap(), msg);
+    }
+    let out = marketbox().arg("decode").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.bin"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

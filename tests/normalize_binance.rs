@@ -37,7 +37,7 @@ fn run(frames: &[String]) -> (Vec<Message>, Vec<FrameKind>) {
     };
     let metrics = Arc::new(Metrics::new());
     let mut proto = BinanceProtocol::new(&socket, Market::Perpetual, &cfg, metrics);
-    let spool = Spool::new(1 << 20, Default::default(), Default::default());
+    let spool = Spool::new(1 << 20, Default::default());
     let keys = StreamKey::for_socket(&socket);
     let mut publisher = Publisher::new(spool.clone(), Format::Json, &keys, None);
     let (mut send, mut rest) = (Vec::new(), Vec::new());

@@ -47,7 +47,7 @@ impl Rig {
         assert_eq!(plan.sockets.len(), 1, "spot and swaps share one OKX socket");
         let socket = &plan.sockets[0];
         let keys = StreamKey::for_socket(socket);
-        let spool = Spool::new(8 << 20, Default::default(), Default::default());
+        let spool = Spool::new(8 << 20, Default::default());
         let metrics = Arc::new(Metrics::new());
         Rig {
             proto: OkxProtocol::new(socket, &cfg, metrics.clone()),

@@ -60,7 +60,6 @@ fn ours(book: &OkxBook) -> TextBook {
     let b = book.book().expect("synced");
     let side = |s| {
         b.levels(s)
-            .iter()
             .map(|l| (l.price.to_string(), l.qty.to_string()))
             .collect()
     };

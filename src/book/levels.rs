@@ -1,8 +1,15 @@
 //! Fixed-capacity order books.
 //!
-//! Design: each side is a `heapless::Vec<Level, N>` sorted best first (bids descending, asks
-//! ascending), updated by binary-search upsert; a quantity of zero removes the level. Nothing
-//! here allocates after construction.
+//! Design: each side is kept best first (bids descending, asks ascending) in blocks of
+//! [`BLOCK`] levels drawn from a fixed pool, with an order array of block indices: a change
+//! costs a binary search and a shift within one block (at most 32 levels), not a shift of the
+//! whole side, wherever in the book it lands. Blocks split when full and are refilled from a
+//! neighbour, or merged into it, when under half full, so a side of `N` levels never needs more
+//! than `N / 16 + 1` blocks ([`MAX_BLOCKS`] covers [`BOOK_CAPACITY`]). Each level carries an
+//! integer key beside the venue's digits: its value scaled to 19 decimal places as an `i128`,
+//! sign-flipped for bids, so every comparison is one integer comparison whatever digits the
+//! venue wrote (`"3366"` and `"3366.1"` on OKX), while the digits themselves are kept for
+//! output and for OKX's checksum. Nothing here allocates after construction.
 //!
 //! Truncation policy: a side may know the book only down to a "known through" price. Levels
 //! worse than it are unknown, and updates there are ignored, because applying them would
@@ -32,6 +39,12 @@ pub enum BookSide {
 /// Levels per side the venues' books are kept to (Binance's largest snapshot).
 pub const BOOK_CAPACITY: usize = 1000;
 
+/// Levels per block.
+pub const BLOCK: usize = 32;
+/// Blocks in a side's pool: blocks other than a side's only one hold at least `BLOCK / 2`
+/// levels, so `BOOK_CAPACITY / 16 + 1` always suffice.
+pub const MAX_BLOCKS: usize = BOOK_CAPACITY / (BLOCK / 2) + 2;
+
 /// The book cannot fill `depth` levels it can vouch for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("book side truncated below the published depth")]
@@ -51,77 +64,333 @@ pub enum Applied {
     Evicted,
 }
 
+/// `10^k` for `k` in `0..=19`.
+const POW10: [i128; 20] = {
+    let mut t = [1i128; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
+/// A price's sort key: its value at 19 decimal places (exact: a `Decimal` has at most 19),
+/// negated for bids so that ascending keys are best first on both sides.
+fn key(side: BookSide, price: Decimal) -> i128 {
+    let scale = usize::from(price.scale()).min(19);
+    let v = i128::from(price.mantissa()) * POW10[19 - scale];
+    match side {
+        BookSide::Bid => -v,
+        BookSide::Ask => v,
+    }
+}
+
+/// A level as stored: the two decimals' parts packed (24 bytes instead of 32).
+#[derive(Debug, Clone, Copy, Default)]
+struct Packed {
+    price: i64,
+    qty: i64,
+    price_scale: u8,
+    qty_scale: u8,
+}
+
+impl Packed {
+    fn new(l: Level) -> Self {
+        Packed {
+            price: l.price.mantissa(),
+            qty: l.qty.mantissa(),
+            price_scale: l.price.scale(),
+            qty_scale: l.qty.scale(),
+        }
+    }
+
+    fn level(self) -> Level {
+        Level {
+            price: Decimal::new(self.price, self.price_scale),
+            qty: Decimal::new(self.qty, self.qty_scale),
+        }
+    }
+}
+
+/// Up to [`BLOCK`] consecutive levels, sorted by key.
+#[derive(Debug, Clone)]
+struct Block {
+    len: usize,
+    keys: [i128; BLOCK],
+    levels: [Packed; BLOCK],
+}
+
+impl Block {
+    const EMPTY: Block = Block {
+        len: 0,
+        keys: [0; BLOCK],
+        levels: [Packed {
+            price: 0,
+            qty: 0,
+            price_scale: 0,
+            qty_scale: 0,
+        }; BLOCK],
+    };
+
+    fn first(&self) -> i128 {
+        self.keys[0]
+    }
+
+    fn search(&self, k: i128) -> Result<usize, usize> {
+        self.keys[..self.len].binary_search(&k)
+    }
+
+    fn insert(&mut self, at: usize, k: i128, l: Packed) {
+        self.keys.copy_within(at..self.len, at + 1);
+        self.levels.copy_within(at..self.len, at + 1);
+        self.keys[at] = k;
+        self.levels[at] = l;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, at: usize) -> (i128, Packed) {
+        let out = (self.keys[at], self.levels[at]);
+        self.keys.copy_within(at + 1..self.len, at);
+        self.levels.copy_within(at + 1..self.len, at);
+        self.len -= 1;
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Side<const N: usize> {
-    levels: heapless::Vec<Level, N>,
-    known_through: Option<Decimal>,
+    /// The pool; `order` says which blocks hold levels, best first, `free` which do not.
+    blocks: Box<[Block; MAX_BLOCKS]>,
+    order: heapless::Vec<u16, MAX_BLOCKS>,
+    free: heapless::Vec<u16, MAX_BLOCKS>,
+    len: usize,
+    /// The key of the worst level the side vouches for, when it is cut.
+    known_through: Option<i128>,
     side: BookSide,
 }
 
 impl<const N: usize> Side<N> {
-    const fn new(side: BookSide) -> Self {
+    fn new(side: BookSide) -> Self {
+        let mut free = heapless::Vec::new();
+        for i in (0..MAX_BLOCKS as u16).rev() {
+            // Capacity MAX_BLOCKS: every push fits.
+            let _ = free.push(i);
+        }
         Side {
-            levels: heapless::Vec::new(),
+            blocks: Box::new([Block::EMPTY; MAX_BLOCKS]),
+            order: heapless::Vec::new(),
+            free,
+            len: 0,
             known_through: None,
             side,
         }
     }
 
-    /// Whether `a` is a better price than `b` on this side.
-    fn better(&self, a: Decimal, b: Decimal) -> bool {
-        match self.side {
-            BookSide::Bid => a > b,
-            BookSide::Ask => a < b,
+    fn clear(&mut self) {
+        while let Some(b) = self.order.pop() {
+            self.blocks[usize::from(b)].len = 0;
+            let _ = self.free.push(b);
         }
+        self.len = 0;
+        self.known_through = None;
     }
 
-    fn search(&self, price: Decimal) -> Result<usize, usize> {
-        self.levels.binary_search_by(|l| match self.side {
-            BookSide::Bid => price.cmp(&l.price),
-            BookSide::Ask => l.price.cmp(&price),
-        })
+    fn block(&self, pos: usize) -> &Block {
+        &self.blocks[usize::from(self.order[pos])]
+    }
+
+    fn block_mut(&mut self, pos: usize) -> &mut Block {
+        &mut self.blocks[usize::from(self.order[pos])]
+    }
+
+    /// The block position that holds, or would hold, `k`: the last block whose first key is
+    /// at most `k` (the first block when `k` is below all).
+    fn block_for(&self, k: i128) -> usize {
+        let n = self.order.len();
+        // partition_point: blocks whose first key <= k come first.
+        let p = self
+            .order
+            .partition_point(|&b| self.blocks[usize::from(b)].first() <= k);
+        p.saturating_sub(1).min(n.saturating_sub(1))
+    }
+
+    fn last_key(&self) -> Option<i128> {
+        let pos = self.order.len().checked_sub(1)?;
+        let b = self.block(pos);
+        Some(b.keys[b.len - 1])
+    }
+
+    /// Inserts `(k, l)` into block position `pos` at `at`, splitting a full block first.
+    fn insert_at(&mut self, mut pos: usize, mut at: usize, k: i128, l: Packed) {
+        if self.block(pos).len == BLOCK {
+            let Some(fresh) = self.free.pop() else {
+                // The pool is sized for N <= BOOK_CAPACITY; a smaller side never gets here.
+                return;
+            };
+            let half = BLOCK / 2;
+            let (src, dst) = (usize::from(self.order[pos]), usize::from(fresh));
+            let (keys, levels) = {
+                let b = &self.blocks[src];
+                (b.keys, b.levels)
+            };
+            let nb = &mut self.blocks[dst];
+            nb.keys[..BLOCK - half].copy_from_slice(&keys[half..]);
+            nb.levels[..BLOCK - half].copy_from_slice(&levels[half..]);
+            nb.len = BLOCK - half;
+            self.blocks[src].len = half;
+            // Capacity MAX_BLOCKS and a block was free: the insert fits.
+            let _ = self.order.insert(pos + 1, fresh);
+            if at > half {
+                pos += 1;
+                at -= half;
+            } else if at == half && k > self.block(pos + 1).first() {
+                pos += 1;
+                at = 0;
+            }
+        }
+        self.block_mut(pos).insert(at, k, l);
+        self.len += 1;
+    }
+
+    /// Removes the level at `at` of block position `pos` and rebalances.
+    fn remove_at(&mut self, pos: usize, at: usize) {
+        self.block_mut(pos).remove(at);
+        self.len -= 1;
+        self.rebalance(pos);
+    }
+
+    /// Keeps every block (but a side's only one) at least half full: borrows a level from a
+    /// neighbour with more than half, else merges with it.
+    fn rebalance(&mut self, pos: usize) {
+        let half = BLOCK / 2;
+        let len = self.block(pos).len;
+        if len >= half {
+            return;
+        }
+        if len == 0 && self.order.len() == 1 {
+            return;
+        }
+        let n = self.order.len();
+        // The neighbour to work with: the next one, else the previous one.
+        let (left, right) = if pos + 1 < n {
+            (pos, pos + 1)
+        } else if pos > 0 {
+            (pos - 1, pos)
+        } else {
+            return;
+        };
+        let (l, r) = (
+            usize::from(self.order[left]),
+            usize::from(self.order[right]),
+        );
+        let (ll, rl) = (self.blocks[l].len, self.blocks[r].len);
+        if ll + rl <= BLOCK {
+            // Merge right into left and free right.
+            let (keys, levels) = {
+                let b = &self.blocks[r];
+                (b.keys, b.levels)
+            };
+            let lb = &mut self.blocks[l];
+            lb.keys[ll..ll + rl].copy_from_slice(&keys[..rl]);
+            lb.levels[ll..ll + rl].copy_from_slice(&levels[..rl]);
+            lb.len = ll + rl;
+            self.blocks[r].len = 0;
+            self.order.remove(right);
+            let _ = self.free.push(r as u16);
+        } else if ll < rl {
+            // Borrow the right block's first level.
+            let (k, v) = self.blocks[r].remove(0);
+            let lb = &mut self.blocks[l];
+            let at = lb.len;
+            lb.insert(at, k, v);
+        } else {
+            // Borrow the left block's last level.
+            let at = self.blocks[l].len - 1;
+            let (k, v) = self.blocks[l].remove(at);
+            self.blocks[r].insert(0, k, v);
+        }
     }
 
     fn apply(&mut self, price: Decimal, qty: Decimal, dropped: &mut u64) -> Applied {
+        let k = key(self.side, price);
         if let Some(bound) = self.known_through
-            && self.better(bound, price)
+            && k > bound
         {
             return Applied::Unknown;
         }
-        match self.search(price) {
-            Ok(i) => {
+        let level = Packed::new(Level { price, qty });
+        if self.order.is_empty() {
+            if qty.is_zero() {
+                return Applied::Absent;
+            }
+            let Some(b) = self.free.pop() else {
+                return Applied::Unknown;
+            };
+            let _ = self.order.push(b);
+            self.block_mut(0).insert(0, k, level);
+            self.len = 1;
+            return Applied::Inserted;
+        }
+        let pos = self.block_for(k);
+        match self.block(pos).search(k) {
+            Ok(at) => {
                 if qty.is_zero() {
-                    self.levels.remove(i);
+                    self.remove_at(pos, at);
                     Applied::Removed
                 } else {
-                    self.levels[i] = Level { price, qty };
+                    self.block_mut(pos).levels[at] = level;
                     Applied::Updated
                 }
             }
             Err(_) if qty.is_zero() => Applied::Absent,
-            Err(i) => {
-                let level = Level { price, qty };
-                if !self.levels.is_full() {
-                    // Capacity checked just above.
-                    let _ = self.levels.insert(i, level);
+            Err(at) => {
+                if self.len < N {
+                    self.insert_at(pos, at, k, level);
                     return Applied::Inserted;
                 }
                 *dropped += 1;
-                if i == self.levels.len() {
+                if self.last_key().is_some_and(|last| k > last) {
                     // Worse than everything kept: it becomes unknown itself.
-                    self.known_through = self.levels.last().map(|l| l.price);
+                    self.known_through = self.last_key();
                     return Applied::Unknown;
                 }
-                self.levels.pop();
-                let _ = self.levels.insert(i, level);
-                self.known_through = self.levels.last().map(|l| l.price);
+                // Evict the worst level, then insert (the positions may have moved).
+                let last = self.order.len() - 1;
+                let at_last = self.block(last).len - 1;
+                self.remove_at(last, at_last);
+                let pos = self.block_for(k);
+                let at = match self.block(pos).search(k) {
+                    Ok(at) | Err(at) => at,
+                };
+                self.insert_at(pos, at, k, level);
+                self.known_through = self.last_key();
                 Applied::Evicted
             }
         }
     }
+
+    /// Every level, best first.
+    fn iter(&self) -> impl Iterator<Item = Level> + '_ {
+        self.order.iter().flat_map(move |&b| {
+            let b = &self.blocks[usize::from(b)];
+            b.levels[..b.len].iter().map(|p| p.level())
+        })
+    }
+
+    fn best(&self) -> Option<Level> {
+        let b = &self.blocks[usize::from(*self.order.first()?)];
+        (b.len > 0).then(|| b.levels[0].level())
+    }
+
+    fn worst(&self) -> Option<Level> {
+        let pos = self.order.len().checked_sub(1)?;
+        let b = self.block(pos);
+        (b.len > 0).then(|| b.levels[b.len - 1].level())
+    }
 }
 
-/// A two-sided book of at most `N` levels per side.
+/// A two-sided book of at most `N` levels per side (`N` at most [`BOOK_CAPACITY`]).
 #[derive(Debug, Clone)]
 pub struct Book<const N: usize> {
     bids: Side<N>,
@@ -136,7 +405,13 @@ impl<const N: usize> Default for Book<N> {
 }
 
 impl<const N: usize> Book<N> {
-    pub const fn new() -> Self {
+    pub fn new() -> Self {
+        const {
+            assert!(
+                N <= BOOK_CAPACITY,
+                "a book side holds at most BOOK_CAPACITY levels"
+            )
+        };
         Book {
             bids: Side::new(BookSide::Bid),
             asks: Side::new(BookSide::Ask),
@@ -144,7 +419,7 @@ impl<const N: usize> Book<N> {
         }
     }
 
-    /// A book on the heap (built once at start-up; large `N` would not fit a small stack).
+    /// A book on the heap (built once at start-up).
     pub fn new_boxed() -> Box<Self> {
         Box::new(Book::new())
     }
@@ -165,10 +440,8 @@ impl<const N: usize> Book<N> {
 
     /// Empties both sides and forgets their bounds.
     pub fn clear(&mut self) {
-        for s in [&mut self.bids, &mut self.asks] {
-            s.levels.clear();
-            s.known_through = None;
-        }
+        self.bids.clear();
+        self.asks.clear();
     }
 
     /// Applies an absolute quantity at a price (zero removes).
@@ -185,24 +458,29 @@ impl<const N: usize> Book<N> {
     /// Marks a side as known only through its current worst level (a cut snapshot).
     pub fn bound_at_worst(&mut self, side: BookSide) {
         let s = self.side_mut(side);
-        s.known_through = s.levels.last().map(|l| l.price);
+        s.known_through = s.last_key();
     }
 
     /// Levels of a side, best first.
-    pub fn levels(&self, side: BookSide) -> &[Level] {
-        &self.side(side).levels
+    pub fn levels(&self, side: BookSide) -> impl Iterator<Item = Level> + '_ {
+        self.side(side).iter()
     }
 
     pub fn len(&self, side: BookSide) -> usize {
-        self.side(side).levels.len()
+        self.side(side).len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bids.levels.is_empty() && self.asks.levels.is_empty()
+        self.bids.len == 0 && self.asks.len == 0
     }
 
     pub fn best(&self, side: BookSide) -> Option<Level> {
-        self.side(side).levels.first().copied()
+        self.side(side).best()
+    }
+
+    /// The worst level a side holds.
+    pub fn worst(&self, side: BookSide) -> Option<Level> {
+        self.side(side).worst()
     }
 
     /// Whether a side has a known-through bound.
@@ -219,7 +497,7 @@ impl<const N: usize> Book<N> {
     pub fn can_fill(&self, depth: usize) -> bool {
         [&self.bids, &self.asks]
             .iter()
-            .all(|s| s.known_through.is_none() || s.levels.len() >= depth)
+            .all(|s| s.known_through.is_none() || s.len >= depth)
     }
 
     /// Whether the best bid is at or above the best ask: a book no venue can have.
@@ -242,12 +520,12 @@ impl<const N: usize> Book<N> {
         }
         bids.clear();
         asks.clear();
-        for l in self.bids.levels.iter().take(depth) {
+        for l in self.bids.iter().take(depth) {
             if bids.push((l.price, l.qty)).is_err() {
                 break;
             }
         }
-        for l in self.asks.levels.iter().take(depth) {
+        for l in self.asks.iter().take(depth) {
             if asks.push((l.price, l.qty)).is_err() {
                 break;
             }
@@ -265,7 +543,7 @@ mod tests {
     }
 
     fn prices<const N: usize>(b: &Book<N>, side: BookSide) -> Vec<String> {
-        b.levels(side).iter().map(|l| l.price.to_string()).collect()
+        b.levels(side).map(|l| l.price.to_string()).collect()
     }
 
     #[test]
@@ -292,8 +570,9 @@ mod tests {
         b.apply(BookSide::Bid, d("10.0"), d("1"));
         // TC1: same price written differently is the same level; the new digits are kept.
         assert_eq!(b.apply(BookSide::Bid, d("10.00"), d("3")), Applied::Updated);
-        assert_eq!(b.levels(BookSide::Bid)[0].qty.to_string(), "3");
-        assert_eq!(b.levels(BookSide::Bid)[0].price.to_string(), "10.00");
+        let top = b.best(BookSide::Bid).expect("a bid");
+        assert_eq!(top.qty.to_string(), "3");
+        assert_eq!(top.price.to_string(), "10.00");
         // TC2: zero removes; removing again is absent.
         assert_eq!(
             b.apply(BookSide::Bid, d("10"), d("0.000")),
@@ -358,5 +637,69 @@ mod tests {
         b.apply(BookSide::Bid, d("10"), d("0"));
         assert_eq!(b.fill(3, &mut bids, &mut asks), Err(Truncated));
         assert!(b.fill(2, &mut bids, &mut asks).is_ok());
+    }
+
+    /// Random changes against a reference map: every level, in order, at every step; blocks
+    /// split, borrow and merge; the pool never runs dry.
+    #[test]
+    fn blocks_match_a_reference_through_random_changes() {
+        use std::collections::BTreeMap;
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..20 {
+            let mut b = Book::<BOOK_CAPACITY>::new_boxed();
+            let mut reference: BTreeMap<i64, (i64, u8)> = BTreeMap::new();
+            let span = [40i64, 400, BOOK_CAPACITY as i64][round % 3];
+            for step in 0..4000 {
+                let p = rng.i64(1..=span);
+                let q = if rng.u8(..3) == 0 { 0 } else { rng.i64(1..100) };
+                // The same value with other digits now and then (1.0 == 1).
+                let (pm, ps) = if rng.bool() { (p, 0) } else { (p * 10, 1) };
+                let r = b.apply(BookSide::Ask, Decimal::new(pm, ps), Decimal::new(q, 0));
+                if q == 0 {
+                    reference.remove(&p);
+                } else if r != Applied::Unknown && r != Applied::Evicted {
+                    reference.insert(p, (pm, ps));
+                } else {
+                    panic!("round {round} step {step}: {r:?} on a side below capacity");
+                }
+                if step % 97 == 0 || step == 3999 {
+                    let got: Vec<(i64, u8)> = b
+                        .levels(BookSide::Ask)
+                        .map(|l| (l.price.mantissa(), l.price.scale()))
+                        .collect();
+                    let want: Vec<(i64, u8)> = reference.values().copied().collect();
+                    assert_eq!(got, want, "round {round} step {step}");
+                    assert_eq!(b.len(BookSide::Ask), reference.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_capacity_side_keeps_the_best_levels_in_either_order() {
+        for descending in [false, true] {
+            let mut b = Book::<BOOK_CAPACITY>::new_boxed();
+            let n = BOOK_CAPACITY as i64 + 50;
+            let prices: Vec<i64> = if descending {
+                (1..=n).rev().collect()
+            } else {
+                (1..=n).collect()
+            };
+            for p in prices {
+                b.apply(BookSide::Bid, Decimal::new(p, 0), Decimal::new(1, 0));
+            }
+            assert_eq!(b.len(BookSide::Bid), BOOK_CAPACITY);
+            // Better arrivals evict the worst (each counted); worse ones beyond a full side
+            // become the unknown territory below the bound (the first one counted).
+            assert_eq!(b.dropped_levels(), if descending { 1 } else { 50 });
+            let top: Vec<i64> = b
+                .levels(BookSide::Bid)
+                .take(3)
+                .map(|l| l.price.mantissa())
+                .collect();
+            // Bids: the highest prices are the best.
+            assert_eq!(top, [n, n - 1, n - 2], "descending arrival: {descending}");
+            assert!(b.is_bounded(BookSide::Bid));
+        }
     }
 }

@@ -284,6 +284,12 @@ impl Console {
                 applied.sockets_changed
             );
         }
+        if applied.upstream_reconnected {
+            let _ = writeln!(
+                out,
+                "the upstream reconnects with the new settings (unacknowledged messages are sent again); the venues' sockets stay"
+            );
+        }
         if !applied.restart.is_empty() {
             let keys = summary(&applied.restart);
             let _ = writeln!(

@@ -108,6 +108,26 @@ pub struct BookLabels {
     pub symbol: String,
 }
 
+/// Labels of a per-channel spool outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoolChannelLabels {
+    pub channel: Channel,
+}
+
+/// Labels of a spool tier.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoolTierLabels {
+    /// `ram` or `disk`.
+    pub tier: &'static str,
+}
+
+/// Labels of an upstream failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// A fixed set: see `upstream::ErrorKind::as_str`.
+    pub kind: &'static str,
+}
+
 /// Labels of a supervised task.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
@@ -176,6 +196,11 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Buckets of `marketbox_upstream_ack_latency_seconds`: 100 µs to 30 s.
+const ACK_LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
+];
+
 /// Every metric marketbox exports.
 pub struct Metrics {
     registry: Registry,
@@ -203,11 +228,18 @@ pub struct Metrics {
     pub budget_limit: Gauge,
     pub budget_in_use: Gauge,
     pub budget_refused: Counter,
-    pub spool_dropped: Counter,
-    pub spool_depth: Gauge,
+    pub spool_dropped: Family<SpoolChannelLabels, Counter>,
+    pub spool_depth: Family<SpoolTierLabels, Gauge>,
+    pub spool_bytes: Family<SpoolTierLabels, Gauge>,
+    pub spool_disk_errors: Counter,
     pub book_verified: Family<BookLabels, Gauge>,
     pub book_unverified_seconds: Family<BookLabels, Counter<f64, AtomicU64>>,
     pub upstream_up: Gauge,
+    pub upstream_published: Counter,
+    pub upstream_acked: Counter,
+    pub upstream_duplicates: Counter,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub upstream_ack_latency: Histogram,
     pub task_restarts: Family<TaskLabels, Counter>,
     pub stream_last_message: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     pub event_latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
@@ -250,11 +282,18 @@ impl Metrics {
             budget_limit: Gauge::default(),
             budget_in_use: Gauge::default(),
             budget_refused: Counter::default(),
-            spool_dropped: Counter::default(),
-            spool_depth: Gauge::default(),
+            spool_dropped: Family::default(),
+            spool_depth: Family::default(),
+            spool_bytes: Family::default(),
+            spool_disk_errors: Counter::default(),
             book_verified: Family::default(),
             book_unverified_seconds: Family::default(),
             upstream_up: Gauge::default(),
+            upstream_published: Counter::default(),
+            upstream_acked: Counter::default(),
+            upstream_duplicates: Counter::default(),
+            upstream_errors: Family::default(),
+            upstream_ack_latency: Histogram::new(ACK_LATENCY_BUCKETS),
             task_restarts: Family::default(),
             stream_last_message: Family::default(),
             event_latency: Family::new_with_constructor(latency_histogram),
@@ -389,13 +428,23 @@ impl Metrics {
         );
         registry.register(
             "spool_dropped",
-            "Messages dropped from the spool (oldest first) because it was full",
+            "Messages dropped from the spool (oldest first) because it was full, per channel",
             m.spool_dropped.clone(),
         );
         registry.register(
             "spool_depth",
-            "Messages waiting in the spool",
+            "Messages waiting in the spool, per tier (ram, disk)",
             m.spool_depth.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes held by the spool, per tier (ram, disk)",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_disk_errors",
+            "Writes to the on-disk spool that failed (disk full, I/O error); the batch went on from RAM",
+            m.spool_disk_errors.clone(),
         );
         registry.register(
             "book_verified",
@@ -411,6 +460,31 @@ impl Metrics {
             "upstream_up",
             "1 while the upstream connection is established (stdout: always 1)",
             m.upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_published",
+            "Messages handed to the upstream broker, re-sends included",
+            m.upstream_published.clone(),
+        );
+        registry.register(
+            "upstream_acked",
+            "Messages the upstream broker acknowledged (JetStream ack, MQTT PUBACK)",
+            m.upstream_acked.clone(),
+        );
+        registry.register(
+            "upstream_duplicates",
+            "Acknowledged messages JetStream reported as duplicates (dropped by Msg-Id)",
+            m.upstream_duplicates.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind; each one closes the connection and re-sends what was unacknowledged",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_ack_latency_seconds",
+            "From stamping a message (ts_local_ns) to the broker's acknowledgement",
+            m.upstream_ack_latency.clone(),
         );
         registry.register(
             "task_restarts",

@@ -2,12 +2,18 @@
 //!
 //! Design: sessions never touch the upstream. They hand normalized messages to a
 //! [`Publisher`], which numbers them per stream, encodes them once, and pushes the bytes into
-//! the [`spool::Spool`]; one upstream task drains the spool into the sink (stdout now; NATS
-//! JetStream and MQTT plug in beside it with their own connection permit).
+//! the [`spool::Spool`] (RAM, or RAM in front of the on-disk log of [`disk`]); one upstream
+//! drains the spool into the sink: [`stdout`] on the executor, or a broker ([`nats`],
+//! [`mqtt`]) on its own thread with one current-thread tokio runtime, supervised by [`link`]
+//! (the budget permit, backoff, the in-flight window that is re-sent after a reconnect).
 //!
-//! Owns: per-stream sequence numbers, the record framing on stdout. Must not touch: venue
-//! formats, sockets to exchanges.
+//! Owns: per-stream sequence numbers, the record framing on stdout, starting the upstream.
+//! Must not touch: venue formats, sockets to exchanges.
 
+pub mod disk;
+pub mod link;
+pub mod mqtt;
+pub mod nats;
 pub mod spool;
 pub mod stdout;
 
@@ -17,7 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::config::Format;
+use crate::budget::Budget;
+use crate::config::{Config, Format, UpstreamKind};
 use crate::encode::Encoder;
 use crate::metrics::{Metrics, StreamClock, StreamLabels};
 use crate::model::{
@@ -25,6 +32,176 @@ use crate::model::{
 };
 use crate::plan::SocketPlan;
 use spool::{RecordHeader, Spool};
+
+/// A broker upstream running on its own thread.
+pub struct UpstreamHandle {
+    thread: Option<std::thread::JoinHandle<Result<(), link::UpstreamError>>>,
+    stop: Arc<link::Control>,
+    control: UpstreamControl,
+}
+
+impl UpstreamHandle {
+    /// Changes or ends the upstream while [`UpstreamHandle::join`] waits for it.
+    pub fn control(&self) -> UpstreamControl {
+        self.control.clone()
+    }
+
+    /// Ends the upstream without draining (what is unacknowledged stays in the spool's disk
+    /// log, if any).
+    pub fn abort(&self) {
+        self.stop.abort();
+    }
+
+    /// Waits for the thread: it ends once the spool is closed and drained, or when aborted.
+    pub fn join(mut self) -> Result<(), link::UpstreamError> {
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(link::UpstreamError::Panicked),
+            None => Ok(()),
+        }
+    }
+
+    /// The last broker failure (its message names the config key to look at).
+    pub fn last_error(&self) -> Option<String> {
+        self.stop.last_error()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for UpstreamHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop.abort();
+        }
+    }
+}
+
+/// Starts the configured broker upstream (`nats` or `mqtt`) on its own thread, draining
+/// `spool`. Its socket holds a permit of `budget`. Errors only for a config that cannot work
+/// (unreadable secrets, bad trust roots) or a thread that cannot start; broker failures are
+/// retried with backoff for ever, counted and logged.
+pub fn start(
+    cfg: &Config,
+    spool: Spool,
+    budget: Budget,
+    metrics: &crate::metrics::Metrics,
+) -> Result<UpstreamHandle, link::UpstreamError> {
+    start_observed(cfg, spool, budget, metrics, None)
+}
+
+/// [`start`], telling `observer` each message's stamp-to-ack latency (for benchmarks).
+pub fn start_observed(
+    cfg: &Config,
+    spool: Spool,
+    budget: Budget,
+    metrics: &crate::metrics::Metrics,
+    observer: Option<link::AckObserver>,
+) -> Result<UpstreamHandle, link::UpstreamError> {
+    let which = Which::from_config(cfg)?;
+    let (window, name) = match which {
+        Which::Mqtt(_) => (mqtt::WINDOW, "upstream mqtt"),
+        Which::Nats(_) => (nats::WINDOW, "upstream nats"),
+    };
+    let which = Arc::new(std::sync::Mutex::new(which));
+    let stop = Arc::new(link::Control::default());
+    let mut handles = link::Handles::new(metrics);
+    handles.observer = observer;
+    let sup = link::Supervisor {
+        name,
+        spool: spool.clone(),
+        budget,
+        handles: handles.clone(),
+        stop: stop.clone(),
+        backoff_min: cfg.session.backoff_min(),
+        backoff_max: cfg.session.backoff_max(),
+        stable_after: cfg.session.stable_after.0,
+        window,
+    };
+    let current = which.clone();
+    let thread = std::thread::Builder::new()
+        .name("marketbox-upstream".into())
+        .spawn(move || {
+            // Each session reads the settings anew: the console may have changed them.
+            sup.run(|w| {
+                let which = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (spool, h) = (spool.clone(), handles.clone());
+                match which {
+                    Which::Nats(s) => {
+                        Box::pin(async move { nats::session(&s, &spool, w, &h).await })
+                    }
+                    Which::Mqtt(s) => {
+                        Box::pin(async move { mqtt::session(&s, &spool, w, &h).await })
+                    }
+                }
+            })
+        })
+        .map_err(link::UpstreamError::Runtime)?;
+    Ok(UpstreamHandle {
+        thread: Some(thread),
+        control: UpstreamControl {
+            which,
+            stop: stop.clone(),
+        },
+        stop,
+    })
+}
+
+/// The broker a session connects to, with everything it needs (secrets read).
+#[derive(Clone)]
+enum Which {
+    Nats(nats::Settings),
+    Mqtt(mqtt::Settings),
+}
+
+impl Which {
+    fn from_config(cfg: &Config) -> Result<Which, link::UpstreamError> {
+        let kind = cfg.upstream.kind();
+        let url = cfg.upstream.url.as_ref().map(|u| u.get_ref().clone());
+        let Some(url) = url.filter(|_| kind != UpstreamKind::Stdout) else {
+            return Err(link::UpstreamError::Config(format!(
+                "[upstream] kind = \"{}\" is not a broker with a url",
+                kind.as_str()
+            )));
+        };
+        Ok(match kind {
+            UpstreamKind::Mqtt => Which::Mqtt(
+                mqtt::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
+            ),
+            _ => Which::Nats(
+                nats::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
+            ),
+        })
+    }
+}
+
+/// What the service keeps of a running broker upstream: its settings can change (the
+/// console's `apply`), and it can be ended. Cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamControl {
+    which: Arc<std::sync::Mutex<Which>>,
+    stop: Arc<link::Control>,
+}
+
+impl UpstreamControl {
+    /// Takes the upstream settings of `cfg` (a broker: NATS or MQTT, url, subject prefix,
+    /// credentials, trust roots): the current session ends and the next connects with them,
+    /// re-sending what was not acknowledged; the spool and the venues' sockets are not
+    /// touched. A config that cannot work (a secret file that cannot be read) changes nothing.
+    pub fn reconfigure(&self, cfg: &Config) -> Result<(), link::UpstreamError> {
+        let which = Which::from_config(cfg)?;
+        *self.which.lock().unwrap_or_else(|e| e.into_inner()) = which;
+        self.stop.reconnect();
+        Ok(())
+    }
+
+    /// Ends the upstream without draining.
+    pub fn abort(&self) {
+        self.stop.abort();
+    }
+}
 
 /// One output stream: what a message's `seq` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,6 +364,7 @@ impl Publisher {
                 channel: Channel::Orderbook,
                 seq: 0,
                 id: MsgId::new(),
+                ts_local_ns: 0,
             },
         }
     }
@@ -308,6 +486,7 @@ impl Publisher {
         h.channel = key.channel;
         h.seq = m.seq;
         h.id.clone_from(&m.id);
+        h.ts_local_ns = m.ts_local_ns;
         match self.encoder.encode(m) {
             Ok(bytes) => {
                 self.spool.push(h, bytes);
@@ -351,7 +530,7 @@ mod tests {
 
     #[test]
     fn a_live_plan_change_keeps_the_numbers_of_the_streams_that_stay() {
-        let spool = Spool::new(1 << 16, Counter::default(), Default::default());
+        let spool = Spool::new(1 << 16, Default::default());
         let (a, b, c) = (key("AAA-USDT"), key("BBB-USDT"), key("CCC-USDT"));
         let mut template = Publisher::new(spool.clone(), Format::Json, &[a, b], None);
         let mut session = template.fork();

@@ -1,24 +1,48 @@
 //! The bounded spool between sessions and the upstream (DESIGN rule 5).
 //!
-//! Design: one preallocated byte ring of `[spool] ram_bytes`. A record is a fixed header
-//! (stream names, sequence number, message id) followed by the encoded message. Pushing never
-//! allocates and never blocks a session: when the ring is full the *oldest* records are dropped
-//! until the new one fits, and every drop is counted (`marketbox_spool_dropped_total`). The
-//! upstream task pops records in order. A record larger than the whole ring is refused and
-//! counted the same way. (An on-disk segment spool plugs in behind the same `push`/`pop`.)
+//! Design: one preallocated byte ring of `[spool] ram_bytes`. Every record gets a spool
+//! sequence number (`sseq`, one counter for the whole spool, never reused within a process;
+//! the on-disk spool continues it across restarts) and is laid out as a fixed prefix, the
+//! stream header (stream names, per-stream `seq`, message id, local timestamp) and the encoded
+//! message. Pushing never allocates and never blocks a session: when the ring is full the
+//! *oldest* records are dropped until the new one fits, and every drop is counted per channel
+//! (`marketbox_spool_dropped_total{channel}`). A record larger than the whole ring is refused
+//! and counted the same way. No channel is treated differently: books are not conflated, so
+//! a consumer's gaps in `seq` are exactly the drops.
 //!
-//! Owns: record framing and the drop-oldest policy. Must not touch: encodings or sockets.
+//! With `[spool] dir` the ring is only the staging area in front of the on-disk log
+//! ([`super::disk`]): a writer thread moves records from the ring into append-only segments
+//! (fdatasync per batch) and the upstream reads them back from disk, so a record survives a
+//! crash once its batch is synced. The upstream sees one API either way:
+//!
+//! ```text
+//! sessions ─push─▶ RAM ring ─────────────────────────────▶ pop_batch ─▶ upstream window
+//!                      └─(dir set) writer ─▶ disk segments ─┘        ack_through ◀─┘
+//! ```
+//!
+//! A record leaves the spool's custody when the upstream takes it into its in-flight window
+//! (RAM), and the on-disk log forgets it only when [`Spool::ack_through`] says the broker
+//! acknowledged it. The window itself is bounded by the upstream, so drops here are the only
+//! loss and they are counted where they happen.
+//!
+//! Owns: record framing, sequence numbers, the drop-oldest policy and its counters. Must not
+//! touch: encodings or sockets.
 
+use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use event_listener::Event;
+use event_listener::{Event, Listener};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
+use super::disk::{Disk, DiskError};
+use crate::metrics::{Metrics, SpoolChannelLabels, SpoolTierLabels};
 use crate::model::{Channel, Exchange, Market, MsgId, Symbol};
 
-/// What the upstream needs besides the payload: the subject parts and the de-duplication id.
+/// What the upstream needs besides the payload: the subject parts, the de-duplication id and
+/// when the message was stamped (for the frame-to-ack latency).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordHeader {
     pub exchange: Exchange,
@@ -27,21 +51,60 @@ pub struct RecordHeader {
     pub channel: Channel,
     pub seq: u64,
     pub id: MsgId,
+    pub ts_local_ns: u64,
+}
+
+/// One record as the upstream takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The spool sequence number (acknowledge with [`Spool::ack_through`]).
+    pub sseq: u64,
+    pub header: RecordHeader,
+    /// The encoded message.
+    pub payload: Vec<u8>,
 }
 
 /// Largest encoded header (postcard of `RecordHeader`).
-const HEADER_MAX: usize = 160;
+pub(crate) const HEADER_MAX: usize = 180;
 /// A length word of this value means "the rest of the buffer is unused, continue at 0".
 const WRAP: u32 = u32::MAX;
-const PREFIX: usize = 4 + 2;
+/// `[u32 total][u64 sseq]` before the body.
+const PREFIX: usize = 4 + 8;
+/// The body (what the disk log stores as a record's payload): `[u8 channel][u16 header
+/// len][header][message]`.
+pub(crate) const BODY_PREFIX: usize = 1 + 2;
 
-/// Records laid out `[u32 total][u16 header len][header][payload]` from `tail` to `head`,
-/// wrapping at the end of `buf`.
+/// The index of a channel in per-channel arrays (and its byte in record bodies).
+pub(crate) fn channel_index(c: Channel) -> usize {
+    Channel::ALL.iter().position(|x| *x == c).unwrap_or(0)
+}
+
+/// Splits a record body into (channel index, header bytes, message bytes); `None` when the
+/// body is not one this module wrote.
+pub(crate) fn split_body(body: &[u8]) -> Option<(usize, &[u8], &[u8])> {
+    let (&ch, rest) = body.split_first()?;
+    if usize::from(ch) >= Channel::ALL.len() || rest.len() < 2 {
+        return None;
+    }
+    let hlen = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+    let rest = &rest[2..];
+    if hlen == 0 || hlen > rest.len() {
+        return None;
+    }
+    let (h, p) = rest.split_at(hlen);
+    Some((usize::from(ch), h, p))
+}
+
+/// Records laid out `[u32 total][u64 sseq][body]` from `tail` to `head`, wrapping at the end
+/// of `buf`.
 struct Ring {
     buf: Box<[u8]>,
     head: usize,
     tail: usize,
     count: usize,
+    bytes: usize,
+    /// The sequence number the next pushed record gets.
+    next_sseq: u64,
     closed: bool,
 }
 
@@ -95,20 +158,20 @@ impl Ring {
         u32::from_le_bytes(w)
     }
 
-    /// Removes the oldest record, returning its (header, payload) byte ranges.
-    fn take_oldest(&mut self) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    /// Removes the oldest record, returning its sequence number and body byte range.
+    fn take_oldest(&mut self) -> Option<(u64, std::ops::Range<usize>)> {
         if self.count == 0 {
             return None;
         }
         let at = self.tail;
         let total = self.word(at) as usize;
-        let hlen = usize::from(u16::from_le_bytes([self.buf[at + 4], self.buf[at + 5]]));
-        let header = at + PREFIX..at + PREFIX + hlen;
-        let payload = at + PREFIX + hlen..at + total;
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&self.buf[at + 4..at + PREFIX]);
         self.tail = at + total;
         self.count -= 1;
+        self.bytes -= total;
         self.normalize_tail();
-        Some((header, payload))
+        Some((u64::from_le_bytes(s), at + PREFIX..at + total))
     }
 }
 
@@ -117,41 +180,194 @@ impl Ring {
 pub struct Pushed {
     /// Older records dropped to make room.
     pub dropped: usize,
-    /// The record itself was refused (larger than the whole spool).
+    /// The record itself was refused (larger than the whole spool, or the spool is closed).
     pub refused: bool,
+}
+
+/// The spool's metric handles, resolved once.
+#[derive(Clone, Default)]
+pub struct SpoolMetrics {
+    /// Dropped records per channel, indexed like `Channel::ALL`.
+    pub dropped: [Counter; 7],
+    pub ram_depth: Gauge,
+    pub ram_bytes: Gauge,
+    pub disk_depth: Gauge,
+    pub disk_bytes: Gauge,
+    pub disk_errors: Counter,
+}
+
+impl SpoolMetrics {
+    pub fn new(m: &Metrics) -> Self {
+        let tier =
+            |f: &prometheus_client::metrics::family::Family<SpoolTierLabels, Gauge>,
+             tier: &'static str| f.get_or_create(&SpoolTierLabels { tier }).clone();
+        SpoolMetrics {
+            dropped: Channel::ALL.map(|channel| {
+                m.spool_dropped
+                    .get_or_create(&SpoolChannelLabels { channel })
+                    .clone()
+            }),
+            ram_depth: tier(&m.spool_depth, "ram"),
+            ram_bytes: tier(&m.spool_bytes, "ram"),
+            disk_depth: tier(&m.spool_depth, "disk"),
+            disk_bytes: tier(&m.spool_bytes, "disk"),
+            disk_errors: m.spool_disk_errors.clone(),
+        }
+    }
+
+    /// Total dropped over every channel.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(Counter::get).sum()
+    }
+}
+
+pub(crate) struct Inner {
+    ring: Mutex<Ring>,
+    /// Notified on every push and on close.
+    pushed: Event,
+    pub(crate) metrics: SpoolMetrics,
+    disk: Option<Arc<Disk>>,
+}
+
+impl Inner {
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        // A poisoned lock only means a panic elsewhere; the ring's invariants hold between calls.
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves up to `max` records (and at most `max_bytes` of bodies, but always one) from the
+    /// ring to `out` as `(sseq, body)`; the caller owns the bytes from then on.
+    pub(crate) fn take_bodies(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> usize {
+        let mut ring = self.ring();
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < max {
+            if n > 0 && ring.count > 0 {
+                let next = ring.word(ring.tail) as usize;
+                if bytes + next > max_bytes {
+                    break;
+                }
+            }
+            let Some((sseq, body)) = ring.take_oldest() else {
+                break;
+            };
+            bytes += body.len();
+            out.push((sseq, ring.buf[body].to_vec()));
+            n += 1;
+        }
+        self.metrics.ram_depth.set(ring.count as i64);
+        self.metrics.ram_bytes.set(ring.bytes as i64);
+        n
+    }
+
+    /// Waits (blocking the thread) until the ring has a record or is closed; `false` when
+    /// closed and empty.
+    pub(crate) fn wait_blocking(&self) -> bool {
+        loop {
+            {
+                let ring = self.ring();
+                if ring.count > 0 {
+                    return true;
+                }
+                if ring.closed {
+                    return false;
+                }
+            }
+            let listener = self.pushed.listen();
+            {
+                let ring = self.ring();
+                if ring.count > 0 {
+                    return true;
+                }
+                if ring.closed {
+                    return false;
+                }
+            }
+            listener.wait();
+        }
+    }
+
+    /// Counts one dropped record of the channel with index `ch`.
+    pub(crate) fn count_drop(&self, ch: usize) {
+        if let Some(c) = self.metrics.dropped.get(ch) {
+            c.inc();
+        }
+    }
 }
 
 /// The spool handle; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
-    inner: Arc<(Mutex<Ring>, Event)>,
-    dropped: Counter,
-    depth: Gauge,
+    inner: Arc<Inner>,
+}
+
+/// The spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 impl Spool {
-    /// A RAM spool of `bytes`, reporting into the given metrics.
-    pub fn new(bytes: usize, dropped: Counter, depth: Gauge) -> Self {
+    /// A RAM spool of `bytes`, reporting into `metrics`.
+    pub fn new(bytes: usize, metrics: SpoolMetrics) -> Self {
+        Self::build(bytes, metrics, None, 1)
+    }
+
+    /// A spool from the config: RAM only, or with `dir` the on-disk log behind a RAM staging
+    /// ring (its writer thread starts here). `disk_bytes` bounds the log.
+    pub fn open(
+        ram_bytes: usize,
+        dir: Option<&Path>,
+        disk_bytes: u64,
+        metrics: SpoolMetrics,
+    ) -> Result<Self, SpoolError> {
+        let Some(dir) = dir else {
+            return Ok(Self::new(ram_bytes, metrics));
+        };
+        let disk = Arc::new(Disk::open(dir, disk_bytes, ram_bytes, metrics.clone())?);
+        let next = disk.next_sseq();
+        let spool = Self::build(ram_bytes, metrics, Some(disk.clone()), next);
+        disk.start_writer(spool.inner.clone())?;
+        Ok(spool)
+    }
+
+    fn build(bytes: usize, metrics: SpoolMetrics, disk: Option<Arc<Disk>>, next: u64) -> Self {
         let ring = Ring {
             buf: vec![0u8; bytes].into_boxed_slice(),
             head: 0,
             tail: 0,
             count: 0,
+            bytes: 0,
+            next_sseq: next.max(1),
             closed: false,
         };
         Spool {
-            inner: Arc::new((Mutex::new(ring), Event::new())),
-            dropped,
-            depth,
+            inner: Arc::new(Inner {
+                ring: Mutex::new(ring),
+                pushed: Event::new(),
+                metrics,
+                disk,
+            }),
         }
     }
 
-    fn ring(&self) -> MutexGuard<'_, Ring> {
-        // A poisoned lock only means a panic elsewhere; the ring's invariants hold between calls.
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn metrics(&self) -> &SpoolMetrics {
+        &self.inner.metrics
     }
 
-    /// Appends a record, dropping the oldest ones if needed. Never blocks, never allocates.
+    /// Whether records go through the on-disk log.
+    pub fn is_disk(&self) -> bool {
+        self.inner.disk.is_some()
+    }
+
+    /// Appends a record, dropping the oldest ones if needed. Never blocks on I/O, never
+    /// allocates.
     pub fn push(&self, header: &RecordHeader, payload: &[u8]) -> Pushed {
         let mut out = Pushed {
             dropped: 0,
@@ -162,81 +378,198 @@ impl Spool {
             Ok(h) => h.len(),
             Err(_) => 0,
         };
-        let total = PREFIX + hlen + payload.len();
+        let ch = channel_index(header.channel);
+        let total = PREFIX + BODY_PREFIX + hlen + payload.len();
         {
-            let mut ring = self.ring();
-            if hlen == 0 || payload.is_empty() || total > ring.cap() || total >= WRAP as usize {
+            let mut ring = self.inner.ring();
+            // After `close` the reader may already have ended: a late record would be stranded,
+            // so it is refused and counted like any other loss.
+            if hlen == 0
+                || payload.is_empty()
+                || total > ring.cap()
+                || total >= WRAP as usize
+                || ring.closed
+            {
                 out.refused = true;
+                self.inner.count_drop(ch);
             } else {
                 let at = loop {
                     if let Some(at) = ring.place(total) {
                         break at;
                     }
-                    ring.take_oldest();
+                    if let Some((_, body)) = ring.take_oldest() {
+                        let old = ring.buf.get(body.start).copied().unwrap_or(0);
+                        self.inner.count_drop(usize::from(old));
+                    }
                     out.dropped += 1;
                 };
-                ring.buf[at..at + 4].copy_from_slice(&(total as u32).to_le_bytes());
-                ring.buf[at + 4..at + 6].copy_from_slice(&(hlen as u16).to_le_bytes());
-                ring.buf[at + PREFIX..at + PREFIX + hlen].copy_from_slice(&hbuf[..hlen]);
-                ring.buf[at + PREFIX + hlen..at + total].copy_from_slice(payload);
+                let sseq = ring.next_sseq;
+                ring.next_sseq += 1;
+                let b = &mut ring.buf[at..at + total];
+                b[..4].copy_from_slice(&(total as u32).to_le_bytes());
+                b[4..12].copy_from_slice(&sseq.to_le_bytes());
+                b[12] = ch as u8;
+                b[13..15].copy_from_slice(&(hlen as u16).to_le_bytes());
+                b[15..15 + hlen].copy_from_slice(&hbuf[..hlen]);
+                b[15 + hlen..].copy_from_slice(payload);
                 ring.head = at + total;
                 ring.count += 1;
-                self.depth.set(ring.count as i64);
+                ring.bytes += total;
+                self.inner.metrics.ram_depth.set(ring.count as i64);
+                self.inner.metrics.ram_bytes.set(ring.bytes as i64);
             }
         }
-        let lost = out.dropped as u64 + u64::from(out.refused);
-        if lost > 0 {
-            self.dropped.inc_by(lost);
-        }
-        self.inner.1.notify(1);
+        self.inner.pushed.notify(1);
         out
     }
 
-    /// Takes the oldest record, copying its payload into `out` (cleared first).
+    /// Takes the oldest record without waiting, copying its message into `out` (cleared
+    /// first).
     pub fn try_pop(&self, out: &mut Vec<u8>) -> Option<RecordHeader> {
-        let mut ring = self.ring();
+        self.try_take(out).map(|(_, h)| h)
+    }
+
+    /// Takes the oldest record: `(sseq, header)`, the message copied into `out`.
+    pub(crate) fn try_take(&self, out: &mut Vec<u8>) -> Option<(u64, RecordHeader)> {
+        if let Some(disk) = &self.inner.disk {
+            return disk.take(out);
+        }
+        let mut ring = self.inner.ring();
         loop {
-            let (h, p) = ring.take_oldest()?;
-            self.depth.set(ring.count as i64);
-            // Headers were encoded by `push`; a decode failure would be a bug, skip the record.
-            if let Ok(header) = postcard::from_bytes::<RecordHeader>(&ring.buf[h]) {
+            let (sseq, body) = ring.take_oldest()?;
+            self.inner.metrics.ram_depth.set(ring.count as i64);
+            self.inner.metrics.ram_bytes.set(ring.bytes as i64);
+            // Bodies were written by `push`; one that does not decode would be a bug: skip it.
+            if let Some((_, h, p)) = split_body(&ring.buf[body])
+                && let Ok(header) = postcard::from_bytes::<RecordHeader>(h)
+            {
                 out.clear();
-                out.extend_from_slice(&ring.buf[p]);
-                return Some(header);
+                out.extend_from_slice(p);
+                return Some((sseq, header));
             }
+        }
+    }
+
+    /// Whether nothing more will come: closed, and (for the disk log) the writer is done.
+    fn finished(&self) -> bool {
+        let closed = self.inner.ring().closed;
+        match &self.inner.disk {
+            None => closed,
+            Some(d) => closed && d.writer_done(),
+        }
+    }
+
+    fn listen(&self) -> event_listener::EventListener {
+        match &self.inner.disk {
+            None => self.inner.pushed.listen(),
+            Some(d) => d.listen(),
         }
     }
 
     /// Waits for the oldest record; `None` once the spool is closed and empty.
     pub async fn pop(&self, out: &mut Vec<u8>) -> Option<RecordHeader> {
+        self.pop_with_sseq(out).await.map(|(_, h)| h)
+    }
+
+    /// [`Spool::pop`] with the record's sequence number.
+    pub async fn pop_with_sseq(&self, out: &mut Vec<u8>) -> Option<(u64, RecordHeader)> {
         loop {
-            if let Some(h) = self.try_pop(out) {
-                return Some(h);
+            if let Some(r) = self.try_take(out) {
+                return Some(r);
             }
-            let listener = self.inner.1.listen();
-            if let Some(h) = self.try_pop(out) {
-                return Some(h);
+            let listener = self.listen();
+            if let Some(r) = self.try_take(out) {
+                return Some(r);
             }
-            if self.ring().closed {
-                return None;
+            if self.finished() {
+                return self.try_take(out);
             }
             listener.await;
         }
     }
 
-    /// Records waiting.
+    /// Moves up to `max` records into `out`, waiting for the first; `false` once the spool is
+    /// closed and drained. The batch form of [`Spool::pop`], for writers that take many
+    /// records per wake-up.
+    pub async fn pop_batch(&self, max: usize, out: &mut VecDeque<Record>) -> bool {
+        let mut buf = Vec::new();
+        let Some((sseq, header)) = self.pop_with_sseq(&mut buf).await else {
+            return false;
+        };
+        out.push_back(Record {
+            sseq,
+            header,
+            payload: buf,
+        });
+        for _ in 1..max {
+            let mut buf = Vec::new();
+            let Some((sseq, header)) = self.try_take(&mut buf) else {
+                break;
+            };
+            out.push_back(Record {
+                sseq,
+                header,
+                payload: buf,
+            });
+        }
+        true
+    }
+
+    /// Every record up to and including `sseq` was acknowledged by the upstream: the on-disk
+    /// log may forget them (the cursor is saved atomically, at most every few hundred ms).
+    pub fn ack_through(&self, sseq: u64) {
+        if let Some(d) = &self.inner.disk {
+            d.ack_through(sseq);
+        }
+    }
+
+    /// Records waiting (RAM ring plus unread on-disk records).
     pub fn len(&self) -> usize {
-        self.ring().count
+        let ram = self.inner.ring().count;
+        ram + self.inner.disk.as_ref().map_or(0, |d| d.unread())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Wakes the reader for good once the spool drains.
+    /// Records waiting in the RAM ring alone.
+    pub fn ram_len(&self) -> usize {
+        self.inner.ring().count
+    }
+
+    /// No more pushes will come: the reader drains what is left and then ends. With the disk
+    /// log, the writer flushes the ring to disk first and the acknowledged cursor is saved.
     pub fn close(&self) {
-        self.ring().closed = true;
-        self.inner.1.notify(usize::MAX);
+        self.inner.ring().closed = true;
+        self.inner.pushed.notify(usize::MAX);
+        if let Some(d) = &self.inner.disk {
+            d.notify_all();
+        }
+    }
+
+    /// Waits (blocking) until the disk writer has flushed everything pushed before `close`
+    /// and saves the acknowledged cursor. Immediate for a RAM spool.
+    pub fn shutdown(&self) {
+        self.close();
+        if let Some(d) = &self.inner.disk {
+            d.shutdown();
+        }
+    }
+
+    /// Resolves once the spool is closed.
+    pub async fn closed(&self) {
+        loop {
+            let listener = self.inner.pushed.listen();
+            if self.inner.ring().closed {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.ring().closed
     }
 }
 
@@ -244,60 +577,82 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn header(seq: u64) -> RecordHeader {
+    fn header_ch(seq: u64, channel: Channel) -> RecordHeader {
         RecordHeader {
             exchange: Exchange::Binance,
             market: Market::Spot,
             symbol: Symbol::parse("BTC-USDT").expect("a valid symbol"),
-            channel: Channel::Trade,
+            channel,
             seq,
             id: MsgId::new(),
+            ts_local_ns: 0,
         }
+    }
+
+    fn header(seq: u64) -> RecordHeader {
+        header_ch(seq, Channel::Trade)
     }
 
     /// Bytes one test record of 10 payload bytes takes (seq < 128).
     fn rec() -> usize {
         10 + PREFIX
+            + BODY_PREFIX
             + postcard::to_allocvec(&header(0))
                 .expect("encodes with postcard")
                 .len()
     }
 
     fn spool(bytes: usize) -> Spool {
-        Spool::new(bytes, Counter::default(), Gauge::default())
+        Spool::new(bytes, SpoolMetrics::default())
     }
 
     #[test]
-    fn records_come_out_in_order_with_their_payloads() {
+    fn the_largest_header_fits_its_buffer() {
+        let mut h = header_ch(u64::MAX, Channel::LsrTopPosition);
+        h.symbol = Symbol::parse("ABCDEFGHIJKLMNOPQRSTU-XY").expect("24 characters");
+        h.ts_local_ns = u64::MAX;
+        while h.id.push('x').is_ok() {}
+        let n = postcard::to_allocvec(&h).expect("encodes").len();
+        assert!(n <= HEADER_MAX, "{n} > {HEADER_MAX}");
+    }
+
+    #[test]
+    fn records_come_out_in_order_with_their_payloads_and_sequence_numbers() {
         let s = spool(10 * rec());
         for i in 0..5u8 {
             assert_eq!(s.push(&header(u64::from(i)), &[i; 10]).dropped, 0);
         }
         let mut out = Vec::new();
         for i in 0..5u8 {
-            assert_eq!(
-                s.try_pop(&mut out).expect("a queued message").seq,
-                u64::from(i)
-            );
+            let (sseq, h) = s.try_take(&mut out).expect("a queued message");
+            assert_eq!((sseq, h.seq), (u64::from(i) + 1, u64::from(i)));
             assert_eq!(out, [i; 10]);
         }
         assert!(s.try_pop(&mut out).is_none());
     }
 
     #[test]
-    fn a_full_spool_drops_the_oldest_and_counts_them() {
+    fn a_full_spool_drops_the_oldest_and_counts_them_per_channel() {
         let s = spool(10 * rec());
         for i in 0..10u64 {
-            s.push(&header(i), &[1; 10]);
+            let ch = if i == 0 {
+                Channel::Orderbook
+            } else {
+                Channel::Trade
+            };
+            s.push(&header_ch(i, ch), &[1; 10]);
         }
-        // TC0: 11th record of 10 bytes: exactly one old record goes.
+        // TC0: 11th record of 10 bytes: exactly one old record goes, counted on its channel.
         assert_eq!(s.push(&header(10), &[2; 10]).dropped, 1);
-        assert_eq!(s.dropped.get(), 1);
+        let m = s.metrics();
+        assert_eq!(m.dropped[channel_index(Channel::Orderbook)].get(), 1);
+        assert_eq!(m.dropped_total(), 1);
         let mut out = Vec::new();
         assert_eq!(s.try_pop(&mut out).expect("a queued message").seq, 1);
-        // TC1: a record larger than the spool is refused and counted.
+        // TC1: a record larger than the spool is refused and counted on its own channel.
         assert!(s.push(&header(11), &vec![0; 10 * rec()]).refused);
-        assert_eq!(s.dropped.get(), 2);
+        assert_eq!(m.dropped[channel_index(Channel::Trade)].get(), 1);
+        assert_eq!(m.dropped_total(), 2);
     }
 
     #[test]
@@ -320,6 +675,7 @@ mod tests {
                 next_pop += 1;
             }
         }
+        assert_eq!(s.metrics().dropped_total(), next_pop - 67);
     }
 
     #[test]
@@ -340,5 +696,35 @@ mod tests {
             t.join().expect("the thread finished without panicking"),
             (Some(7), None)
         );
+    }
+
+    #[test]
+    fn a_push_after_close_is_refused_and_counted() {
+        let s = spool(10 * rec());
+        s.push(&header(1), &[1; 10]);
+        s.close();
+        assert!(s.push(&header(2), &[1; 10]).refused);
+        assert_eq!(s.metrics().dropped_total(), 1);
+        let mut out = Vec::new();
+        assert_eq!(s.try_pop(&mut out).map(|h| h.seq), Some(1));
+        assert!(s.try_pop(&mut out).is_none());
+    }
+
+    #[test]
+    fn pop_batch_takes_what_is_there_up_to_max() {
+        let s = spool(10 * rec());
+        for i in 0..5u64 {
+            s.push(&header(i), &[1; 10]);
+        }
+        let mut out = VecDeque::new();
+        assert!(smol::block_on(s.pop_batch(3, &mut out)));
+        assert_eq!(
+            out.iter().map(|r| r.sseq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(smol::block_on(s.pop_batch(10, &mut out)));
+        assert_eq!(out.len(), 5);
+        s.close();
+        assert!(!smol::block_on(s.pop_batch(10, &mut out)));
     }
 }

@@ -850,6 +850,15 @@ impl Sim {
         self.last_update_id(mkt, symbol).unwrap_or(0)
     }
 
+    /// The newest trade id of a symbol (0 for an unknown symbol): every trade up to it has
+    /// been generated, and sent to every client subscribed at the time.
+    pub fn last_trade_id(&self, mkt: Mkt, symbol: &str) -> u64 {
+        lock(&self.shared.market)
+            .books
+            .get(&(mkt, venue_symbol(symbol)))
+            .map_or(0, |s| s.trade_id)
+    }
+
     /// Ends (or silences) every open WebSocket.
     pub fn disconnect_all(&self, how: Disconnect) {
         for c in lock(&self.shared.clients).iter() {

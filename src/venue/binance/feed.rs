@@ -793,7 +793,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (cfg, socket) = spot(&["BTC-USDT", "ETH-USDT"]);
         let mut proto = BinanceProtocol::new(&socket, Market::Spot, &cfg, metrics.clone());
-        let spool = Spool::new(1 << 16, Default::default(), Default::default());
+        let spool = Spool::new(1 << 16, Default::default());
         let mut template = Publisher::new(
             spool,
             Format::Json,

@@ -36,7 +36,7 @@ pub const CHECKSUM_LEVELS: usize = 25;
 pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
     // 50 levels of two decimals (at most 23 bytes each) and their separators.
     const MAX: usize = 2 * CHECKSUM_LEVELS * 2 * (DECIMAL_TEXT_MAX + 1);
-    let (bids, asks) = (book.levels(BookSide::Bid), book.levels(BookSide::Ask));
+    let (mut bids, mut asks) = (book.levels(BookSide::Bid), book.levels(BookSide::Ask));
     let mut text = [0u8; MAX];
     let mut len = 0;
     let mut num = [0u8; DECIMAL_TEXT_MAX];
@@ -44,8 +44,8 @@ pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
         text[*len..*len + bytes.len()].copy_from_slice(bytes);
         *len += bytes.len();
     };
-    for i in 0..CHECKSUM_LEVELS {
-        for l in [bids.get(i), asks.get(i)].into_iter().flatten() {
+    for _ in 0..CHECKSUM_LEVELS {
+        for l in [bids.next(), asks.next()].into_iter().flatten() {
             if len > 0 {
                 push(b":", &mut len);
             }
@@ -472,7 +472,6 @@ mod tests {
             .book()
             .expect("a synced book")
             .levels(BookSide::Bid)
-            .iter()
             .map(|l| l.price.to_string())
             .collect();
         assert_eq!(bids, ["3", "2", "0.5"]);

@@ -760,7 +760,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (cfg, socket) = okx(&["BTC-USDT"], &["BTC-USDT", "ETH-USDT"]);
         let mut proto = OkxProtocol::new(&socket, &cfg, metrics.clone());
-        let spool = Spool::new(1 << 16, Default::default(), Default::default());
+        let spool = Spool::new(1 << 16, Default::default());
         let mut template =
             Publisher::new(spool, Format::Json, &StreamKey::for_socket(&socket), None);
         let mut publisher = template.fork();
@@ -847,7 +847,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (cfg, socket) = okx(&["BTC-USDT"], &[]);
         let mut proto = OkxProtocol::new(&socket, &cfg, metrics);
-        let spool = Spool::new(1 << 16, Default::default(), Default::default());
+        let spool = Spool::new(1 << 16, Default::default());
         let mut template =
             Publisher::new(spool, Format::Json, &StreamKey::for_socket(&socket), None);
         let mut publisher = template.fork();

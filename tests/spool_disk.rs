@@ -1,0 +1,204 @@
+//! The on-disk spool end to end: marketbox killed with SIGKILL while its broker is down loses
+//! nothing that was in the spool, and a disk that refuses writes (a file size limit, so writes
+//! fail with EFBIG as on a full disk) is named, counted and survived: messages go on from RAM.
+
+#[path = "common/brokers.rs"]
+mod brokers;
+mod sim;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use brokers::{InProc, Marketbox, Nats, NatsAuth, Seen, TempDir, read_stream};
+use marketbox::config::Config;
+use sim::{Disconnect, Mkt, Sim};
+
+fn sim() -> Sim {
+    brokers::busy_sim()
+}
+
+fn config_text(sim: &Sim, nats_url: &str, spool_dir: &std::path::Path) -> String {
+    brokers::spot_feed(
+        sim,
+        &format!(
+            "[upstream]\nkind = \"nats\"\nurl = \"{nats_url}\"\n[spool]\ndir = \"{}\"\ndisk_bytes = 1048576\n",
+            spool_dir.display()
+        ),
+    )
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[test]
+fn sigkill_with_the_broker_down_loses_nothing_that_was_in_the_spool() {
+    let sim = sim();
+    let port = brokers::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let dir = TempDir::new("spool-kill");
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("marketbox.toml");
+    std::fs::write(&config, config_text(&sim, &url, &spool)).expect("write the config");
+    let mut first = Marketbox::start(&config, None);
+    assert!(
+        first.wait_log("cannot connect", Duration::from_secs(10)),
+        "{}",
+        first.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Stop the feed (the socket stays open, nothing more comes), let the last batch reach
+    // the disk, then kill without warning.
+    let sent = ["BTC-USDT", "ETH-USDT"].map(|s| sim.last_trade_id(Mkt::Spot, s));
+    sim.disconnect_all(Disconnect::Silence);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(first.is_running());
+    first.kill();
+    let killed_at = now_ns();
+    let on_disk: u64 = std::fs::read_dir(&spool)
+        .expect("the spool folder")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(on_disk > 10_000, "only {on_disk} bytes spooled");
+    // Broker up, marketbox again on the same spool: it replays what the first one left.
+    let nats = Nats::start_on(port, NatsAuth::None);
+    let second = Marketbox::start(&config, None);
+    assert!(
+        second.wait_log("upstream connected", Duration::from_secs(20)),
+        "{}",
+        second.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    drop(second);
+    let msgs = read_stream(&nats, "MARKETBOX");
+    let all = Seen::from_payloads(msgs.iter().map(|(_, p)| p.as_slice()));
+    let first_run: Vec<&[u8]> = msgs
+        .iter()
+        .map(|(_, p)| p.as_slice())
+        .filter(|p| {
+            serde_json::from_slice::<marketbox::model::Message>(p)
+                .map(|m| m.ts_local_ns < killed_at)
+                .unwrap_or(false)
+        })
+        .collect();
+    let seen = Seen::from_payloads(first_run.iter().copied());
+    eprintln!(
+        "spooled {on_disk} bytes; the first run's {} messages replayed by the second (stream total {})",
+        seen.messages, all.messages
+    );
+    assert!(seen.messages > 500, "only {} replayed", seen.messages);
+    // Nothing of the first run is missing: every stream 1, 2, 3, … and every trade the
+    // simulator sent before the feed stopped.
+    seen.assert_in_order_exactly_once();
+    seen.assert_trades_contiguous();
+    for (i, s) in ["BTC-USDT", "ETH-USDT"].iter().enumerate() {
+        let ids = &seen.trade_ids()[&format!("trade.binance.spot.{s}")];
+        assert!(
+            *ids.last().expect("trades") >= sent[i],
+            "{s}: trades up to {} were sent, the last replayed is {:?}",
+            sent[i],
+            ids.last()
+        );
+    }
+}
+
+/// Collects the log of the process (the inner half runs alone in its own process).
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+const INNER: &str = "MARKETBOX_FULL_DISK_NATS";
+
+#[test]
+fn a_full_disk_is_named_counted_and_messages_go_on_from_ram() {
+    if let Some(url) = std::env::var_os(INNER) {
+        return full_disk_inner(&url.to_string_lossy());
+    }
+    // Re-run this test alone in a process whose files cannot grow past 64 KiB (SIGXFSZ
+    // ignored, so a write past it fails with EFBIG, as on a full disk). The broker runs
+    // outside that limit.
+    let nats = Nats::start(NatsAuth::None);
+    let exe = std::env::current_exe().expect("the test binary");
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"")
+        .arg(exe)
+        .args([
+            "--exact",
+            "a_full_disk_is_named_counted_and_messages_go_on_from_ram",
+            "--nocapture",
+        ])
+        .env(INNER, nats.url())
+        .status()
+        .expect("the inner test runs");
+    assert!(status.success(), "the inner test failed: {status}");
+    let msgs = read_stream(&nats, "MARKETBOX");
+    let seen = Seen::from_payloads(msgs.iter().map(|(_, p)| p.as_slice()));
+    assert!(seen.messages > 1000, "only {}", seen.messages);
+    seen.assert_in_order_exactly_once();
+    seen.assert_trades_contiguous();
+}
+
+fn full_disk_inner(url: &str) {
+    let log = LogBuf::default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_ansi(false)
+        .with_writer(log.clone())
+        .init();
+    let sim = sim();
+    let dir = TempDir::new("spool-full");
+    let cfg = Config::parse(
+        &config_text(&sim, url, &dir.path().join("spool")),
+        "full.toml",
+    )
+    .expect("test config");
+    let mut mb = InProc::start(&cfg);
+    assert!(
+        mb.wait_metric(
+            "marketbox_spool_disk_errors_total",
+            &[],
+            2,
+            Duration::from_secs(30)
+        ),
+        "no disk error counted"
+    );
+    let acked = mb.metric("marketbox_upstream_acked_total", &[]);
+    assert!(mb.wait_metric(
+        "marketbox_upstream_acked_total",
+        &[],
+        acked + 500,
+        Duration::from_secs(20)
+    ));
+    brokers::quiesce(&sim);
+    mb.stop_and_drain(Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&log.0.lock().expect("lock")).to_string();
+    let errors = mb.metric("marketbox_spool_disk_errors_total", &[]);
+    let published = mb.metric("marketbox_messages_total", &[]);
+    eprintln!("disk errors {errors}, published {published}, none dropped");
+    assert!(text.contains("[spool] dir"), "{text}");
+    assert!(text.contains("File too large"), "{text}");
+    assert_eq!(mb.metric("marketbox_spool_dropped_total", &[]), 0);
+    assert_eq!(mb.metric("marketbox_upstream_acked_total", &[]), published);
+}

@@ -2,6 +2,8 @@
 //! process, its console on a real pty pair and on its Unix socket, the exchange simulator
 //! behind it, its stdout read back as messages.
 
+#[path = "common/brokers.rs"]
+mod brokers;
 #[path = "common/console.rs"]
 mod console;
 mod sim;
@@ -805,5 +807,81 @@ fn changes_the_running_service_cannot_make_live_ask_for_a_restart() {
             .filter(|l| *l == "kind = \"stdout\"")
             .count(),
         1
+    );
+}
+
+#[test]
+fn an_upstream_change_reconnects_only_the_upstream_and_loses_nothing() {
+    let sim = brokers::busy_sim();
+    let (a, b) = (
+        brokers::Nats::start(brokers::NatsAuth::None),
+        brokers::Nats::start(brokers::NatsAuth::None),
+    );
+    let dir = Scratch::new("console-upstream");
+    let cfg = dir.path("marketbox.toml");
+    let sock = dir.path("console.sock");
+    let extra = format!(
+        "[upstream]\nkind = \"nats\"\nurl = \"{}\"\n[console]\ndevices = [\"unix:{}\"]\n",
+        a.url(),
+        sock.display()
+    );
+    std::fs::write(&cfg, brokers::spot_feed(&sim, &extra)).expect("write");
+    let svc = Service::start(&cfg);
+    let mut c = connect(&sock, Duration::from_secs(20));
+    assert!(
+        wait_until(Duration::from_secs(20), || brokers::read_stream_len(
+            &a,
+            "MARKETBOX"
+        ) > 100),
+        "nothing reached the first server: {}",
+        svc.stderr.all()
+    );
+    let accepts = sim.ws_accepts();
+    // TC0: the url moves to the second server: applied live, the upstream alone reconnects.
+    assert_eq!(c.command(&format!("set upstream.url {}", b.url())), ["ok"]);
+    let switched = Instant::now();
+    let out = c.command("apply");
+    assert_eq!(out[0], "applied: upstream.url", "{out:?}");
+    assert!(out[1].starts_with("the upstream reconnects"), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || brokers::read_stream_len(
+            &b,
+            "MARKETBOX"
+        ) > 100),
+        "nothing reached the second server: {}",
+        svc.stderr.all()
+    );
+    let took = switched.elapsed();
+    // TC1: the venue's socket was never touched.
+    assert_eq!((sim.ws_accepts(), sim.open_ws()), (accepts, 1));
+    // TC2: nothing lost: every stream's `seq` runs without a gap across the two servers.
+    brokers::quiesce(&sim);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seqs: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
+        Default::default();
+    let (mut on_a, mut on_b) = (0, 0);
+    for (server, count) in [(&a, &mut on_a), (&b, &mut on_b)] {
+        for (_, payload) in brokers::read_stream(server, "MARKETBOX") {
+            let m: Message = serde_json::from_slice(&payload).expect("a JSON message");
+            seqs.entry(format!("{} {}", m.symbol, m.channel))
+                .or_default()
+                .insert(m.seq);
+            *count += 1;
+        }
+    }
+    for (stream, s) in &seqs {
+        let (first, last) = (s.first().copied(), s.last().copied());
+        assert_eq!(first, Some(1), "{stream}");
+        assert_eq!(
+            s.len() as u64,
+            last.unwrap_or(0),
+            "{stream}: a gap in 1..={last:?}"
+        );
+    }
+    eprintln!(
+        "upstream url changed at the console: 100 messages on the new server {took:?} after \
+         apply; {on_a} messages on the first server, {on_b} on the second, no gap in any of \
+         {} streams; venue sockets accepted {accepts} before and after",
+        seqs.len()
     );
 }

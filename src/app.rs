@@ -9,6 +9,14 @@
 //! heartbeat), and [`App::serve`] opens the `[metrics] listen` server and starts the
 //! `[metrics.push]` loop, as [`run`] does.
 //!
+//! Live changes (the console's `apply`) go through [`Control`]: each session runs from a
+//! [`SessionPlan`] it watches, so a symbol added to or removed from a planned socket is a new
+//! plan for that socket (subscribed on the live connection; never a new socket), with its
+//! pollers, `/ready` checks and metric series following; a broker upstream's settings go to
+//! the upstream alone, which reconnects. What the running service cannot change (a new
+//! socket, timings read at start, the budget) is reported for a restart, which [`run`] does
+//! by returning [`Stopped::Restart`] after draining the spool (the binary then re-executes).
+//!
 //! Must not touch: venue formats (venue code builds each socket's protocol) or socket I/O.
 
 use std::net::SocketAddr;

@@ -271,7 +271,7 @@ quit                      end this console session";
 /// At most this many characters of user text go into an error, escaped.
 const SHOWN_MAX: usize = 48;
 
-/// User text as errors show it: quoted, escaped, at most [`SHOWN_MAX`] characters.
+/// User text as errors show it: quoted, escaped, at most 48 characters.
 pub fn shown(s: &str) -> String {
     let mut out = String::with_capacity(SHOWN_MAX + 8);
     out.push('"');

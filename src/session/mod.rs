@@ -6,7 +6,10 @@
 //! before the next one asks for a permit; make-before-break rotation is the one exception and
 //! only happens when the budget has a spare permit. REST work the protocol asks for runs in
 //! tasks on the same executor and comes back through a bounded channel, so a slow snapshot
-//! never stalls the reads (and the server's pings).
+//! never stalls the reads (and the server's pings). The socket's plan comes through a
+//! [`crate::watch`] ([`SessionPlan`]): a new one (symbols added or removed while the service
+//! runs) is handed to the protocol ([`Protocol::reconfigure`]) and the publisher between two
+//! frames, on the live socket.
 //!
 //! Owns: the read loop, timers (idle, lifetime, ticks), outgoing rate limiting, REST task
 //! spawning. Must not touch: venue formats (the protocol owns them) or the upstream (messages

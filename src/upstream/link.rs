@@ -15,6 +15,9 @@
 //!   drop the permit ─▶ drained? done : back off ───────┘
 //! ```
 //!
+//! A session also ends when the settings changed ([`Control::reconnect`], the console's
+//! `apply`): the next one starts at once, without backoff, with the new settings.
+//!
 //! One session is one client and at most one socket: the clients' own reconnect logic is
 //! switched off (a lost connection ends the session), because a client that reconnects by
 //! itself could let newer messages overtake ones lost with the old socket, and because it

@@ -7,6 +7,9 @@
 //! [`mqtt`]) on its own thread with one current-thread tokio runtime, supervised by [`link`]
 //! (the budget permit, backoff, the in-flight window that is re-sent after a reconnect).
 //!
+//! A broker's settings can change while it runs ([`UpstreamControl::reconfigure`], the
+//! console's `apply`): the next session reads them, and the window is re-sent to it.
+//!
 //! Owns: per-stream sequence numbers, the record framing on stdout, starting the upstream.
 //! Must not touch: venue formats, sockets to exchanges.
 

@@ -7,6 +7,11 @@
 //! Snapshot requests are throttled per symbol (exponential from 500 ms to 60 s on repeated
 //! failures, `Retry-After` honoured) and share the host's weight limiter.
 //!
+//! The socket's plan can change while it runs (`reconfigure`): symbols already collected
+//! keep their books; new streams are asked with `SUBSCRIBE`, dropped ones with `UNSUBSCRIBE`
+//! on the live combined stream, and the URL follows, so a reconnect asks for the same set.
+//! REST answers find their symbol by a tag that stays while the symbol does.
+//!
 //! Owns: mapping Binance frames to normalized messages and snapshot scheduling. Must not touch:
 //! sockets, the rate limiter's internals, the upstream.
 

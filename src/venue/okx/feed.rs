@@ -15,6 +15,11 @@
 //! frame is malformed: never 0), funding updates their `ts`, open interest its `ts`,
 //! liquidations a stable hash of their fields (the venue does not number them).
 //!
+//! The socket's plan can change while it runs (`reconfigure`): new args are subscribed and
+//! dropped ones unsubscribed on the live socket within the hourly budget (what the budget
+//! does not allow now goes out on a later tick); REST answers find their instrument by a
+//! tag that stays while the instrument does.
+//!
 //! Owns: mapping OKX frames to messages and snapshot scheduling. Must not touch: sockets or the
 //! upstream.
 

@@ -1522,6 +1522,25 @@ impl Config {
             ));
         }
         cfg.check_upstream(text, &at)?;
+        let devices = &cfg.console.devices;
+        if let Some(d) = devices
+            .iter()
+            .enumerate()
+            .find(|(i, d)| devices[..*i].contains(d))
+            .map(|(_, d)| d)
+        {
+            return Err(at(
+                span_of_key(text, "devices").start,
+                format!(
+                    "[console] devices lists {} twice; each device serves one console",
+                    match d {
+                        ConsoleDevice::Stdio => "stdio".to_owned(),
+                        ConsoleDevice::Tty(p) => p.display().to_string(),
+                        ConsoleDevice::Unix(p) => format!("unix:{}", p.display()),
+                    }
+                ),
+            ));
+        }
         Ok(cfg)
     }
 
@@ -1893,6 +1912,10 @@ mod tests {
         );
         let (line, _) = err("[console]\ndevices = [\"stdio\", \"ttyS0\"]\n");
         assert_eq!(line, 2);
+        let (line, reason) =
+            err("[console]\ndevices = [\"/dev/ttyS0\", \"stdio\", \"/dev/ttyS0\"]\n");
+        assert_eq!(line, 2);
+        assert!(reason.contains("lists /dev/ttyS0 twice"), "{reason}");
     }
 
     #[test]

@@ -263,22 +263,31 @@ async fn stdio(console: Arc<Console>) {
     }
 }
 
-/// The serial console: opened again after any error, forever.
+/// The serial console: opened again after any error, forever. A tty that keeps failing at
+/// once (a pty nobody holds the other end of) is logged once, not every second.
 async fn tty(console: Arc<Console>, path: PathBuf, baud: Baud) {
     let mut logged = false;
+    let mut quiet = false;
     loop {
         match open_tty(&path, baud).and_then(Async::new) {
             Ok(file) => {
                 logged = false;
-                tracing::info!(tty = %path.display(), baud = baud.0, "serving the console");
-                match serve(&console, &file, &file, Kind::Tty).await {
-                    Ok(()) => {
-                        tracing::info!(tty = %path.display(), "the console tty closed; opening it again")
-                    }
-                    Err(err) => {
-                        tracing::warn!(tty = %path.display(), %err, "the console tty failed; opening it again")
+                if !quiet {
+                    tracing::info!(tty = %path.display(), baud = baud.0, "serving the console");
+                }
+                let since = Instant::now();
+                let ended = serve(&console, &file, &file, Kind::Tty).await;
+                if !quiet {
+                    match ended {
+                        Ok(()) => {
+                            tracing::info!(tty = %path.display(), "the console tty closed; opening it again")
+                        }
+                        Err(err) => {
+                            tracing::warn!(tty = %path.display(), %err, "the console tty failed; opening it again (quick failures after this are not logged)")
+                        }
                     }
                 }
+                quiet = since.elapsed() < Duration::from_secs(5);
                 Timer::after(Duration::from_secs(1)).await;
             }
             Err(err) => {

@@ -9,6 +9,14 @@
 //! heartbeat), and [`App::serve`] opens the `[metrics] listen` server and starts the
 //! `[metrics.push]` loop, as [`run`] does.
 //!
+//! Live changes (the console's `apply`) go through [`Control`]: each session runs from a
+//! [`SessionPlan`] it watches, so a symbol added to or removed from a planned socket is a new
+//! plan for that socket (subscribed on the live connection; never a new socket), with its
+//! pollers, `/ready` checks and metric series following; a broker upstream's settings go to
+//! the upstream alone, which reconnects. What the running service cannot change (a new
+//! socket, timings read at start, the budget) is reported for a restart, which [`run`] does
+//! by returning [`Stopped::Restart`] after draining the spool (the binary then re-executes).
+//!
 //! Must not touch: venue formats (venue code builds each socket's protocol) or socket I/O.
 
 use std::net::SocketAddr;
@@ -29,7 +37,8 @@ use crate::net::http::RestClient;
 use crate::net::tls;
 use crate::net::ws::WsOptions;
 use crate::plan::{Plan, PlanExceedsBudget};
-use crate::session::{self, Shared};
+use crate::session::poll::PollerSpec;
+use crate::session::{self, SessionPlan, Shared};
 use crate::upstream::spool::{Spool, SpoolError, SpoolMetrics};
 use crate::upstream::{Publisher, StreamKey};
 use crate::venue::{self, PlanError};
@@ -49,6 +58,18 @@ pub enum StartError {
     Listen(#[from] ListenError),
     #[error("{0}")]
     Push(#[from] PushSetupError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the upstream settings cannot be used: {0}")]
+    UpstreamSettings(String),
+}
+
+/// The plan of a config, checked against its budget: what `check-config` prints and what
+/// the service and the console's `apply` refuse to run without.
+pub fn check_plan(cfg: &Config) -> Result<Plan, StartError> {
+    let plan = venue::plan(cfg)?;
+    plan.check(cfg.budget.max_connections.0)?;
+    Ok(plan)
 }
 
 /// The executor's heartbeat: a task that beats every second; `/health` calls the executor
@@ -57,6 +78,7 @@ pub const EXECUTOR_STUCK_AFTER: Duration = Duration::from_secs(10);
 
 /// A running marketbox.
 pub struct App {
+    /// The plan the service started with (the console may change it since: [`Control`]).
     pub plan: Plan,
     pub metrics: Arc<Metrics>,
     pub budget: Budget,
@@ -64,17 +86,366 @@ pub struct App {
     pub rest: RestClient,
     /// The heartbeats `/health` checks; loops register here.
     pub liveness: Liveness,
+    /// Changes the running service (the console's `apply`).
+    pub control: Arc<Control>,
     endpoints: Arc<Endpoints>,
     http: Option<Server>,
     tasks: Vec<Task<()>>,
+}
+
+/// One planned socket's session: its plan (replaced to reconfigure it live) and its task.
+struct Slot {
+    exchange: crate::model::Exchange,
+    name: crate::plan::SocketName,
+    plan: crate::watch::Sender<SessionPlan>,
+    _task: Task<()>,
+}
+
+/// One REST poller and its task.
+struct Poller {
+    spec: PollerSpec,
+    _task: Task<()>,
+}
+
+/// What starting a session or a poller needs.
+struct Parts {
+    executor: Arc<Executor<'static>>,
+    metrics: Arc<Metrics>,
+    spool: Spool,
+    shared: Shared,
+    liveness: Liveness,
+}
+
+/// The part of the service the console changes while it runs: sessions, pollers, what
+/// `/ready` checks.
+struct Runtime {
+    config: Arc<Config>,
+    plan: Plan,
+    slots: Vec<Slot>,
+    pollers: Vec<Poller>,
+    readiness: Arc<Readiness>,
+    parts: Parts,
+    /// The broker upstream, when one runs.
+    upstream: Option<crate::upstream::UpstreamControl>,
+}
+
+/// What `apply` did with each changed key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Keys in effect now, without a restart.
+    pub live: Vec<String>,
+    /// Keys the running service cannot change: they take effect at the next start.
+    pub restart: Vec<String>,
+    /// Sockets that took new streams or dropped some (subscribed on the live socket).
+    pub sockets_changed: usize,
+    /// The broker upstream reconnects with new settings.
+    pub upstream_reconnected: bool,
+}
+
+/// Changes the running service with the least disruption.
+pub struct Control {
+    runtime: std::sync::Mutex<Runtime>,
+}
+
+impl Control {
+    /// Applies `new` (validated as `check-config` does: [`check_plan`]), of which `changed`
+    /// keys differ from the running config. Symbols added or removed on a planned socket are
+    /// subscribed or unsubscribed on the live socket, with their books, pollers, metrics and
+    /// readiness checks; `book.depth` goes to the sessions. Everything else, and a symbol
+    /// change that would add or remove a socket or a REST host, is reported for a restart.
+    /// Nothing is touched when the new config cannot be planned.
+    pub fn apply(&self, new: &Arc<Config>, changed: &[String]) -> Result<Applied, StartError> {
+        let new_plan = check_plan(new)?;
+        let mut guard = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        let rt = &mut *guard;
+        let same_shape = same_sockets(&rt.plan, &new_plan);
+        // A broker's settings change by reconnecting the upstream alone; a switch between
+        // stdout and a broker, or of the encoding the sessions use, needs a restart.
+        let (old_up, new_up) = (&rt.config.upstream, &new.upstream);
+        let upstream_live = rt.upstream.is_some()
+            && old_up.kind() != UpstreamKind::Stdout
+            && new_up.kind() != UpstreamKind::Stdout
+            && old_up.format == new_up.format;
+        let mut applied = Applied::default();
+        let mut feeds_live = false;
+        let mut depth_live = false;
+        let mut upstream_changed = false;
+        for key in changed {
+            let live = if key.starts_with("feeds.") {
+                feeds_live |= same_shape;
+                same_shape
+            } else if key == "book.depth" {
+                depth_live = true;
+                true
+            } else if key.starts_with("upstream.") {
+                upstream_changed |= upstream_live;
+                upstream_live
+            } else {
+                false
+            };
+            if live {
+                applied.live.push(key.clone());
+            } else {
+                applied.restart.push(key.clone());
+            }
+        }
+        if upstream_changed && let Some(up) = &rt.upstream {
+            // First, as it can still refuse (a credential file gone since the check).
+            up.reconfigure(new)
+                .map_err(|e| StartError::UpstreamSettings(e.to_string()))?;
+            applied.upstream_reconnected = true;
+            let mut running = (*rt.config).clone();
+            running.upstream = new.upstream.clone();
+            rt.config = Arc::new(running);
+        }
+        if !feeds_live && !depth_live {
+            return Ok(applied);
+        }
+        // The config the sessions run from: the new one, with the old feeds when the symbol
+        // change waits for a restart.
+        let mut running = (*rt.config).clone();
+        running.book = new.book.clone();
+        if feeds_live {
+            running.feeds = new.feeds.clone();
+        }
+        let running = Arc::new(running);
+        let plan = if feeds_live {
+            new_plan
+        } else {
+            rt.plan.clone()
+        };
+        let old_plan = std::mem::replace(&mut rt.plan, plan.clone());
+        for slot in &rt.slots {
+            let Some(socket) = plan
+                .sockets
+                .iter()
+                .find(|s| (s.exchange, s.name) == (slot.exchange, slot.name))
+            else {
+                continue;
+            };
+            let current = slot.plan.borrow();
+            if current.socket == *socket && !depth_live {
+                continue;
+            }
+            if current.socket != *socket {
+                applied.sockets_changed += 1;
+            }
+            current
+                .template
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retarget(&StreamKey::for_socket(socket), Some(&rt.parts.metrics));
+            slot.plan.send(SessionPlan {
+                socket: socket.clone(),
+                config: running.clone(),
+                template: current.template.clone(),
+            });
+        }
+        if feeds_live {
+            let before: Vec<StreamKey> = planned_streams(&old_plan, &rt.pollers, &rt.config)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let specs = venue::pollers(&running);
+            let parts = &rt.parts;
+            let mut kept: Vec<Poller> = Vec::new();
+            for p in std::mem::take(&mut rt.pollers) {
+                if specs.iter().any(|s| same_poller(s, &p.spec)) {
+                    kept.push(p);
+                }
+            }
+            for spec in specs {
+                if !kept.iter().any(|p| same_poller(&p.spec, &spec)) {
+                    let task = start_poller(parts, &running, spec.clone());
+                    kept.push(Poller { spec, _task: task });
+                }
+            }
+            rt.pollers = kept;
+            // Streams no longer planned disappear from the metrics; `/ready` checks the new set.
+            let streams = planned_streams(&plan, &rt.pollers, &running);
+            let now: Vec<StreamKey> = streams.iter().map(|(k, _)| *k).collect();
+            for k in before.iter().filter(|k| !now.contains(k)) {
+                rt.parts
+                    .metrics
+                    .forget_stream(k.exchange, k.market, k.symbol.as_str(), k.channel);
+            }
+            rt.readiness.set_streams(&rt.parts.metrics, &streams);
+        }
+        rt.config = running;
+        Ok(applied)
+    }
+
+    /// The broker upstream `apply` reconfigures (none for stdout).
+    pub fn set_upstream(&self, upstream: Option<crate::upstream::UpstreamControl>) {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upstream = upstream;
+    }
+
+    /// The plan the service runs now.
+    pub fn plan(&self) -> Plan {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan
+            .clone()
+    }
+}
+
+/// Whether two plans open the same sockets and REST hosts (only their streams may differ).
+fn same_sockets(a: &Plan, b: &Plan) -> bool {
+    let key = |s: &crate::plan::SocketPlan| (s.exchange, s.name, s.url.clone());
+    a.sockets.len() == b.sockets.len()
+        && a.sockets
+            .iter()
+            .zip(&b.sockets)
+            .all(|(x, y)| key(x) == key(y))
+        && a.rest
+            .iter()
+            .map(|r| &r.base)
+            .eq(b.rest.iter().map(|r| &r.base))
+        && a.upstream == b.upstream
+        && a.push == b.push
+}
+
+fn same_poller(a: &PollerSpec, b: &PollerSpec) -> bool {
+    (
+        a.exchange, a.market, a.symbol, a.channel, a.period, a.interval, &a.path,
+    ) == (
+        b.exchange, b.market, b.symbol, b.channel, b.period, b.interval, &b.path,
+    )
+}
+
+/// Every planned stream (sockets and pollers) with its freshness threshold, for `/ready`.
+fn planned_streams(
+    plan: &Plan,
+    pollers: &[Poller],
+    cfg: &Config,
+) -> Vec<(StreamKey, Option<Duration>)> {
+    let stale_after = cfg.session.stale_after.0;
+    let mut out = Vec::new();
+    for socket in &plan.sockets {
+        for key in StreamKey::for_socket(socket) {
+            out.push((key, freshness(key.channel, stale_after, None)));
+        }
+    }
+    for p in pollers {
+        let spec = &p.spec;
+        let key = StreamKey {
+            exchange: spec.exchange,
+            market: spec.market,
+            symbol: spec.symbol,
+            channel: spec.channel,
+        };
+        let period = humantime::parse_duration(spec.period).unwrap_or_default();
+        let every = spec.interval.max(period);
+        out.push((key, freshness(key.channel, stale_after, Some(every))));
+    }
+    out
+}
+
+/// Starts a supervised session for `socket`; it runs from whatever its plan holds when it
+/// (re)starts and follows the plan's changes.
+fn start_session(
+    parts: &Parts,
+    cfg: &Arc<Config>,
+    socket: &crate::plan::SocketPlan,
+) -> Option<Slot> {
+    if venue::protocol_for(socket, cfg, &parts.metrics).is_none() {
+        tracing::error!(
+            exchange = %socket.exchange,
+            socket = socket.name.as_str(),
+            "this build cannot serve this socket yet; it stays closed"
+        );
+        return None;
+    }
+    let keys = StreamKey::for_socket(socket);
+    let template = Publisher::new(
+        parts.spool.clone(),
+        cfg.upstream.format,
+        &keys,
+        Some(&parts.metrics),
+    );
+    let (tx, rx) = crate::watch::channel(SessionPlan {
+        socket: socket.clone(),
+        config: cfg.clone(),
+        template: Arc::new(std::sync::Mutex::new(template)),
+    });
+    let (m, shared) = (parts.metrics.clone(), parts.shared.clone());
+    let (exchange, name) = (socket.exchange, socket.name.as_str());
+    let task = supervise(
+        &parts.executor,
+        &parts.metrics,
+        "session",
+        format!("{exchange} {name}"),
+        move || {
+            let mut rx = rx.clone();
+            let current = rx.try_changed().unwrap_or_else(|| rx.borrow());
+            let proto = venue::protocol_for(&current.socket, &current.config, &m);
+            let publisher = current
+                .template
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .fork();
+            let shared = shared.clone();
+            async move {
+                if let Some(proto) = proto {
+                    match session::run(exchange, name, proto, publisher, shared, rx).await {}
+                }
+            }
+        },
+    );
+    Some(Slot {
+        exchange: socket.exchange,
+        name: socket.name,
+        plan: tx,
+        _task: task,
+    })
+}
+
+/// Starts a supervised REST poller.
+fn start_poller(parts: &Parts, cfg: &Config, spec: PollerSpec) -> Task<()> {
+    let key = StreamKey {
+        exchange: spec.exchange,
+        market: spec.market,
+        symbol: spec.symbol,
+        channel: spec.channel,
+    };
+    let template = Publisher::new(
+        parts.spool.clone(),
+        cfg.upstream.format,
+        &[key],
+        Some(&parts.metrics),
+    );
+    let (client, limiters, m) = (
+        parts.shared.rest.clone(),
+        parts.shared.limiters.clone(),
+        parts.metrics.clone(),
+    );
+    let name = format!(
+        "{} {} {} {}",
+        spec.exchange, spec.market, spec.symbol, spec.channel
+    );
+    // It beats at least every 5 s while it waits, and around each request.
+    let limit = cfg.rest.request_timeout.0 + Duration::from_secs(15);
+    let live = parts.liveness.clone();
+    let beat_name = format!("poller {name}");
+    supervise(&parts.executor, &parts.metrics, "poller", name, move || {
+        let (spec, client, limiters, m) =
+            (spec.clone(), client.clone(), limiters.clone(), m.clone());
+        let publisher = template.fork();
+        let beat = live.register(beat_name.clone(), limit);
+        async move { match session::poll::run(spec, client, limiters, publisher, m, beat).await {} }
+    })
 }
 
 impl App {
     /// Checks the plan against the budget, then starts one session per planned socket.
     /// Messages go to the returned spool; the caller runs an upstream on it.
     pub fn start(cfg: &Config, executor: &Arc<Executor<'static>>) -> Result<App, StartError> {
-        let plan = venue::plan(cfg)?;
-        plan.check(cfg.budget.max_connections.0)?;
+        let cfg = Arc::new(cfg.clone());
+        let plan = check_plan(&cfg)?;
         let metrics = Arc::new(Metrics::new());
         let budget = Budget::new(cfg.budget.max_connections.0, Some(metrics.clone()));
         let tls_ws = tls::client_config(cfg.tls.extra_ca.as_deref(), tls::Alpn::None)?;
@@ -109,10 +480,15 @@ impl App {
                 ..WsOptions::default()
             },
         };
+        let parts = Parts {
+            executor: executor.clone(),
+            metrics: metrics.clone(),
+            spool: spool.clone(),
+            shared,
+            liveness: liveness.clone(),
+        };
         let mut tasks = Vec::new();
         metrics.plan_sockets.set(plan.needed() as i64);
-        let mut checked = Vec::new();
-        let stale_after = cfg.session.stale_after.0;
         for socket in &plan.sockets {
             metrics
                 .plan_ws_connections
@@ -122,7 +498,6 @@ impl App {
                 })
                 .set(1);
             for key in StreamKey::for_socket(socket) {
-                checked.push((key, freshness(key.channel, stale_after, None)));
                 if key.channel == crate::model::Channel::Orderbook {
                     // Exported at 0 from the start, so rates and alerts see the series.
                     let _ = metrics.book_levels_dropped.get_or_create(&StreamLabels {
@@ -134,63 +509,18 @@ impl App {
                 }
             }
         }
-        for socket in &plan.sockets {
-            let keys = StreamKey::for_socket(socket);
-            let template =
-                Publisher::new(spool.clone(), cfg.upstream.format, &keys, Some(&metrics));
-            if venue::protocol_for(socket, cfg, &metrics).is_none() {
-                tracing::error!(
-                    exchange = %socket.exchange,
-                    socket = socket.name.as_str(),
-                    "this build cannot serve this socket yet; it stays closed"
-                );
-                continue;
-            }
-            let (socket, cfg_, m, shared) =
-                (socket.clone(), cfg.clone(), metrics.clone(), shared.clone());
-            let name = format!("{} {}", socket.exchange, socket.name);
-            tasks.push(supervise(executor, &metrics, "session", name, move || {
-                let proto = venue::protocol_for(&socket, &cfg_, &m);
-                let (exchange, name) = (socket.exchange, socket.name.as_str());
-                let (publisher, shared) = (template.fork(), shared.clone());
-                async move {
-                    if let Some(proto) = proto {
-                        match session::run(exchange, name, proto, publisher, shared).await {}
-                    }
-                }
-            }));
-        }
-        for spec in venue::pollers(cfg) {
-            let key = StreamKey {
-                exchange: spec.exchange,
-                market: spec.market,
-                symbol: spec.symbol,
-                channel: spec.channel,
-            };
-            let period = humantime::parse_duration(spec.period).unwrap_or_default();
-            let every = spec.interval.max(period);
-            checked.push((key, freshness(key.channel, stale_after, Some(every))));
-            let template =
-                Publisher::new(spool.clone(), cfg.upstream.format, &[key], Some(&metrics));
-            let (client, limiters, m) = (rest.clone(), shared.limiters.clone(), metrics.clone());
-            let name = format!(
-                "{} {} {} {}",
-                spec.exchange, spec.market, spec.symbol, spec.channel
-            );
-            // It beats at least every 5 s while it waits, and around each request.
-            let limit = cfg.rest.request_timeout.0 + Duration::from_secs(15);
-            let live = liveness.clone();
-            let beat_name = format!("poller {name}");
-            tasks.push(supervise(executor, &metrics, "poller", name, move || {
-                let (spec, client, limiters, m) =
-                    (spec.clone(), client.clone(), limiters.clone(), m.clone());
-                let publisher = template.fork();
-                let beat = live.register(beat_name.clone(), limit);
-                async move {
-                    match session::poll::run(spec, client, limiters, publisher, m, beat).await {}
-                }
-            }));
-        }
+        let slots: Vec<Slot> = plan
+            .sockets
+            .iter()
+            .filter_map(|socket| start_session(&parts, &cfg, socket))
+            .collect();
+        let pollers: Vec<Poller> = venue::pollers(&cfg)
+            .into_iter()
+            .map(|spec| Poller {
+                _task: start_poller(&parts, &cfg, spec.clone()),
+                spec,
+            })
+            .collect();
         let beat = liveness.register("executor", EXECUTOR_STUCK_AFTER);
         tasks.push(executor.spawn(async move {
             loop {
@@ -198,10 +528,25 @@ impl App {
                 Timer::after(Duration::from_secs(1)).await;
             }
         }));
+        let readiness = Arc::new(Readiness::new(
+            &metrics,
+            &planned_streams(&plan, &pollers, &cfg),
+        ));
         let endpoints = Arc::new(Endpoints {
             metrics: metrics.clone(),
             liveness: liveness.clone(),
-            readiness: Readiness::new(&metrics, &checked),
+            readiness: readiness.clone(),
+        });
+        let control = Arc::new(Control {
+            runtime: std::sync::Mutex::new(Runtime {
+                config: cfg,
+                plan: plan.clone(),
+                slots,
+                pollers,
+                readiness,
+                parts,
+                upstream: None,
+            }),
         });
         Ok(App {
             plan,
@@ -210,6 +555,7 @@ impl App {
             spool,
             rest,
             liveness,
+            control,
             endpoints,
             http: None,
             tasks,
@@ -267,6 +613,15 @@ impl App {
     pub fn stop(&mut self) {
         self.http = None;
         self.tasks.clear();
+        {
+            let mut rt = self
+                .control
+                .runtime
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            rt.slots.clear();
+            rt.pollers.clear();
+        }
         self.spool.close();
     }
 }
@@ -366,12 +721,72 @@ pub enum RunError {
     UpstreamEnded,
 }
 
-/// Runs the service until the process is stopped or the upstream fails.
-pub fn run(cfg: Config) -> Result<(), RunError> {
+/// What `run` needs besides the config.
+pub struct RunOptions {
+    /// The config file the service was started with (the console saves to it) and its text
+    /// (the console edits it, comments kept).
+    pub config_path: std::path::PathBuf,
+    pub config_text: String,
+    /// Sets the log level (`log level` at the console).
+    pub log: Option<crate::console::LogControl>,
+}
+
+/// How the service stopped without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The console asked for a restart: the caller starts the process again.
+    Restart,
+}
+
+/// The console's view of the running service.
+struct ConsoleService {
+    control: Arc<Control>,
+    restart: smol::channel::Sender<()>,
+}
+
+impl crate::console::Service for ConsoleService {
+    fn apply(&self, config: &Arc<Config>, changed: &[String]) -> Result<Applied, String> {
+        self.control
+            .apply(config, changed)
+            .map_err(|e| e.to_string())
+    }
+
+    fn restart(&self) {
+        let _ = self.restart.try_send(());
+    }
+}
+
+/// Longest a restart waits for the messages already spooled to reach the upstream.
+pub const RESTART_DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs the service until the process is stopped, the upstream fails, or the console asks
+/// for a restart.
+pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
+    let started = Instant::now();
     let executor = Arc::new(Executor::new());
     let mut app = App::start(&cfg, &executor)?;
     app.serve(&cfg, &executor)?;
     tracing::info!("{}", app.plan.display(cfg.budget.max_connections.0));
+    let (restart_tx, restart_rx) = smol::channel::bounded::<()>(1);
+    let store = crate::console::store::Store::new(
+        &opts.config_path,
+        &opts.config_text,
+        Arc::new(cfg.clone()),
+    )
+    .map_err(StartError::Config)?;
+    let console = crate::console::Console::new(
+        store,
+        Arc::new(ConsoleService {
+            control: app.control.clone(),
+            restart: restart_tx,
+        }),
+        app.metrics.clone(),
+        started,
+        opts.log,
+    );
+    let sampler = executor.spawn(console.clone().sample_forever());
+    let devices =
+        crate::console::device::start(&console, &cfg.console.devices, cfg.console.baud, &executor);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     for i in 1..threads {
         let (ex, m) = (executor.clone(), app.metrics.clone());
@@ -395,29 +810,67 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 }
             });
     }
-    let result = smol::block_on(executor.run(async {
-        match cfg.upstream.kind() {
-            UpstreamKind::Stdout => {
+    // The upstream drains the spool until it is closed (a restart) or fails.
+    let mut broker = None;
+    let mut upstream: Task<std::io::Result<()>> = match cfg.upstream.kind() {
+        UpstreamKind::Stdout => {
+            let (spool, format, metrics) =
+                (app.spool.clone(), cfg.upstream.format, app.metrics.clone());
+            executor.spawn(async move {
                 let out = smol::Unblock::new(std::io::stdout());
-                run_stdout(app.spool.clone(), cfg.upstream.format, &app.metrics, out).await
-            }
-            UpstreamKind::Nats | UpstreamKind::Mqtt => {
-                let up = crate::upstream::start(
-                    &cfg,
-                    app.spool.clone(),
-                    app.budget.clone(),
-                    &app.metrics,
-                )
-                .map_err(std::io::Error::other)?;
-                smol::unblock(move || up.join())
-                    .await
-                    .map_err(std::io::Error::other)
-            }
+                run_stdout(spool, format, &metrics, out).await
+            })
         }
-    }));
+        UpstreamKind::Nats | UpstreamKind::Mqtt => {
+            let up =
+                crate::upstream::start(&cfg, app.spool.clone(), app.budget.clone(), &app.metrics)
+                    .map_err(|e| RunError::Upstream(std::io::Error::other(e)))?;
+            let control = up.control();
+            app.control.set_upstream(Some(control.clone()));
+            broker = Some(control);
+            smol::unblock(move || up.join().map_err(std::io::Error::other))
+        }
+    };
+    let result = smol::block_on(
+        executor.run(async { Some((&mut upstream).await) }.or(async {
+            let _ = restart_rx.recv().await;
+            None
+        })),
+    );
     match result {
-        Ok(()) => Err(RunError::UpstreamEnded),
-        Err(err) => Err(RunError::Upstream(err)),
+        Some(Ok(())) => Err(RunError::UpstreamEnded),
+        Some(Err(err)) => Err(RunError::Upstream(err)),
+        None => {
+            tracing::info!("restarting (asked at the console)");
+            drop(devices);
+            drop(sampler);
+            // No new messages; what is spooled goes upstream first (for a while).
+            app.stop();
+            let drained = smol::block_on(
+                executor.run(
+                    async {
+                        let _ = (&mut upstream).await;
+                        true
+                    }
+                    .or(async {
+                        Timer::after(RESTART_DRAIN).await;
+                        false
+                    }),
+                ),
+            );
+            if !drained {
+                tracing::warn!(
+                    left = app.spool.len(),
+                    "the spool did not drain before the restart"
+                );
+                if let Some(b) = broker {
+                    b.abort();
+                }
+            }
+            // A disk spool keeps what is left: flushed, and its cursor saved.
+            app.spool.shutdown();
+            Ok(Stopped::Restart)
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
 
 use crate::model::{Channel, Exchange, MAX_DEPTH, Market, Symbol};
@@ -57,7 +57,7 @@ pub const MAX_SYMBOLS_PER_FEED: usize = 200;
 pub const MAX_STREAMS: usize = 2000;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -87,7 +87,7 @@ pub struct Config {
 }
 
 /// `[device]`: who this box is (labels pushed metrics, names the MQTT client).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     #[serde(default = "default_device_id")]
@@ -160,7 +160,7 @@ fn default_device_id() -> DeviceId {
 }
 
 /// `[budget]`: the hard cap on outgoing sockets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// Every outgoing socket counts: WebSockets, REST keep-alives, the upstream, the push.
@@ -181,7 +181,7 @@ impl Default for BudgetConfig {
 }
 
 /// `[book]`: what an `orderbook` message carries.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BookConfig {
     /// Levels per side in every `orderbook` message.
@@ -197,7 +197,7 @@ pub const HOUR: u64 = 60 * MIN;
 pub const DAY: u64 = 24 * HOUR;
 
 /// `[session]`: WebSocket lifecycle timings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     #[serde(default = "d_connect_timeout")]
@@ -272,7 +272,7 @@ impl SessionConfig {
 }
 
 /// `[rest]`: the REST client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestConfig {
     /// A keep-alive connection unused this long is closed (and its permit returned).
@@ -306,7 +306,7 @@ impl Default for RestConfig {
 }
 
 /// Where normalized messages go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamKind {
     #[default]
@@ -326,7 +326,7 @@ impl UpstreamKind {
 }
 
 /// How messages are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
@@ -335,13 +335,13 @@ pub enum Format {
 }
 
 /// `[upstream]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(default = "d_kind")]
     pub kind: Spanned<UpstreamKind>,
     /// `nats://` or `tls://` for NATS, `mqtt://` or `mqtts://` for MQTT; required for both.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<Spanned<UpstreamUrl>>,
     #[serde(default)]
     pub format: Format,
@@ -515,7 +515,7 @@ impl<'de> Deserialize<'de> for SubjectPrefix {
 }
 
 /// `[upstream.nats]`: the JetStream stream and how to authenticate.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// The JetStream stream (created when missing, checked when present).
@@ -525,24 +525,24 @@ pub struct NatsConfig {
     #[serde(default = "d_duplicate_window")]
     pub duplicate_window: Dur<{ SEC }, { 7 * DAY }>,
     /// Age after which the stream discards messages (none: kept until `max_bytes`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Dur<{ SEC }, { 3650 * DAY }>>,
     /// Size the stream is capped at (none: unlimited).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<Int<{ 1 << 20 }, { 1 << 50 }>>,
     /// A file holding the auth token.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<Spanned<PathBuf>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// A file holding `user`'s password.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<Spanned<PathBuf>>,
     /// A NATS credentials file (JWT and NKey seed).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creds_file: Option<Spanned<PathBuf>>,
     /// A PEM file of trust roots for `tls://`, added to the webpki roots.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<Spanned<PathBuf>>,
 }
 
@@ -597,22 +597,22 @@ impl<'de> Deserialize<'de> for StreamName {
 }
 
 /// `[upstream.mqtt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// Stable across restarts so the broker keeps the session; default `marketbox-<device id>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<ClientId>,
     #[serde(default = "d_qos")]
     pub qos: Int<0, 2>,
     #[serde(default = "d_keep_alive")]
     pub keep_alive: Dur<{ 5 * SEC }, { 65535 * SEC }>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<Spanned<PathBuf>>,
     /// A PEM file of trust roots for `mqtts://`, added to the webpki roots.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<Spanned<PathBuf>>,
 }
 
@@ -662,14 +662,14 @@ impl<'de> Deserialize<'de> for ClientId {
 }
 
 /// `[spool]`: the bounded queue between sessions and the upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
     /// Bytes of encoded messages held in RAM; past this the oldest are dropped and counted.
     #[serde(default = "d_spool_ram")]
     pub ram_bytes: Int<1024, { 1 << 30 }>,
     /// A folder for the on-disk spool (none: RAM only).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<Spanned<PathBuf>>,
     /// Bytes the on-disk spool may use.
     #[serde(default = "d_spool_disk")]
@@ -694,13 +694,13 @@ impl Default for SpoolConfig {
 }
 
 /// `[metrics]`: the HTTP server and the remote push.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port` for `/metrics`, `/health`, `/ready`; empty turns the server off.
     #[serde(default = "d_listen")]
     pub listen: Listen,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushConfig>,
 }
 
@@ -738,7 +738,7 @@ impl<'de> Deserialize<'de> for Listen {
 }
 
 /// `[metrics.push]`: Prometheus remote-write.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// The remote-write endpoint, e.g. `https://prom.example/api/v1/write`.
@@ -746,11 +746,11 @@ pub struct PushConfig {
     pub url: Endpoint,
     #[serde(default = "d_push_interval")]
     pub interval: Dur<{ SEC }, { HOUR }>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_file: Option<Spanned<PathBuf>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<Spanned<PathBuf>>,
 }
 
@@ -759,7 +759,7 @@ fn d_push_interval() -> Dur<{ SEC }, { HOUR }> {
 }
 
 /// `[console]`: where the service serves its console.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     #[serde(default)]
@@ -822,7 +822,7 @@ pub const BAUD_RATES: [u32; 8] = [
 
 impl<'de> Deserialize<'de> for Baud {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(d)?;
+        let v = integer(d, format!("one of {BAUD_RATES:?}"))?;
         BAUD_RATES
             .iter()
             .find(|b| i64::from(**b) == v)
@@ -834,17 +834,17 @@ impl<'de> Deserialize<'de> for Baud {
 }
 
 /// `[tls]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// A PEM file of extra trust roots (added to the webpki roots, never replacing them).
     /// Relative paths are read from the config file's folder.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_ca: Option<PathBuf>,
 }
 
 /// `[venues.*]`: endpoint overrides.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Venues {
     #[serde(default)]
@@ -854,7 +854,7 @@ pub struct Venues {
 }
 
 /// `[venues.binance]`: bases the stream path (`/stream?streams=`) or REST path is appended to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BinanceEndpoints {
     #[serde(default = "d_b_spot_ws", deserialize_with = "wss_url")]
@@ -898,7 +898,7 @@ impl Default for BinanceEndpoints {
 }
 
 /// `[venues.okx]`: `ws` is the full URL, `rest` the base.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OkxEndpoints {
     #[serde(default = "d_okx_ws", deserialize_with = "wss_url")]
@@ -924,7 +924,7 @@ impl Default for OkxEndpoints {
 }
 
 /// `[[feeds]]`: what to collect from one exchange-market.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Feed {
     pub exchange: Exchange,
@@ -943,7 +943,7 @@ pub struct Int<const MIN: u64, const MAX: u64>(pub usize);
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Int<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(d)?;
+        let v = integer(d, format!("an integer between {MIN} and {MAX}"))?;
         match u64::try_from(v) {
             Ok(u) if (MIN..=MAX).contains(&u) => usize::try_from(u).map(Int).map_err(|_| {
                 serde::de::Error::custom(format!("{v} is too large for this machine"))
@@ -967,7 +967,7 @@ impl Default for Depth {
 
 impl<'de> Deserialize<'de> for Depth {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(d)?;
+        let v = integer(d, format!("an integer between 1 and {MAX_DEPTH}"))?;
         if v < 1 || v > MAX_DEPTH as i64 {
             return Err(serde::de::Error::custom(format!(
                 "depth {v} is impossible: it must be between 1 and {MAX_DEPTH}"
@@ -988,8 +988,13 @@ impl<const MIN_MS: u64, const MAX_MS: u64> Dur<MIN_MS, MAX_MS> {
 
     /// Parses and bounds a duration.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let v = humantime::parse_duration(s)
-            .map_err(|e| format!("{s:?} is not a duration like \"10s\" or \"500ms\": {e}"))?;
+        let v = humantime::parse_duration(s).map_err(|e| {
+            format!(
+                "{s:?} is not a duration like \"10s\" or \"500ms\" ({e}); it must be between {} and {}",
+                humantime::format_duration(Self::MIN),
+                humantime::format_duration(Self::MAX)
+            )
+        })?;
         if v < Self::MIN || v > Self::MAX {
             return Err(format!(
                 "{s:?} is out of range: it must be between {} and {}",
@@ -1003,8 +1008,69 @@ impl<const MIN_MS: u64, const MAX_MS: u64> Dur<MIN_MS, MAX_MS> {
 
 impl<'de, const MIN_MS: u64, const MAX_MS: u64> Deserialize<'de> for Dur<MIN_MS, MAX_MS> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        let expecting = format!(
+            "a duration with its unit, like \"10s\" or \"500ms\", between {} and {}",
+            humantime::format_duration(Self::MIN),
+            humantime::format_duration(Self::MAX)
+        );
+        let s = d.deserialize_str(Expecting::<String>::new(expecting))?;
         Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<const MIN_MS: u64, const MAX_MS: u64> Serialize for Dur<MIN_MS, MAX_MS> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// Reads an integer; anything else is an error that says what was `expecting` (the bounds),
+/// not just the type.
+fn integer<'de, D: Deserializer<'de>>(d: D, expecting: String) -> Result<i64, D::Error> {
+    d.deserialize_i64(Expecting::<i64>::new(expecting))
+}
+
+/// A visitor for one integer or one string whose error names the allowed values.
+struct Expecting<T> {
+    what: String,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> Expecting<T> {
+    fn new(what: String) -> Self {
+        Expecting {
+            what,
+            _t: std::marker::PhantomData,
+        }
+    }
+}
+
+impl serde::de::Visitor<'_> for Expecting<i64> {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v)
+            .map_err(|_| E::custom(format!("{v} is out of range: expected {}", self.what)))
+    }
+}
+
+impl serde::de::Visitor<'_> for Expecting<String> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
     }
 }
 
@@ -1145,6 +1211,52 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
     endpoint(d, &["https", "http"])
 }
 
+/// Config values are written back (`show config`, `get`) as the text they are read from.
+macro_rules! serialize_as_str {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $v = self;
+                s.serialize_str(&$e)
+            }
+        }
+    )*};
+}
+
+serialize_as_str! {
+    DeviceId => |v| v.0;
+    UpstreamUrl => |v| v.url;
+    SubjectPrefix => |v| v.0;
+    StreamName => |v| v.0;
+    ClientId => |v| v.0;
+    Endpoint => |v| v.url;
+    LsrPeriod => |v| v.as_str();
+    Listen => |v| v.0.map(|a| a.to_string()).unwrap_or_default();
+    ConsoleDevice => |v| match v {
+        ConsoleDevice::Stdio => "stdio".to_owned(),
+        ConsoleDevice::Tty(p) => p.to_string_lossy().into_owned(),
+        ConsoleDevice::Unix(p) => format!("unix:{}", p.to_string_lossy()),
+    };
+}
+
+impl<const MIN: u64, const MAX: u64> Serialize for Int<MIN, MAX> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0 as u64)
+    }
+}
+
+impl Serialize for Depth {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0 as u64)
+    }
+}
+
+impl Serialize for Baud {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
 /// Which channels each market has.
 pub fn market_has(market: Market, channel: Channel) -> bool {
     match market {
@@ -1182,19 +1294,45 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
 impl Config {
     /// Reads and validates a config file, and the files it names (bounded reads).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = Config::read_text(path)?;
+        Config::from_text(&text, path)
+    }
+
+    /// Reads a config file's text (at most [`MAX_CONFIG_BYTES`], UTF-8).
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
         let origin = path.display().to_string();
         let bytes = read_bounded(path, MAX_CONFIG_BYTES).map_err(|reason| ConfigError::Read {
             path: origin.clone(),
             source: std::io::Error::other(reason),
         })?;
-        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Read {
+        String::from_utf8(bytes).map_err(|e| ConfigError::Read {
             path: origin.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        let mut cfg = Config::parse(&text, &origin)?;
+        })
+    }
+
+    /// Validates config text as if it were the file at `path` (what [`Config::load`] does
+    /// after reading it): the text, then the files it names, relative to `path`'s folder.
+    /// The console's `apply` checks a pending config with this before anything changes.
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let mut cfg = Config::parse(text, &origin)?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_files(dir, &text, &origin)?;
+        cfg.resolve_files(dir, text, &origin)?;
         Ok(cfg)
+    }
+
+    /// The config as a TOML tree, every key present with its effective value (defaults
+    /// included; paths as resolved). What `show config` and `get` read.
+    pub fn to_toml(&self) -> toml::Table {
+        match toml::Table::try_from(self) {
+            Ok(t) => t,
+            Err(err) => {
+                // Every value is a string, integer, array or table: cannot happen.
+                tracing::error!(%err, "the config could not be written as TOML (a bug)");
+                toml::Table::new()
+            }
+        }
     }
 
     /// Makes relative file paths relative to the config's folder and checks every file the
@@ -1275,6 +1413,22 @@ impl Config {
         Ok(())
     }
 
+    /// Reads config text checking each value on its own (types, bounds, unknown keys), without
+    /// the rules between keys that [`Config::parse`] adds. The console's `set` uses it to
+    /// refuse a bad value at once while a change that needs a second `set` can be staged.
+    pub fn parse_values(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_col(text, offset);
+            ConfigError::Invalid {
+                path: origin.to_owned(),
+                line,
+                column,
+                reason: e.message().trim().to_owned(),
+            }
+        })
+    }
+
     /// Parses and validates config text; `origin` names the file in errors. Files the config
     /// names are checked by [`Config::load`].
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -1287,10 +1441,7 @@ impl Config {
                 reason,
             }
         };
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            at(offset, e.message().trim().to_owned())
-        })?;
+        let cfg = Config::parse_values(text, origin)?;
         let mut seen = BTreeSet::new();
         let mut streams = 0usize;
         for feed in &cfg.feeds {
@@ -1371,6 +1522,25 @@ impl Config {
             ));
         }
         cfg.check_upstream(text, &at)?;
+        let devices = &cfg.console.devices;
+        if let Some(d) = devices
+            .iter()
+            .enumerate()
+            .find(|(i, d)| devices[..*i].contains(d))
+            .map(|(_, d)| d)
+        {
+            return Err(at(
+                span_of_key(text, "devices").start,
+                format!(
+                    "[console] devices lists {} twice; each device serves one console",
+                    match d {
+                        ConsoleDevice::Stdio => "stdio".to_owned(),
+                        ConsoleDevice::Tty(p) => p.display().to_string(),
+                        ConsoleDevice::Unix(p) => format!("unix:{}", p.display()),
+                    }
+                ),
+            ));
+        }
         Ok(cfg)
     }
 
@@ -1742,6 +1912,58 @@ mod tests {
         );
         let (line, _) = err("[console]\ndevices = [\"stdio\", \"ttyS0\"]\n");
         assert_eq!(line, 2);
+        let (line, reason) =
+            err("[console]\ndevices = [\"/dev/ttyS0\", \"stdio\", \"/dev/ttyS0\"]\n");
+        assert_eq!(line, 2);
+        assert!(reason.contains("lists /dev/ttyS0 twice"), "{reason}");
+    }
+
+    #[test]
+    fn the_config_written_back_reads_as_the_same_config() {
+        // TC0: the default config, every key present with its effective value.
+        let cfg = Config::parse(DEFAULT, "marketbox.toml").expect("the config parses");
+        let tree = cfg.to_toml();
+        assert_eq!(tree["book"]["depth"].as_integer(), Some(20));
+        assert_eq!(tree["session"]["max_lifetime"].as_str(), Some("23h 30m"));
+        assert_eq!(tree["metrics"]["listen"].as_str(), Some("0.0.0.0:9898"));
+        assert!(tree["upstream"].get("url").is_none(), "None is left out");
+        let text = toml::to_string(&tree).expect("TOML");
+        let again = Config::parse(&text, "again.toml").expect("the written config parses");
+        assert_eq!(again.to_toml(), tree);
+        // TC1: optional keys and every value type survive the trip.
+        let cfg = Config::parse(
+            "[upstream]\nkind = \"nats\"\nurl = \"tls://[::1]:4333\"\n[upstream.nats]\nmax_age = \"7days\"\n[metrics]\nlisten = \"\"\n[console]\ndevices = [\"stdio\", \"/dev/ttyAMA0\", \"unix:/run/m.sock\"]\nbaud = 9600\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let tree = cfg.to_toml();
+        let text = toml::to_string(&tree).expect("TOML");
+        assert_eq!(
+            Config::parse(&text, "t").expect("valid").to_toml(),
+            tree,
+            "{text}"
+        );
+        assert_eq!(tree["upstream"]["nats"]["max_age"].as_str(), Some("7days"));
+        assert_eq!(tree["metrics"]["listen"].as_str(), Some(""));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_the_allowed_values() {
+        for (text, want) in [
+            ("[book]\ndepth = \"deep\"\n", "an integer between 1 and 50"),
+            (
+                "[budget]\nmax_connections = 1.5\n",
+                "an integer between 1 and 256",
+            ),
+            ("[console]\nbaud = \"fast\"\n", "one of [9600"),
+            ("[session]\nidle_timeout = 5\n", "between 100ms and 1h"),
+            ("[session]\nidle_timeout = \"5\"\n", "between 100ms and 1h"),
+            ("[upstream]\nkind = \"kafka\"\n", "`stdout`, `nats`, `mqtt`"),
+        ] {
+            let (line, reason) = err(text);
+            assert_eq!(line, 2, "{text}");
+            assert!(reason.contains(want), "{text}: {reason}");
+        }
     }
 
     /// A scratch folder removed on drop.

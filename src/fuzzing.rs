@@ -70,6 +70,34 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// The console's command parser never panics; a command it accepts prints back to a line
+/// that parses to the same command.
+pub fn console_command(data: &[u8]) {
+    use crate::console::command::parse;
+    let Some(s) = text(data) else { return };
+    if let Ok(cmd) = parse(s) {
+        let printed = cmd.to_string();
+        assert_eq!(parse(&printed), Ok(cmd), "{s:?} printed as {printed:?}");
+    }
+}
+
+/// The console's line editor never panics whatever the bytes (noise, escapes, endless
+/// lines): it keeps at most `MAX_LINE` bytes of a line, and a line it hands out is at most
+/// that (each invalid byte shown as one replacement character) and parses without panic.
+pub fn console_line(data: &[u8]) {
+    use crate::console::line::{Event, LineEditor, MAX_LINE};
+    let mut ed = LineEditor::new(b"\r\n");
+    let mut echo = Vec::new();
+    for &b in data {
+        if let Some(Event::Line(line)) = ed.feed(b, &mut echo) {
+            assert!(line.len() <= 3 * MAX_LINE, "a line of {} bytes", line.len());
+            let _ = crate::console::command::parse(&line);
+        }
+        assert!(ed.pending().len() <= MAX_LINE);
+        echo.clear();
+    }
+}
+
 /// `Retry-After` values never panic and never exceed the cap.
 pub fn retry_after(data: &[u8]) {
     if let Some(s) = text(data) {
@@ -659,7 +687,7 @@ pub fn okx_protocol(data: &[u8]) {
 }
 
 /// Every target, by name (for the stable sweep and `fuzz/`).
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("decimal", decimal),
     ("config", config),
     ("retry_after", retry_after),
@@ -669,4 +697,6 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("okx_book", okx_book),
     ("binance_protocol", binance_protocol),
     ("okx_protocol", okx_protocol),
+    ("console_command", console_command),
+    ("console_line", console_line),
 ];

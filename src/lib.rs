@@ -8,6 +8,7 @@ pub mod app;
 pub mod book;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod decimal;
 pub mod encode;
 #[doc(hidden)]
@@ -20,3 +21,4 @@ pub mod session;
 pub mod time;
 pub mod upstream;
 pub mod venue;
+pub mod watch;

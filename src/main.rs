@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::sync::Arc;
+
 use marketbox::config::Config;
+use marketbox::console::LogControl;
+use marketbox::console::command::LogLevel;
 
 /// Market-data appliance: verified order books and market data from Binance and OKX.
 #[derive(Parser)]
@@ -35,17 +39,49 @@ enum Command {
         /// Files of one postcard payload each; none: length-prefixed records on stdin.
         files: Vec<PathBuf>,
     },
+    /// Attach this terminal (or a script's stdin and stdout) to a running service's console.
+    Console {
+        /// The service's console socket (`[console] devices = ["unix:PATH"]`).
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
-fn init_logs() {
+/// Logs to stderr (stdout carries the data), filtered by `MARKETBOX_LOG` (default `info`);
+/// returns what the console's `log level` changes the filter with.
+fn init_logs() -> LogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MARKETBOX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr: stdout carries the data.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    Arc::new(move |level: LogLevel| {
+        handle
+            .reload(tracing_subscriber::EnvFilter::new(level.as_str()))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Starts this program again with the same arguments (the console's `restart`); returns only
+/// when that fails.
+fn restart() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let err = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec(),
+        Err(e) => e,
+    };
+    eprintln!("error: cannot restart: {err}");
+    ExitCode::from(1)
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -59,13 +95,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
-            init_logs();
-            let cfg = match load(&config) {
+            let log = init_logs();
+            let (cfg, text) = match Config::read_text(&config)
+                .and_then(|text| Config::from_text(&text, &config).map(|c| (c, text)))
+            {
                 Ok(c) => c,
-                Err(code) => return code,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
             };
-            match marketbox::app::run(cfg) {
-                Ok(()) => ExitCode::SUCCESS,
+            let opts = marketbox::app::RunOptions {
+                config_path: config,
+                config_text: text,
+                log: Some(log),
+            };
+            match marketbox::app::run(cfg, opts) {
+                Ok(marketbox::app::Stopped::Restart) => restart(),
                 // Refused to start: the config or plan is wrong; restarting will not help.
                 Err(marketbox::app::RunError::Start(err)) => {
                     eprintln!("error: {err}");
@@ -102,6 +148,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Console { socket } => match marketbox::console::attach::attach(&socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(1)
+            }
+        },
         Command::Decode { files } => match decode(&files) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -120,6 +120,22 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 add(s);
             }
         }
+        "console_command" | "console_line" => {
+            for s in [
+                "status",
+                "show config",
+                "get book.depth",
+                "set book.depth 15",
+                "set console.devices [\"stdio\", \"unix:/run/m.sock\"]",
+                "add symbol binance spot SOL-USDT orderbook trade",
+                "remove symbol okx perpetual ETH-USDT",
+                "log level debug",
+                "statuz\x7fs\r\nget book.de\x03\x1b[A\x1b[B\x15apply\n\x04",
+                "\x1b[999;999H\x1bOA\x1b]0;t\x07save\r\n",
+            ] {
+                add(s);
+            }
+        }
         "binance_frame" | "binance_protocol" => {
             add(
                 r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,"u":7,"b":[["1.5","2"]],"a":[["2","1"]]}}"#,

@@ -223,16 +223,30 @@ struct StreamCheck {
     verified: Option<Gauge>,
 }
 
-/// Checks every planned stream; built once from the plan.
+/// Checks every planned stream; built from the plan, and given the new plan's streams when
+/// the plan changes while the service runs ([`Readiness::set_streams`]).
 pub struct Readiness {
-    streams: Vec<StreamCheck>,
+    streams: Mutex<Vec<StreamCheck>>,
     upstream_up: Gauge,
 }
 
 impl Readiness {
     /// `streams`: every planned stream with its freshness threshold ([`freshness`]).
     pub fn new(metrics: &Metrics, streams: &[(StreamKey, Option<Duration>)]) -> Self {
-        let streams = streams
+        Readiness {
+            streams: Mutex::new(Self::checks(metrics, streams)),
+            upstream_up: metrics.upstream_up.clone(),
+        }
+    }
+
+    /// The streams checked from now on (a symbol added or removed at the console).
+    pub fn set_streams(&self, metrics: &Metrics, streams: &[(StreamKey, Option<Duration>)]) {
+        let checks = Self::checks(metrics, streams);
+        *self.streams.lock().unwrap_or_else(|e| e.into_inner()) = checks;
+    }
+
+    fn checks(metrics: &Metrics, streams: &[(StreamKey, Option<Duration>)]) -> Vec<StreamCheck> {
+        streams
             .iter()
             .map(|(key, threshold)| {
                 let labels = StreamLabels {
@@ -258,17 +272,14 @@ impl Readiness {
                     verified,
                 }
             })
-            .collect();
-        Readiness {
-            streams,
-            upstream_up: metrics.upstream_up.clone(),
-        }
+            .collect()
     }
 
     /// The verdict at wall-clock time `now_unix` (seconds since the epoch).
     pub fn check(&self, now_unix: f64) -> ReadyReport {
         let mut not_ready = Vec::new();
-        for s in &self.streams {
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        for s in streams.iter() {
             let mut reasons = Vec::new();
             if s.verified.as_ref().is_some_and(|g| g.get() != 1) {
                 reasons.push(NotReady::Unverified);
@@ -310,7 +321,7 @@ impl Readiness {
         ReadyReport {
             ready: upstream_up && not_ready.is_empty(),
             upstream_up,
-            streams_checked: self.streams.len(),
+            streams_checked: streams.len(),
             not_ready,
         }
     }

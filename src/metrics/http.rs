@@ -69,7 +69,7 @@ pub struct ListenError {
 pub struct Endpoints {
     pub metrics: Arc<Metrics>,
     pub liveness: Liveness,
-    pub readiness: Readiness,
+    pub readiness: std::sync::Arc<Readiness>,
 }
 
 /// A running listener. Dropping it stops accepting and closes every connection.

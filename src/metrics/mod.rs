@@ -559,6 +559,47 @@ impl Metrics {
         out
     }
 
+    /// Removes every series of a stream no longer planned (a symbol removed at the console),
+    /// and of its book when it is an `orderbook` stream, so neither `/metrics` nor `status`
+    /// shows it. Handles still held elsewhere keep working; they are just not exported.
+    pub fn forget_stream(
+        &self,
+        exchange: Exchange,
+        market: Market,
+        symbol: &str,
+        channel: Channel,
+    ) {
+        let labels = StreamLabels {
+            exchange,
+            market,
+            symbol: symbol.to_owned(),
+            channel,
+        };
+        self.messages.remove(&labels);
+        self.duplicates.remove(&labels);
+        self.stream_last_message.remove(&labels);
+        self.book_levels_dropped.remove(&labels);
+        self.poller_up.remove(&labels);
+        self.poller_failures.remove(&labels);
+        if channel == Channel::Orderbook {
+            let book = BookLabels {
+                exchange,
+                market,
+                symbol: symbol.to_owned(),
+            };
+            self.book_verified.remove(&book);
+            self.book_unverified_seconds.remove(&book);
+            for reason in crate::book::sync::ResyncReason::LABELS {
+                self.resyncs.remove(&ResyncLabels {
+                    exchange,
+                    market,
+                    symbol: symbol.to_owned(),
+                    reason,
+                });
+            }
+        }
+    }
+
     /// Sum of a frame counter over every socket of an exchange (for tests and status).
     pub fn frames_of_kind(&self, exchange: Exchange, kind: &str) -> u64 {
         let text = self.encode();

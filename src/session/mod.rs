@@ -6,7 +6,10 @@
 //! before the next one asks for a permit; make-before-break rotation is the one exception and
 //! only happens when the budget has a spare permit. REST work the protocol asks for runs in
 //! tasks on the same executor and comes back through a bounded channel, so a slow snapshot
-//! never stalls the reads (and the server's pings).
+//! never stalls the reads (and the server's pings). The socket's plan comes through a
+//! [`crate::watch`] ([`SessionPlan`]): a new one (symbols added or removed while the service
+//! runs) is handed to the protocol ([`Protocol::reconfigure`]) and the publisher between two
+//! frames, on the live socket.
 //!
 //! Owns: the read loop, timers (idle, lifetime, ticks), outgoing rate limiting, REST task
 //! spawning. Must not touch: venue formats (the protocol owns them) or the upstream (messages
@@ -110,6 +113,19 @@ pub trait Protocol: Send {
     /// A socket is up. `Fresh`: forget per-connection state (books go unsynced) and queue
     /// subscriptions. `Rotation`: queue subscriptions for the new socket, keep the books.
     fn on_connected(&mut self, now: Instant, io: &mut Io<'_>, how: Connected);
+    /// The socket's plan changed while the service runs (symbols added or removed, the book
+    /// depth): from now on stream indices are positions in `socket.streams`, as in the
+    /// publisher, which follows the same plan. Queues what the venue must be told on the
+    /// live socket (subscribe, unsubscribe) and creates or drops books; never opens a socket.
+    /// Frames queued while no socket is up are dropped: the next connection subscribes from
+    /// the plan.
+    fn reconfigure(
+        &mut self,
+        socket: &crate::plan::SocketPlan,
+        cfg: &crate::config::Config,
+        now: Instant,
+        io: &mut Io<'_>,
+    );
     /// Whether every subscription of the newest socket is settled (acknowledged or given up):
     /// during a rotation the old socket is read until then.
     fn subscribed(&self) -> bool {
@@ -129,6 +145,10 @@ pub trait Protocol: Send {
     fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control;
     /// The socket is gone (not called when a rotation replaced it).
     fn on_disconnected(&mut self);
+    /// Called while no socket is up (before each wait for a backoff or a connection): time
+    /// passes for the books' health (`marketbox_book_unverified_seconds_total` keeps counting
+    /// while the venue cannot be reached).
+    fn on_idle(&mut self, _now: Instant) {}
     /// Outgoing frames allowed per second on this socket (the venue's incoming limit).
     fn send_rate(&self) -> (u32, Duration);
     /// How to ask a silent socket whether it is alive.
@@ -187,6 +207,37 @@ async fn pace(window: &std::sync::Mutex<rate::SlidingWindow>) {
             }
         };
         Timer::after(wait.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// What a session runs: its socket's plan, the config, and the publisher whose streams are
+/// the plan's. The service replaces it through a [`crate::watch`] when the plan changes while
+/// it runs (the console's `apply`); the session takes the new one without reconnecting.
+#[derive(Clone)]
+pub struct SessionPlan {
+    pub socket: crate::plan::SocketPlan,
+    pub config: Arc<crate::config::Config>,
+    /// The publisher a session's own follows ([`Publisher::follow`]), already retargeted to
+    /// `socket`'s streams.
+    pub template: Arc<std::sync::Mutex<Publisher>>,
+}
+
+impl SessionPlan {
+    /// Makes `proto` and `publisher` follow this plan; what must be sent goes to `io_send`.
+    fn take(
+        &self,
+        proto: &mut dyn Protocol,
+        publisher: &mut Publisher,
+        send: &mut Vec<String>,
+        rest: &mut Vec<RestRequest>,
+    ) {
+        publisher.follow(&self.template.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut io = Io {
+            send,
+            rest,
+            publisher,
+        };
+        proto.reconfigure(&self.socket, &self.config, Instant::now(), &mut io);
     }
 }
 
@@ -363,6 +414,7 @@ pub async fn run(
     mut proto: Box<dyn Protocol>,
     mut publisher: Publisher,
     shared: Shared,
+    mut plan: crate::watch::Receiver<SessionPlan>,
 ) -> Infallible {
     let h = Handles::new(&shared.metrics, exchange, socket);
     let timings = LinkTimings {
@@ -391,6 +443,12 @@ pub async fn run(
     let mut rest_reqs = Vec::new();
     loop {
         beat.beat();
+        if let Some(p) = plan.try_changed() {
+            // Not connected: the next connection subscribes from the new plan.
+            let (mut send, mut rest) = (Vec::new(), Vec::new());
+            p.take(proto.as_mut(), &mut publisher, &mut send, &mut rest);
+        }
+        proto.on_idle(Instant::now());
         if let Link::Backoff { until, .. } = link {
             Timer::at(until).await;
             link = link.backoff_elapsed(Instant::now());
@@ -453,6 +511,7 @@ pub async fn run(
             rest_reqs: &mut rest_reqs,
             generation,
             beat: &beat,
+            plan: &mut plan,
         };
         let (ended, last_link) = runner.read_loop(&mut live, link).await;
         link = last_link;
@@ -482,6 +541,7 @@ enum Event {
     OldFrame(Option<Result<ws::Message, ws::WsError>>),
     Replacement(Box<Result<WsConn, ws::ConnectError>>),
     Rest(RestDone),
+    Plan(SessionPlan),
     Tick,
 }
 
@@ -508,6 +568,7 @@ struct Runner<'a> {
     rest_reqs: &'a mut Vec<RestRequest>,
     generation: u64,
     beat: &'a crate::metrics::health::Heartbeat,
+    plan: &'a mut crate::watch::Receiver<SessionPlan>,
 }
 
 impl Runner<'_> {
@@ -588,11 +649,12 @@ impl Runner<'_> {
                 wake = wake.min(t);
             }
             let event = {
-                let (cur, old_conn, conn_fut, rx) = (
+                let (cur, old_conn, conn_fut, rx, plan) = (
                     &mut live.conn,
                     old.as_mut(),
                     connecting.as_mut(),
                     self.rest.1,
+                    &mut *self.plan,
                 );
                 async { Event::Frame(cur.next().await) }
                     .or(async {
@@ -613,6 +675,7 @@ impl Runner<'_> {
                             Err(_) => std::future::pending().await,
                         }
                     })
+                    .or(async { Event::Plan(plan.changed().await) })
                     .or(async {
                         Timer::at(wake).await;
                         Event::Tick
@@ -716,6 +779,16 @@ impl Runner<'_> {
                     if generation == self.generation {
                         self.proto.on_rest(tag, result, now, &mut io);
                     }
+                    Control::Continue
+                }
+                Event::Plan(p) => {
+                    tracing::info!(exchange = %self.exchange, socket = self.socket, streams = p.socket.streams.len(), "the plan changed; reconfiguring the live socket");
+                    p.take(
+                        &mut *self.proto,
+                        self.publisher,
+                        &mut self.queue.frames,
+                        self.rest_reqs,
+                    );
                     Control::Continue
                 }
                 Event::Tick => {

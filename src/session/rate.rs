@@ -54,6 +54,12 @@ impl TokenBucket {
         self.tokens -= 1.0;
     }
 
+    /// Takes `n` tokens for something already done (bytes read); may go into debt.
+    pub fn spend(&mut self, n: u32, now: Instant) {
+        self.refill(now);
+        self.tokens -= f64::from(n);
+    }
+
     /// Whole tokens available now.
     pub fn available(&mut self, now: Instant) -> u32 {
         self.refill(now);

@@ -15,6 +15,9 @@
 //!   drop the permit ─▶ drained? done : back off ───────┘
 //! ```
 //!
+//! A session also ends when the settings changed ([`Control::reconnect`], the console's
+//! `apply`): the next one starts at once, without backoff, with the new settings.
+//!
 //! One session is one client and at most one socket: the clients' own reconnect logic is
 //! switched off (a lost connection ends the session), because a client that reconnects by
 //! itself could let newer messages overtake ones lost with the old socket, and because it
@@ -118,6 +121,9 @@ pub enum SessionEnd {
     Drained,
     /// [`Control::abort`] was called.
     Aborted,
+    /// [`Control::reconnect`] was called: the next session starts at once (new settings),
+    /// and re-sends the window.
+    Reconnect,
     /// The connection failed; the window is re-sent by the next session.
     Failed {
         error: SessionError,
@@ -142,6 +148,8 @@ pub enum UpstreamError {
 #[derive(Default)]
 pub struct Control {
     flag: AtomicBool,
+    /// How many reconnects were asked for (a session ends when this moves).
+    reconnects: std::sync::atomic::AtomicU64,
     event: Event,
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -166,6 +174,28 @@ impl Control {
 
     pub fn is_aborted(&self) -> bool {
         self.flag.load(Ordering::Acquire)
+    }
+
+    /// Ends the current session, not the upstream: the supervisor connects again at once,
+    /// with the settings it reads then (the console changed them), and re-sends the window.
+    pub fn reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::AcqRel);
+        self.event.notify(usize::MAX);
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a reconnect was asked after `seen` ([`Control::reconnects`]).
+    async fn reconnect_after(&self, seen: u64) {
+        loop {
+            let l = self.event.listen();
+            if self.reconnects() != seen {
+                return;
+            }
+            l.await;
+        }
     }
 
     /// Resolves once aborted.
@@ -434,11 +464,16 @@ impl Supervisor {
                 .map_err(UpstreamError::Runtime)?;
             let started = Instant::now();
             let stop = self.stop.clone();
+            let seen = stop.reconnects();
             let end = rt.block_on(async {
                 session(&mut window)
                     .or(async {
                         stop.aborted().await;
                         SessionEnd::Aborted
+                    })
+                    .or(async {
+                        stop.reconnect_after(seen).await;
+                        SessionEnd::Reconnect
                     })
                     .await
             });
@@ -448,6 +483,16 @@ impl Supervisor {
             drop(permit);
             match end {
                 SessionEnd::Drained | SessionEnd::Aborted => return Ok(()),
+                SessionEnd::Reconnect => {
+                    tracing::info!(
+                        upstream = self.name,
+                        waiting = window.len(),
+                        "the upstream settings changed; connecting again (unacknowledged messages are sent again)"
+                    );
+                    self.stop.set_last_error(None);
+                    last_error = None;
+                    attempt = 0;
+                }
                 SessionEnd::Failed { error, connected } => {
                     self.handles.error(error.kind);
                     failures += 1;

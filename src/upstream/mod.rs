@@ -7,6 +7,9 @@
 //! [`mqtt`]) on its own thread with one current-thread tokio runtime, supervised by [`link`]
 //! (the budget permit, backoff, the in-flight window that is re-sent after a reconnect).
 //!
+//! A broker's settings can change while it runs ([`UpstreamControl::reconfigure`], the
+//! console's `apply`): the next session reads them, and the window is re-sent to it.
+//!
 //! Owns: per-stream sequence numbers, the record framing on stdout, starting the upstream.
 //! Must not touch: venue formats, sockets to exchanges.
 
@@ -37,9 +40,15 @@ use spool::{RecordHeader, Spool};
 pub struct UpstreamHandle {
     thread: Option<std::thread::JoinHandle<Result<(), link::UpstreamError>>>,
     stop: Arc<link::Control>,
+    control: UpstreamControl,
 }
 
 impl UpstreamHandle {
+    /// Changes or ends the upstream while [`UpstreamHandle::join`] waits for it.
+    pub fn control(&self) -> UpstreamControl {
+        self.control.clone()
+    }
+
     /// Ends the upstream without draining (what is unacknowledged stays in the spool's disk
     /// log, if any).
     pub fn abort(&self) {
@@ -94,34 +103,12 @@ pub fn start_observed(
     metrics: &crate::metrics::Metrics,
     observer: Option<link::AckObserver>,
 ) -> Result<UpstreamHandle, link::UpstreamError> {
-    let kind = cfg.upstream.kind();
-    let url = cfg.upstream.url.as_ref().map(|u| u.get_ref().clone());
-    let Some(url) = url.filter(|_| kind != UpstreamKind::Stdout) else {
-        return Err(link::UpstreamError::Config(format!(
-            "[upstream] kind = \"{}\" is not a broker with a url",
-            kind.as_str()
-        )));
+    let which = Which::from_config(cfg)?;
+    let (window, name) = match which {
+        Which::Mqtt(_) => (mqtt::WINDOW, "upstream mqtt"),
+        Which::Nats(_) => (nats::WINDOW, "upstream nats"),
     };
-    enum Which {
-        Nats(nats::Settings),
-        Mqtt(mqtt::Settings),
-    }
-    let (which, window, name) = match kind {
-        UpstreamKind::Mqtt => (
-            Which::Mqtt(
-                mqtt::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
-            ),
-            mqtt::WINDOW,
-            "upstream mqtt",
-        ),
-        _ => (
-            Which::Nats(
-                nats::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
-            ),
-            nats::WINDOW,
-            "upstream nats",
-        ),
-    };
+    let which = Arc::new(std::sync::Mutex::new(which));
     let stop = Arc::new(link::Control::default());
     let mut handles = link::Handles::new(metrics);
     handles.observer = observer;
@@ -136,23 +123,87 @@ pub fn start_observed(
         stable_after: cfg.session.stable_after.0,
         window,
     };
+    let current = which.clone();
     let thread = std::thread::Builder::new()
         .name("marketbox-upstream".into())
-        .spawn(move || match which {
-            Which::Nats(s) => sup.run(|w| {
-                let (s, spool, h) = (s.clone(), spool.clone(), handles.clone());
-                Box::pin(async move { nats::session(&s, &spool, w, &h).await })
-            }),
-            Which::Mqtt(s) => sup.run(|w| {
-                let (s, spool, h) = (s.clone(), spool.clone(), handles.clone());
-                Box::pin(async move { mqtt::session(&s, &spool, w, &h).await })
-            }),
+        .spawn(move || {
+            // Each session reads the settings anew: the console may have changed them.
+            sup.run(|w| {
+                let which = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (spool, h) = (spool.clone(), handles.clone());
+                match which {
+                    Which::Nats(s) => {
+                        Box::pin(async move { nats::session(&s, &spool, w, &h).await })
+                    }
+                    Which::Mqtt(s) => {
+                        Box::pin(async move { mqtt::session(&s, &spool, w, &h).await })
+                    }
+                }
+            })
         })
         .map_err(link::UpstreamError::Runtime)?;
     Ok(UpstreamHandle {
         thread: Some(thread),
+        control: UpstreamControl {
+            which,
+            stop: stop.clone(),
+        },
         stop,
     })
+}
+
+/// The broker a session connects to, with everything it needs (secrets read).
+#[derive(Clone)]
+enum Which {
+    Nats(nats::Settings),
+    Mqtt(mqtt::Settings),
+}
+
+impl Which {
+    fn from_config(cfg: &Config) -> Result<Which, link::UpstreamError> {
+        let kind = cfg.upstream.kind();
+        let url = cfg.upstream.url.as_ref().map(|u| u.get_ref().clone());
+        let Some(url) = url.filter(|_| kind != UpstreamKind::Stdout) else {
+            return Err(link::UpstreamError::Config(format!(
+                "[upstream] kind = \"{}\" is not a broker with a url",
+                kind.as_str()
+            )));
+        };
+        Ok(match kind {
+            UpstreamKind::Mqtt => Which::Mqtt(
+                mqtt::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
+            ),
+            _ => Which::Nats(
+                nats::Settings::from_config(cfg, &url).map_err(link::UpstreamError::Config)?,
+            ),
+        })
+    }
+}
+
+/// What the service keeps of a running broker upstream: its settings can change (the
+/// console's `apply`), and it can be ended. Cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamControl {
+    which: Arc<std::sync::Mutex<Which>>,
+    stop: Arc<link::Control>,
+}
+
+impl UpstreamControl {
+    /// Takes the upstream settings of `cfg` (a broker: NATS or MQTT, url, subject prefix,
+    /// credentials, trust roots): the current session ends and the next connects with them,
+    /// re-sending what was not acknowledged; the spool and the venues' sockets are not
+    /// touched. A config that cannot work (a secret file that cannot be read) changes nothing.
+    pub fn reconfigure(&self, cfg: &Config) -> Result<(), link::UpstreamError> {
+        let which = Which::from_config(cfg)?;
+        *self.which.lock().unwrap_or_else(|e| e.into_inner()) = which;
+        self.stop.reconnect();
+        Ok(())
+    }
+
+    /// Ends the upstream without draining.
+    pub fn abort(&self) {
+        self.stop.abort();
+    }
 }
 
 /// One output stream: what a message's `seq` counts.
@@ -196,6 +247,50 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// A stream starting at `seq` 1, counting into `metrics` when given.
+    fn new(key: StreamKey, metrics: Option<&Metrics>) -> Self {
+        let labels = StreamLabels {
+            exchange: key.exchange,
+            market: key.market,
+            symbol: key.symbol.to_string(),
+            channel: key.channel,
+        };
+        StreamState {
+            key,
+            seq: Arc::new(AtomicU64::new(0)),
+            published: metrics.map_or_else(Counter::default, |m| {
+                m.messages.get_or_create(&labels).clone()
+            }),
+            clock: StreamClock::new(
+                metrics,
+                key.exchange,
+                key.market,
+                key.symbol.as_str(),
+                key.channel,
+            ),
+            duplicates: metrics.map_or_else(Counter::default, |m| {
+                m.duplicates.get_or_create(&labels).clone()
+            }),
+            recent: vec![0; recent_ids(key.channel)].into_boxed_slice(),
+            recent_next: 0,
+            recent_len: 0,
+        }
+    }
+
+    /// The same stream for another publisher: the numbers go on, the recent ids start over.
+    fn fork(&self) -> Self {
+        StreamState {
+            key: self.key,
+            seq: self.seq.clone(),
+            published: self.published.clone(),
+            clock: self.clock.clone(),
+            duplicates: self.duplicates.clone(),
+            recent: vec![0; self.recent.len()].into_boxed_slice(),
+            recent_next: 0,
+            recent_len: 0,
+        }
+    }
+
     /// Whether `id` was published recently; records it when not.
     fn seen(&mut self, id: u64) -> bool {
         if self.recent[..self.recent_len].contains(&id) {
@@ -243,34 +338,7 @@ impl Publisher {
     ) -> Self {
         let streams = streams
             .iter()
-            .map(|key| {
-                let labels = StreamLabels {
-                    exchange: key.exchange,
-                    market: key.market,
-                    symbol: key.symbol.to_string(),
-                    channel: key.channel,
-                };
-                StreamState {
-                    key: *key,
-                    seq: Arc::new(AtomicU64::new(0)),
-                    published: metrics.map_or_else(Counter::default, |m| {
-                        m.messages.get_or_create(&labels).clone()
-                    }),
-                    clock: StreamClock::new(
-                        metrics,
-                        key.exchange,
-                        key.market,
-                        key.symbol.as_str(),
-                        key.channel,
-                    ),
-                    duplicates: metrics.map_or_else(Counter::default, |m| {
-                        m.duplicates.get_or_create(&labels).clone()
-                    }),
-                    recent: vec![0; recent_ids(key.channel)].into_boxed_slice(),
-                    recent_next: 0,
-                    recent_len: 0,
-                }
-            })
+            .map(|key| StreamState::new(*key, metrics))
             .collect();
         let placeholder = Symbol::parse("X-Y").unwrap_or_else(|_| unreachable!("valid literal"));
         Publisher {
@@ -307,20 +375,7 @@ impl Publisher {
     /// A publisher for the same streams that continues their sequence numbers (for a session
     /// restarted after a failure). Its recent-id memory starts empty.
     pub fn fork(&self) -> Publisher {
-        let streams = self
-            .streams
-            .iter()
-            .map(|s| StreamState {
-                key: s.key,
-                seq: s.seq.clone(),
-                published: s.published.clone(),
-                clock: s.clock.clone(),
-                duplicates: s.duplicates.clone(),
-                recent: vec![0; s.recent.len()].into_boxed_slice(),
-                recent_next: 0,
-                recent_len: 0,
-            })
-            .collect();
+        let streams = self.streams.iter().map(StreamState::fork).collect();
         Publisher {
             spool: self.spool.clone(),
             encoder: Encoder::new(self.encoder.format()),
@@ -328,6 +383,44 @@ impl Publisher {
             scratch: self.scratch.clone(),
             header: self.header.clone(),
         }
+    }
+
+    /// The streams become `keys`, in that order (the plan of the socket changed while the
+    /// service runs): a stream already carried keeps its sequence numbers, a new one starts
+    /// at 1. Sessions running on forks take the change with [`Publisher::follow`].
+    pub fn retarget(&mut self, keys: &[StreamKey], metrics: Option<&Metrics>) {
+        let mut old = std::mem::take(&mut self.streams);
+        self.streams = keys
+            .iter()
+            .map(|k| match old.iter().position(|s| s.key == *k) {
+                Some(i) => old.swap_remove(i),
+                None => StreamState::new(*k, metrics),
+            })
+            .collect();
+    }
+
+    /// Takes the streams of `template` (after its [`Publisher::retarget`]): the numbers are
+    /// the template's, shared; a stream this publisher already carried keeps its recent ids,
+    /// so a message published just before the change is still recognised as a duplicate.
+    pub fn follow(&mut self, template: &Publisher) {
+        let mut old = std::mem::take(&mut self.streams);
+        self.streams = template
+            .streams
+            .iter()
+            .map(|t| match old.iter().position(|s| s.key == t.key) {
+                Some(i) => {
+                    let mut mine = old.swap_remove(i);
+                    mine.seq = t.seq.clone();
+                    mine
+                }
+                None => t.fork(),
+            })
+            .collect();
+    }
+
+    /// The stream keys, in index order.
+    pub fn keys(&self) -> impl Iterator<Item = StreamKey> + '_ {
+        self.streams.iter().map(|s| s.key)
     }
 
     /// The stream index of a key, if this publisher carries it.
@@ -403,5 +496,80 @@ impl Publisher {
             }
             Err(err) => tracing::error!(%err, "message could not be encoded (a bug); dropped"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Side, TradeData};
+
+    fn key(symbol: &str) -> StreamKey {
+        StreamKey {
+            exchange: Exchange::Binance,
+            market: Market::Spot,
+            symbol: Symbol::parse(symbol).expect("a symbol"),
+            channel: Channel::Trade,
+        }
+    }
+
+    fn trade(id: u64) -> Data {
+        let one = crate::decimal::Decimal::parse("1").expect("a decimal");
+        Data::Trade(TradeData {
+            trade_id: id,
+            price: one,
+            qty: one,
+            side: Side::Buy,
+        })
+    }
+
+    /// Every record in the spool: (symbol, seq).
+    fn drain(spool: &Spool) -> Vec<(String, u64)> {
+        let mut buf = Vec::new();
+        std::iter::from_fn(|| spool.try_pop(&mut buf))
+            .map(|h| (h.symbol.to_string(), h.seq))
+            .collect()
+    }
+
+    #[test]
+    fn a_live_plan_change_keeps_the_numbers_of_the_streams_that_stay() {
+        let spool = Spool::new(1 << 16, Default::default());
+        let (a, b, c) = (key("AAA-USDT"), key("BBB-USDT"), key("CCC-USDT"));
+        let mut template = Publisher::new(spool.clone(), Format::Json, &[a, b], None);
+        let mut session = template.fork();
+        session.publish(0, 1, 10, trade(10));
+        session.publish(0, 1, 11, trade(11));
+        session.publish(1, 1, 20, trade(20));
+        // TC0: the plan becomes [b, c, a]: indices follow the new plan.
+        template.retarget(&[b, c, a], None);
+        session.follow(&template);
+        assert_eq!(session.keys().collect::<Vec<_>>(), vec![b, c, a]);
+        session.publish(2, 1, 12, trade(12));
+        session.publish(1, 1, 30, trade(30));
+        // TC1: the id published just before the change is still a duplicate.
+        session.publish(2, 1, 12, trade(12));
+        // TC2: a session started again later (a fork of the template) continues the numbers.
+        let mut restarted = template.fork();
+        restarted.publish(1, 1, 31, trade(31));
+        restarted.publish(0, 1, 21, trade(21));
+        let got = drain(&spool);
+        let want: Vec<(String, u64)> = [
+            ("AAA-USDT", 1),
+            ("AAA-USDT", 2),
+            ("BBB-USDT", 1),
+            ("AAA-USDT", 3),
+            ("CCC-USDT", 1),
+            ("CCC-USDT", 2),
+            ("BBB-USDT", 2),
+        ]
+        .iter()
+        .map(|(s, n)| (s.to_string(), *n))
+        .collect();
+        assert_eq!(got, want);
+        // TC3: a stream dropped from the plan is gone; publishing on a stale index is refused.
+        template.retarget(&[c], None);
+        session.follow(&template);
+        session.publish(1, 1, 13, trade(13));
+        assert!(drain(&spool).is_empty());
     }
 }

@@ -247,6 +247,21 @@ pub fn read_stream(nats: &Nats, stream: &str) -> Vec<(String, Vec<u8>)> {
     })
 }
 
+/// How many messages a JetStream stream holds (0 when it does not exist yet).
+pub fn read_stream_len(nats: &Nats, stream: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(nats.client().await);
+        match js.get_stream(stream).await {
+            Ok(mut st) => st.info().await.map_or(0, |i| i.state.messages),
+            Err(_) => 0,
+        }
+    })
+}
+
 /// A `mosquitto` with persistence on a free loopback port.
 pub struct Mosquitto {
     pub port: u16,

@@ -7,6 +7,11 @@
 //! Snapshot requests are throttled per symbol (exponential from 500 ms to 60 s on repeated
 //! failures, `Retry-After` honoured) and share the host's weight limiter.
 //!
+//! The socket's plan can change while it runs (`reconfigure`): symbols already collected
+//! keep their books; new streams are asked with `SUBSCRIBE`, dropped ones with `UNSUBSCRIBE`
+//! on the live combined stream, and the URL follows, so a reconnect asks for the same set.
+//! REST answers find their symbol by a tag that stays while the symbol does.
+//!
 //! Owns: mapping Binance frames to normalized messages and snapshot scheduling. Must not touch:
 //! sockets, the rate limiter's internals, the upstream.
 
@@ -33,6 +38,9 @@ use crate::session::rest::{RateSpec, RestRequest};
 use crate::session::{ConnectLimit, Connected, Control, FrameKind, Io, Protocol};
 
 struct SymbolState {
+    /// Stable for the symbol's life on this protocol: REST answers find their symbol by it
+    /// (positions change when the plan changes live).
+    tag: u64,
     symbol: Symbol,
     /// `BTCUSDT`, as in events' `s` and REST.
     upper: String,
@@ -64,9 +72,18 @@ pub struct BinanceProtocol {
     /// Refused requests by code label ([`ERROR_CODES`]).
     refusals: [Counter; 5],
     next_id: u64,
+    next_tag: u64,
+    continuity: Continuity,
+    /// The planned socket's base URL (`…/stream`) and its stream names, in plan order.
+    base_url: String,
+    wires: Vec<String>,
     logged_malformed: bool,
     logged_unknown: bool,
 }
+
+/// Most stream names in one `SUBSCRIBE` or `UNSUBSCRIBE` request (each request is one of the
+/// venue's incoming messages; the session paces them).
+const STREAMS_PER_REQUEST: usize = 100;
 
 /// The error codes of Binance's WebSocket API (0 unknown property, 1 invalid value type,
 /// 2 invalid request, 3 invalid JSON) become metric labels; anything else is `other`.
@@ -108,56 +125,6 @@ impl BinanceProtocol {
             ),
         };
         let now = Instant::now();
-        let mut symbols: Vec<SymbolState> = Vec::new();
-        for (i, s) in socket.streams.iter().enumerate() {
-            let pos = match symbols.iter().position(|st| st.symbol == s.symbol) {
-                Some(p) => p,
-                None => {
-                    symbols.push(SymbolState {
-                        symbol: s.symbol,
-                        upper: rest_symbol(&s.symbol),
-                        depth_stream: None,
-                        book: None,
-                        trade: None,
-                        funding: None,
-                        liquidation: None,
-                        sync: None,
-                        health: None,
-                        snapshots: Snapshots::default(),
-                        last_depth: now,
-                    });
-                    symbols.len() - 1
-                }
-            };
-            let st = &mut symbols[pos];
-            match s.channel {
-                Channel::Orderbook => {
-                    st.book = Some(i);
-                    st.depth_stream = Some(s.wire.clone());
-                    let dropped = metrics
-                        .book_levels_dropped
-                        .get_or_create(&StreamLabels {
-                            exchange: Exchange::Binance,
-                            market,
-                            symbol: s.symbol.to_string(),
-                            channel: Channel::Orderbook,
-                        })
-                        .clone();
-                    st.sync = Some(BookSync::with_counter(continuity, dropped));
-                    st.health = Some(BookHealth::new(
-                        &metrics,
-                        Exchange::Binance,
-                        market,
-                        s.symbol.as_str(),
-                        now,
-                    ));
-                }
-                Channel::Trade => st.trade = Some(i),
-                Channel::FundingRate => st.funding = Some(i),
-                Channel::Liquidation => st.liquidation = Some(i),
-                _ => {}
-            }
-        }
         let stale = metrics
             .stale_streams
             .get_or_create(&SocketLabels {
@@ -175,10 +142,9 @@ impl BinanceProtocol {
                 })
                 .clone()
         });
-        let streams: Vec<&str> = socket.streams.iter().map(|s| s.wire.as_str()).collect();
-        BinanceProtocol {
+        let mut proto = BinanceProtocol {
             refusals,
-            url: format!("{}?streams={}", socket.url, streams.join("/")),
+            url: String::new(),
             exchange_market: market,
             rest_base,
             snapshot_limit,
@@ -186,13 +152,125 @@ impl BinanceProtocol {
             rate,
             depth: cfg.book.depth.0,
             stale_after: cfg.session.stale_after.0,
-            symbols,
+            symbols: Vec::new(),
             metrics,
             stale,
             next_id: 1,
+            next_tag: 0,
+            continuity,
+            base_url: socket.url.clone(),
+            wires: Vec::new(),
             logged_malformed: false,
             logged_unknown: false,
+        };
+        proto.rebuild(socket, now);
+        proto
+    }
+
+    /// Makes the symbols those of `socket` (stream indices are positions in
+    /// `socket.streams`): a symbol already here keeps its book and snapshot schedule, a new
+    /// one starts unsynced, one no longer planned is dropped. The URL carries the streams.
+    fn rebuild(&mut self, socket: &SocketPlan, now: Instant) {
+        let market = self.exchange_market;
+        let mut old = std::mem::take(&mut self.symbols);
+        let mut symbols: Vec<SymbolState> = Vec::new();
+        for (i, s) in socket.streams.iter().enumerate() {
+            let pos = match symbols.iter().position(|st| st.symbol == s.symbol) {
+                Some(p) => p,
+                None => {
+                    let st = match old.iter().position(|o| o.symbol == s.symbol) {
+                        Some(j) => {
+                            let mut st = old.swap_remove(j);
+                            st.book = None;
+                            st.trade = None;
+                            st.funding = None;
+                            st.liquidation = None;
+                            st
+                        }
+                        None => {
+                            self.next_tag += 1;
+                            SymbolState {
+                                tag: self.next_tag,
+                                symbol: s.symbol,
+                                upper: rest_symbol(&s.symbol),
+                                depth_stream: None,
+                                book: None,
+                                trade: None,
+                                funding: None,
+                                liquidation: None,
+                                sync: None,
+                                health: None,
+                                snapshots: Snapshots::default(),
+                                last_depth: now,
+                            }
+                        }
+                    };
+                    symbols.push(st);
+                    symbols.len() - 1
+                }
+            };
+            let st = &mut symbols[pos];
+            match s.channel {
+                Channel::Orderbook => {
+                    st.book = Some(i);
+                    st.depth_stream = Some(s.wire.clone());
+                    if st.sync.is_none() {
+                        let dropped = self
+                            .metrics
+                            .book_levels_dropped
+                            .get_or_create(&StreamLabels {
+                                exchange: Exchange::Binance,
+                                market,
+                                symbol: s.symbol.to_string(),
+                                channel: Channel::Orderbook,
+                            })
+                            .clone();
+                        st.sync = Some(BookSync::with_counter(self.continuity, dropped));
+                        st.health = Some(BookHealth::new(
+                            &self.metrics,
+                            Exchange::Binance,
+                            market,
+                            s.symbol.as_str(),
+                            now,
+                        ));
+                        st.snapshots = Snapshots::default();
+                        st.last_depth = now;
+                    }
+                }
+                Channel::Trade => st.trade = Some(i),
+                Channel::FundingRate => st.funding = Some(i),
+                Channel::Liquidation => st.liquidation = Some(i),
+                _ => {}
+            }
         }
+        for st in &mut symbols {
+            if st.book.is_none() {
+                st.depth_stream = None;
+                st.sync = None;
+                st.health = None;
+            }
+        }
+        self.symbols = symbols;
+        self.wires = socket.streams.iter().map(|s| s.wire.clone()).collect();
+        self.url = format!("{}?streams={}", self.base_url, self.wires.join("/"));
+    }
+
+    /// Queues `method` (`SUBSCRIBE`, `UNSUBSCRIBE`) for `streams`, in requests of at most
+    /// [`STREAMS_PER_REQUEST`] names.
+    fn request(&mut self, method: &str, streams: &[&str], io: &mut Io<'_>) {
+        for chunk in streams.chunks(STREAMS_PER_REQUEST) {
+            let params: Vec<String> = chunk.iter().map(|s| format!("\"{s}\"")).collect();
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            io.send.push(format!(
+                r#"{{"method":"{method}","params":[{}],"id":{id}}}"#,
+                params.join(",")
+            ));
+        }
+    }
+
+    fn by_tag(&self, tag: u64) -> Option<usize> {
+        self.symbols.iter().position(|s| s.tag == tag)
     }
 
     fn find(&self, upper: &str) -> Option<usize> {
@@ -215,11 +293,11 @@ impl BinanceProtocol {
 
     /// Sends the snapshot requests whose throttle has passed.
     fn issue_snapshots(&mut self, now: Instant, io: &mut Io<'_>) {
-        for (i, st) in self.symbols.iter_mut().enumerate() {
+        for st in self.symbols.iter_mut() {
             if st.snapshots.due(now) {
                 st.snapshots.sent();
                 io.rest.push(RestRequest {
-                    tag: i as u64,
+                    tag: st.tag,
                     base: self.rest_base.clone(),
                     path: match self.exchange_market {
                         Market::Spot => format!(
@@ -506,6 +584,36 @@ impl Protocol for BinanceProtocol {
         }
     }
 
+    fn reconfigure(&mut self, socket: &SocketPlan, cfg: &Config, now: Instant, io: &mut Io<'_>) {
+        self.depth = cfg.book.depth.0;
+        self.stale_after = cfg.session.stale_after.0;
+        let old = std::mem::take(&mut self.wires);
+        self.rebuild(socket, now);
+        // The combined stream takes SUBSCRIBE and UNSUBSCRIBE on the live socket: the socket
+        // stays, its other streams keep flowing, and a new symbol's book syncs from its first
+        // diff and a REST snapshot like any other.
+        let new = std::mem::take(&mut self.wires);
+        let removed: Vec<&str> = old
+            .iter()
+            .filter(|w| !new.contains(w))
+            .map(String::as_str)
+            .collect();
+        let added: Vec<&str> = new
+            .iter()
+            .filter(|w| !old.contains(w))
+            .map(String::as_str)
+            .collect();
+        if !removed.is_empty() {
+            tracing::info!(url = %self.base_url, streams = ?removed, "unsubscribing");
+            self.request("UNSUBSCRIBE", &removed, io);
+        }
+        if !added.is_empty() {
+            tracing::info!(url = %self.base_url, streams = ?added, "subscribing");
+            self.request("SUBSCRIBE", &added, io);
+        }
+        self.wires = new;
+    }
+
     fn on_text(&mut self, text: &str, now: Instant, io: &mut Io<'_>) -> (FrameKind, Control) {
         match wire::parse_frame(text) {
             Ok(frame) => self.handle_frame(frame, now, io),
@@ -527,10 +635,10 @@ impl Protocol for BinanceProtocol {
         now: Instant,
         io: &mut Io<'_>,
     ) {
-        let i = tag as usize;
-        if i >= self.symbols.len() {
+        // A symbol removed since the request was sent has no tag here any more.
+        let Some(i) = self.by_tag(tag) else {
             return;
-        }
+        };
         if !self.symbols[i].snapshots.answered() {
             return;
         }
@@ -632,6 +740,14 @@ impl Protocol for BinanceProtocol {
         }
     }
 
+    fn on_idle(&mut self, now: Instant) {
+        for st in &mut self.symbols {
+            if let Some(h) = st.health.as_mut() {
+                h.tick(now);
+            }
+        }
+    }
+
     /// Binance allows 300 connection attempts per 5 minutes per IP; we take 240.
     fn connect_limit(&self) -> ConnectLimit {
         ConnectLimit {
@@ -646,5 +762,103 @@ impl Protocol for BinanceProtocol {
             Market::Spot => (4, Duration::from_secs(1)),
             Market::Perpetual => (9, Duration::from_secs(1)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+    use crate::upstream::Publisher;
+    use crate::upstream::spool::Spool;
+
+    /// A Binance spot config of `symbols` (orderbook and trade) and its one socket.
+    fn spot(symbols: &[&str]) -> (Config, SocketPlan) {
+        let list: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
+        let text = format!(
+            "[[feeds]]\nexchange = \"binance\"\nmarket = \"spot\"\nsymbols = [{}]\nchannels = [\"orderbook\", \"trade\"]\n",
+            list.join(", ")
+        );
+        let cfg = Config::parse(&text, "t.toml").expect("a valid config");
+        let plan = crate::venue::plan(&cfg).expect("a plan");
+        let socket = plan.sockets[0].clone();
+        (cfg, socket)
+    }
+
+    fn diff(sym: &str) -> String {
+        format!(
+            r#"{{"stream":"{}@depth@100ms","data":{{"e":"depthUpdate","E":1,"s":"{}","U":5,"u":7,"b":[["1.5","2"]],"a":[["2","1"]]}}}}"#,
+            sym.to_ascii_lowercase(),
+            sym
+        )
+    }
+
+    #[test]
+    fn a_symbol_added_or_removed_live_is_subscribed_on_the_same_socket() {
+        let metrics = Arc::new(Metrics::new());
+        let (cfg, socket) = spot(&["BTC-USDT", "ETH-USDT"]);
+        let mut proto = BinanceProtocol::new(&socket, Market::Spot, &cfg, metrics.clone());
+        let spool = Spool::new(1 << 16, Default::default());
+        let mut template = Publisher::new(
+            spool,
+            Format::Json,
+            &crate::upstream::StreamKey::for_socket(&socket),
+            None,
+        );
+        let mut publisher = template.fork();
+        let (mut send, mut rest) = (Vec::new(), Vec::new());
+        let now = Instant::now();
+        let mut io = Io {
+            send: &mut send,
+            rest: &mut rest,
+            publisher: &mut publisher,
+        };
+        proto.on_connected(now, &mut io, Connected::Fresh);
+        // ETH's first diff asks for its snapshot (the request carries ETH's tag).
+        proto.on_text(&diff("ETHUSDT"), now, &mut io);
+        let eth_tag = io.rest.pop().expect("ETH's snapshot request").tag;
+        // TC0: the plan becomes BTC + SOL: one UNSUBSCRIBE, one SUBSCRIBE, no new socket.
+        let (cfg2, socket2) = spot(&["BTC-USDT", "SOL-USDT"]);
+        template.retarget(&crate::upstream::StreamKey::for_socket(&socket2), None);
+        io.publisher.follow(&template);
+        proto.reconfigure(&socket2, &cfg2, now, &mut io);
+        assert_eq!(
+            io.send.as_slice(),
+            [
+                r#"{"method":"UNSUBSCRIBE","params":["ethusdt@depth@100ms","ethusdt@trade"],"id":1}"#,
+                r#"{"method":"SUBSCRIBE","params":["solusdt@depth@100ms","solusdt@trade"],"id":2}"#,
+            ]
+        );
+        assert!(proto.url().ends_with("/stream?streams=btcusdt@depth@100ms/btcusdt@trade/solusdt@depth@100ms/solusdt@trade"), "{}", proto.url());
+        assert_eq!(
+            metrics.sum("marketbox_book_verified", &[("symbol", "SOL-USDT")]),
+            0
+        );
+        // TC1: the removed symbol's late snapshot is ignored; its diffs are unknown now.
+        let body = br#"{"lastUpdateId":6,"bids":[["1","1"]],"asks":[["3","1"]]}"#;
+        let resp = RestResponse {
+            status: 200,
+            body: body.to_vec(),
+            retry_after: None,
+            used_weight: None,
+        };
+        proto.on_rest(eth_tag, Ok(resp), now, &mut io);
+        assert!(io.rest.is_empty());
+        assert_eq!(
+            proto.on_text(&diff("ETHUSDT"), now, &mut io).0,
+            FrameKind::Unknown
+        );
+        // TC2: the new symbol syncs like any other: its first diff asks for its snapshot.
+        assert_eq!(
+            proto.on_text(&diff("SOLUSDT"), now, &mut io).0,
+            FrameKind::Data
+        );
+        let req = io.rest.pop().expect("SOL's snapshot request");
+        assert!(req.path.contains("symbol=SOLUSDT"), "{}", req.path);
+        assert_ne!(req.tag, eth_tag);
+        // TC3: the same plan again changes nothing.
+        io.send.clear();
+        proto.reconfigure(&socket2, &cfg2, now, &mut io);
+        assert!(io.send.is_empty());
     }
 }

@@ -15,6 +15,11 @@
 //! frame is malformed: never 0), funding updates their `ts`, open interest its `ts`,
 //! liquidations a stable hash of their fields (the venue does not number them).
 //!
+//! The socket's plan can change while it runs (`reconfigure`): new args are subscribed and
+//! dropped ones unsubscribed on the live socket within the hourly budget (what the budget
+//! does not allow now goes out on a later tick); REST answers find their instrument by a
+//! tag that stays while the instrument does.
+//!
 //! Owns: mapping OKX frames to messages and snapshot scheduling. Must not touch: sockets or the
 //! upstream.
 
@@ -84,6 +89,8 @@ struct InstBook {
 }
 
 struct Inst {
+    /// Stable for the instrument's life on this protocol: REST answers find it by this.
+    tag: u64,
     market: Market,
     symbol: Symbol,
     /// `BTC-USDT` or `BTC-USDT-SWAP`.
@@ -105,6 +112,7 @@ pub struct OkxProtocol {
     metrics: Arc<Metrics>,
     /// The venue sent a WebSocket books snapshot on this connection, so a resubscribe gets one.
     ws_snapshots: bool,
+    next_tag: u64,
     logged_malformed: bool,
 }
 
@@ -123,83 +131,133 @@ fn side(s: &str) -> Result<Side, WireError> {
 impl OkxProtocol {
     pub fn new(socket: &SocketPlan, cfg: &Config, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
+        let subs = Subscriptions::new(metrics.clone(), socket.name.as_str(), now);
+        let mut proto = OkxProtocol {
+            url: socket.url.clone(),
+            rest: cfg.venues.okx.rest.clone(),
+            subs,
+            insts: Vec::new(),
+            depth: cfg.book.depth.0,
+            metrics,
+            ws_snapshots: false,
+            next_tag: 0,
+            logged_malformed: false,
+        };
+        for (channel, key) in proto.rebuild(socket, now) {
+            proto.subs.add(channel, &key);
+        }
+        proto
+    }
+
+    /// Makes the instruments those of `socket` (stream indices are positions in
+    /// `socket.streams`): one already here keeps its book, a new one starts unsynced, one no
+    /// longer planned is dropped. Returns the subscription args the plan needs.
+    fn rebuild(&mut self, socket: &SocketPlan, now: Instant) -> Vec<(OkxChannel, String)> {
+        let mut old = std::mem::take(&mut self.insts);
         let mut insts: Vec<Inst> = Vec::new();
-        let mut subs = Subscriptions::new(metrics.clone(), socket.name.as_str(), now);
+        let mut args: Vec<(OkxChannel, String)> = Vec::new();
         for (i, s) in socket.streams.iter().enumerate() {
             let id = inst_id(s.market, &s.symbol);
             let pos = match insts.iter().position(|x| x.id == id) {
                 Some(p) => p,
                 None => {
-                    insts.push(Inst {
-                        market: s.market,
-                        symbol: s.symbol,
-                        id: id.clone(),
-                        book: None,
-                        trade: None,
-                        funding: None,
-                        open_interest: None,
-                        liquidation: None,
-                    });
+                    let inst = match old.iter().position(|x| x.id == id) {
+                        Some(j) => {
+                            let mut inst = old.swap_remove(j);
+                            inst.trade = None;
+                            inst.funding = None;
+                            inst.open_interest = None;
+                            inst.liquidation = None;
+                            if let Some(b) = inst.book.as_mut() {
+                                b.stream = usize::MAX;
+                            }
+                            inst
+                        }
+                        None => {
+                            self.next_tag += 1;
+                            Inst {
+                                tag: self.next_tag,
+                                market: s.market,
+                                symbol: s.symbol,
+                                id: id.clone(),
+                                book: None,
+                                trade: None,
+                                funding: None,
+                                open_interest: None,
+                                liquidation: None,
+                            }
+                        }
+                    };
+                    insts.push(inst);
                     insts.len() - 1
                 }
             };
             let inst = &mut insts[pos];
-            let (channel, key) = match s.channel {
+            let arg = match s.channel {
                 Channel::Orderbook => {
-                    let dropped = metrics
-                        .book_levels_dropped
-                        .get_or_create(&StreamLabels {
-                            exchange: Exchange::Okx,
-                            market: s.market,
-                            symbol: s.symbol.to_string(),
-                            channel: Channel::Orderbook,
-                        })
-                        .clone();
-                    inst.book = Some(InstBook {
-                        stream: i,
-                        book: OkxBook::with_counter(dropped),
-                        health: BookHealth::new(
-                            &metrics,
-                            Exchange::Okx,
-                            s.market,
-                            s.symbol.as_str(),
-                            now,
-                        ),
-                        source: Source::Rest,
-                        snapshots: Snapshots::default(),
-                    });
-                    (OkxChannel::Books, id.as_str())
+                    match inst.book.as_mut() {
+                        Some(b) => b.stream = i,
+                        None => {
+                            let dropped = self
+                                .metrics
+                                .book_levels_dropped
+                                .get_or_create(&StreamLabels {
+                                    exchange: Exchange::Okx,
+                                    market: s.market,
+                                    symbol: s.symbol.to_string(),
+                                    channel: Channel::Orderbook,
+                                })
+                                .clone();
+                            inst.book = Some(InstBook {
+                                stream: i,
+                                book: OkxBook::with_counter(dropped),
+                                health: BookHealth::new(
+                                    &self.metrics,
+                                    Exchange::Okx,
+                                    s.market,
+                                    s.symbol.as_str(),
+                                    now,
+                                ),
+                                source: Source::Rest,
+                                snapshots: Snapshots::default(),
+                            });
+                        }
+                    }
+                    (OkxChannel::Books, id)
                 }
                 Channel::Trade => {
                     inst.trade = Some(i);
-                    (OkxChannel::Trades, id.as_str())
+                    (OkxChannel::Trades, id)
                 }
                 Channel::FundingRate => {
                     inst.funding = Some(i);
-                    (OkxChannel::FundingRate, id.as_str())
+                    (OkxChannel::FundingRate, id)
                 }
                 Channel::OpenInterest => {
                     inst.open_interest = Some(i);
-                    (OkxChannel::OpenInterest, id.as_str())
+                    (OkxChannel::OpenInterest, id)
                 }
                 Channel::Liquidation => {
                     inst.liquidation = Some(i);
-                    (OkxChannel::LiquidationOrders, "SWAP")
+                    (OkxChannel::LiquidationOrders, "SWAP".to_owned())
                 }
                 _ => continue,
             };
-            subs.add(channel, key);
+            if !args.contains(&arg) {
+                args.push(arg);
+            }
         }
-        OkxProtocol {
-            url: socket.url.clone(),
-            rest: cfg.venues.okx.rest.clone(),
-            subs,
-            insts,
-            depth: cfg.book.depth.0,
-            metrics,
-            ws_snapshots: false,
-            logged_malformed: false,
+        for inst in &mut insts {
+            if inst.book.as_ref().is_some_and(|b| b.stream == usize::MAX) {
+                inst.book = None;
+            }
         }
+        self.insts = insts;
+        args
+    }
+
+    fn by_tag(&self, tag: u64) -> Option<usize> {
+        self.insts.iter().position(|x| x.tag == tag)
     }
 
     fn count_resync(&self, i: usize, reason: ResyncReason) {
@@ -233,7 +291,7 @@ impl OkxProtocol {
         }
         b.snapshots.sent();
         io.rest.push(RestRequest {
-            tag: i as u64,
+            tag: inst.tag,
             base: self.rest.clone(),
             path: format!("/api/v5/market/books?instId={}&sz=400&source=0", inst.id),
             weight: 1,
@@ -537,6 +595,34 @@ impl Protocol for OkxProtocol {
         self.subs.settled()
     }
 
+    fn reconfigure(&mut self, socket: &SocketPlan, cfg: &Config, now: Instant, io: &mut Io<'_>) {
+        self.depth = cfg.book.depth.0;
+        let wanted = self.rebuild(socket, now);
+        // Args no longer planned: unsubscribed on the live socket (one request, within the
+        // hourly budget), then forgotten; the instrument's book went with `rebuild`.
+        let gone: Vec<usize> = self
+            .subs
+            .args()
+            .enumerate()
+            .filter(|(_, (c, k))| !wanted.iter().any(|(wc, wk)| wc == c && wk == k))
+            .map(|(i, _)| i)
+            .collect();
+        if !gone.is_empty() {
+            if !self.subs.request(Op::Unsubscribe, &gone, now, io.send) {
+                tracing::warn!(
+                    "OKX subscribe budget spent: removed instruments stay subscribed on this connection (their frames are counted as unknown)"
+                );
+            }
+            self.subs.remove(&gone);
+        }
+        // New args: subscribed now as far as the hourly budget allows, the rest on a later
+        // tick (`on_tick`), all on this socket.
+        for (channel, key) in &wanted {
+            self.subs.add(*channel, key);
+        }
+        self.subs.subscribe_idle(now, io.send);
+    }
+
     fn on_text(&mut self, text: &str, now: Instant, io: &mut Io<'_>) -> (FrameKind, Control) {
         if text == "pong" {
             return (FrameKind::Control, Control::Continue);
@@ -567,7 +653,10 @@ impl Protocol for OkxProtocol {
         now: Instant,
         io: &mut Io<'_>,
     ) {
-        let i = tag as usize;
+        // An instrument removed since the request was sent has no tag here any more.
+        let Some(i) = self.by_tag(tag) else {
+            return;
+        };
         let Some(b) = self.insts.get_mut(i).and_then(|x| x.book.as_mut()) else {
             return;
         };
@@ -589,6 +678,7 @@ impl Protocol for OkxProtocol {
 
     fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control {
         self.subs.expire(now);
+        self.subs.subscribe_idle(now, io.send);
         for i in 0..self.insts.len() {
             let Some(b) = self.insts[i].book.as_mut() else {
                 continue;
@@ -614,6 +704,14 @@ impl Protocol for OkxProtocol {
         }
     }
 
+    fn on_idle(&mut self, now: Instant) {
+        for inst in &mut self.insts {
+            if let Some(b) = inst.book.as_mut() {
+                b.health.tick(now);
+            }
+        }
+    }
+
     fn send_rate(&self) -> (u32, Duration) {
         (3, Duration::from_secs(1))
     }
@@ -628,5 +726,161 @@ impl Protocol for OkxProtocol {
 
     fn connect_limit(&self) -> ConnectLimit {
         CONNECT_LIMIT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+    use crate::upstream::spool::Spool;
+    use crate::upstream::{Publisher, StreamKey};
+
+    /// An OKX config (spot and perpetual feeds as given) and its one socket.
+    fn okx(spot: &[&str], perp: &[&str]) -> (Config, SocketPlan) {
+        let list = |s: &[&str]| {
+            s.iter()
+                .map(|x| format!("\"{x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut text = String::new();
+        if !spot.is_empty() {
+            text += &format!(
+                "[[feeds]]\nexchange = \"okx\"\nmarket = \"spot\"\nsymbols = [{}]\nchannels = [\"orderbook\", \"trade\"]\n",
+                list(spot)
+            );
+        }
+        if !perp.is_empty() {
+            text += &format!(
+                "[[feeds]]\nexchange = \"okx\"\nmarket = \"perpetual\"\nsymbols = [{}]\nchannels = [\"orderbook\", \"liquidation\"]\n",
+                list(perp)
+            );
+        }
+        let cfg = Config::parse(&text, "t.toml").expect("a valid config");
+        let plan = crate::venue::plan(&cfg).expect("a plan");
+        let socket = plan.sockets[0].clone();
+        (cfg, socket)
+    }
+
+    #[test]
+    fn instruments_added_or_removed_live_are_subscribed_on_the_same_socket() {
+        let metrics = Arc::new(Metrics::new());
+        let (cfg, socket) = okx(&["BTC-USDT"], &["BTC-USDT", "ETH-USDT"]);
+        let mut proto = OkxProtocol::new(&socket, &cfg, metrics.clone());
+        let spool = Spool::new(1 << 16, Default::default());
+        let mut template =
+            Publisher::new(spool, Format::Json, &StreamKey::for_socket(&socket), None);
+        let mut publisher = template.fork();
+        let (mut send, mut rest) = (Vec::new(), Vec::new());
+        let now = Instant::now();
+        let mut io = Io {
+            send: &mut send,
+            rest: &mut rest,
+            publisher: &mut publisher,
+        };
+        proto.on_connected(now, &mut io, Connected::Fresh);
+        assert_eq!(io.send.len(), 1, "one subscribe request on connect");
+        io.send.clear();
+        // TC0: one swap goes, a spot symbol comes: one unsubscribe, one subscribe request;
+        // the liquidation arg stays while a swap needs it.
+        let (cfg2, socket2) = okx(&["BTC-USDT", "SOL-USDT"], &["BTC-USDT"]);
+        template.retarget(&StreamKey::for_socket(&socket2), None);
+        io.publisher.follow(&template);
+        proto.reconfigure(&socket2, &cfg2, now, &mut io);
+        assert_eq!(io.send.len(), 2, "{:?}", io.send);
+        assert!(
+            io.send[0].contains(r#""op":"unsubscribe""#),
+            "{}",
+            io.send[0]
+        );
+        assert!(io.send[0].contains("ETH-USDT-SWAP"), "{}", io.send[0]);
+        assert!(!io.send[0].contains("liquidation"), "{}", io.send[0]);
+        assert!(io.send[1].contains(r#""op":"subscribe""#), "{}", io.send[1]);
+        assert!(
+            io.send[1].contains(r#"{"channel":"books","instId":"SOL-USDT"}"#),
+            "{}",
+            io.send[1]
+        );
+        assert!(
+            io.send[1].contains(r#"{"channel":"trades","instId":"SOL-USDT"}"#),
+            "{}",
+            io.send[1]
+        );
+        assert!(
+            !io.send[1].contains("BTC"),
+            "only the new args: {}",
+            io.send[1]
+        );
+        assert!(!proto.subscribed(), "the new args wait for their ack");
+        // TC1: the last swap goes: the liquidation arg goes with it.
+        io.send.clear();
+        let (cfg3, socket3) = okx(&["BTC-USDT", "SOL-USDT"], &[]);
+        template.retarget(&StreamKey::for_socket(&socket3), None);
+        io.publisher.follow(&template);
+        proto.reconfigure(&socket3, &cfg3, now, &mut io);
+        assert_eq!(io.send.len(), 1, "{:?}", io.send);
+        assert!(
+            io.send[0].contains(r#"{"channel":"liquidation-orders","instType":"SWAP"}"#),
+            "{}",
+            io.send[0]
+        );
+        assert!(
+            io.send[0].contains(r#"{"channel":"books","instId":"BTC-USDT-SWAP"}"#),
+            "{}",
+            io.send[0]
+        );
+        // TC2: a push for a removed instrument is unknown now; a new one's is data.
+        let push = |inst: &str| {
+            format!(
+                r#"{{"arg":{{"channel":"books","instId":"{inst}"}},"action":"snapshot","data":[{{"asks":[["2","1","0","1"]],"bids":[["1","1","0","1"]],"ts":"1","checksum":0,"seqId":6,"prevSeqId":-1}}]}}"#
+            )
+        };
+        assert_eq!(
+            proto.on_text(&push("ETH-USDT-SWAP"), now, &mut io).0,
+            FrameKind::Unknown
+        );
+        assert_eq!(
+            proto.on_text(&push("SOL-USDT"), now, &mut io).0,
+            FrameKind::Data
+        );
+        assert_eq!(
+            metrics.sum("marketbox_book_verified", &[("symbol", "SOL-USDT")]),
+            1
+        );
+    }
+
+    #[test]
+    fn new_args_wait_for_the_hourly_budget_and_go_out_on_a_tick() {
+        let metrics = Arc::new(Metrics::new());
+        let (cfg, socket) = okx(&["BTC-USDT"], &[]);
+        let mut proto = OkxProtocol::new(&socket, &cfg, metrics);
+        let spool = Spool::new(1 << 16, Default::default());
+        let mut template =
+            Publisher::new(spool, Format::Json, &StreamKey::for_socket(&socket), None);
+        let mut publisher = template.fork();
+        let (mut send, mut rest) = (Vec::new(), Vec::new());
+        let now = Instant::now();
+        let mut io = Io {
+            send: &mut send,
+            rest: &mut rest,
+            publisher: &mut publisher,
+        };
+        proto.on_connected(now, &mut io, Connected::Fresh);
+        // Spend the budget (479 more requests).
+        while proto.subs.tokens(now) > 0 {
+            proto.subs.request(Op::Subscribe, &[0], now, io.send);
+        }
+        io.send.clear();
+        let (cfg2, socket2) = okx(&["BTC-USDT", "SOL-USDT"], &[]);
+        template.retarget(&StreamKey::for_socket(&socket2), None);
+        io.publisher.follow(&template);
+        proto.reconfigure(&socket2, &cfg2, now, &mut io);
+        // TC0: nothing can be sent now.
+        assert!(io.send.is_empty(), "{:?}", io.send);
+        // TC1: once a token is back (3600 s / 480 = 7.5 s), a tick subscribes the new args.
+        proto.on_tick(now + Duration::from_secs(8), &mut io);
+        assert_eq!(io.send.len(), 1, "{:?}", io.send);
+        assert!(io.send[0].contains("SOL-USDT"), "{}", io.send[0]);
     }
 }

@@ -218,6 +218,33 @@ impl Subscriptions {
         sent_all
     }
 
+    /// Every arg, in index order: (channel, key).
+    pub fn args(&self) -> impl Iterator<Item = (OkxChannel, &str)> {
+        self.subs.iter().map(|s| (s.channel, s.key.as_str()))
+    }
+
+    /// Drops the args at `which` (their unsubscribe already queued); indices after them move.
+    pub fn remove(&mut self, which: &[usize]) {
+        let mut i = 0;
+        self.subs.retain(|_| {
+            let keep = !which.contains(&i);
+            i += 1;
+            keep
+        });
+    }
+
+    /// Subscribes the args not requested on this connection (added while it lived, or left
+    /// over when the hourly budget was spent) as far as the budget allows.
+    pub fn subscribe_idle(&mut self, now: Instant, send: &mut Vec<String>) -> bool {
+        let idle: Vec<usize> = (0..self.subs.len())
+            .filter(|i| self.subs[*i].state == SubState::Idle)
+            .collect();
+        if idle.is_empty() || self.bucket.available(now) == 0 {
+            return idle.is_empty();
+        }
+        self.request(Op::Subscribe, &idle, now, send)
+    }
+
     /// Subscribes every arg.
     pub fn subscribe_all(&mut self, now: Instant, send: &mut Vec<String>) -> bool {
         let all: Vec<usize> = (0..self.subs.len()).collect();

@@ -445,6 +445,37 @@ pub fn binance_book(data: &[u8]) {
                 // The venue's own next diff is the honest continuation of `id`; a hostile
                 // diff that claimed `id + 1` made it a duplicate or a gap, as in life.
             }
+            // A deeper snapshot for a synced book (fresh or a little old, whole or cut):
+            // spliced only when it agrees, and the book stays the venue's.
+            9 if b.below(2) == 0 => {
+                if m.is_deepening() || m.start_deepening() {
+                    let lag = u64::from(b.below(3));
+                    let at = history
+                        .states
+                        .range(..=i128::from(id.saturating_sub(lag)))
+                        .next_back()
+                        .map(|(k, v)| (*k, v.clone()));
+                    let Some((at, book)) = at else { continue };
+                    let limit = [5usize, 1000][usize::from(b.below(2))];
+                    let text = format!(
+                        r#"{{"lastUpdateId":{at},"bids":{},"asks":{}}}"#,
+                        book.json_side(BookSide::Bid, limit, false),
+                        book.json_side(BookSide::Ask, limit, false)
+                    );
+                    if let Ok(snap) = DepthSnapshot::parse_str(&text) {
+                        let _ = m.on_deep_snapshot(&snap, limit);
+                        let mut out = empty_out();
+                        if let Ok(true) = m.fill(DEPTH, &mut out) {
+                            check_published(
+                                &out,
+                                i128::from(out.update_id),
+                                &history,
+                                "binance deepened",
+                            );
+                        }
+                    }
+                }
+            }
             // A reconnect.
             _ => m.reset(),
         }

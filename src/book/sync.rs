@@ -68,11 +68,14 @@ pub enum ResyncReason {
     Stuck,
     /// A synced book got an update it cannot check (no sequence ids, no checksum).
     MissingSequence,
+    /// A deeper snapshot, brought up to date, disagreed with the live book where both know
+    /// the levels.
+    CrossCheck,
 }
 
 impl ResyncReason {
     /// Every label, for documentation and tests.
-    pub const LABELS: [&'static str; 11] = [
+    pub const LABELS: [&'static str; 12] = [
         "gap",
         "stale_snapshot",
         "truncated",
@@ -84,6 +87,7 @@ impl ResyncReason {
         "impossible_id",
         "stuck",
         "missing_sequence",
+        "cross_check",
     ];
 
     /// The metric label (`marketbox_book_resyncs_total{reason}`).
@@ -100,6 +104,7 @@ impl ResyncReason {
             ResyncReason::ImpossibleId { .. } => 8,
             ResyncReason::Stuck => 9,
             ResyncReason::MissingSequence => 10,
+            ResyncReason::CrossCheck => 11,
         };
         Self::LABELS[i]
     }
@@ -232,6 +237,21 @@ impl BookCore {
         self.updates_dropped += n;
     }
 
+    /// Swaps in a book built elsewhere (a deeper snapshot brought up to date, after
+    /// [`agrees`] said it matches this one).
+    pub fn replace_book(&mut self, book: Box<Book<BOOK_CAPACITY>>) {
+        self.book = book;
+        self.levels_dropped_seen = self.book.dropped_levels();
+    }
+
+    /// Whether a side is cut (bounded) and holds fewer than `levels`: its known range is
+    /// getting thin and a deeper snapshot should be fetched before it runs out.
+    pub fn is_thin(&self, levels: usize) -> bool {
+        [BookSide::Bid, BookSide::Ask]
+            .into_iter()
+            .any(|s| self.book.is_bounded(s) && self.book.len(s) < levels)
+    }
+
     /// The last check before publishing, then the top `depth` levels: a crossed book, or a
     /// side cut below `depth`, is refused.
     pub fn fill<const D: usize>(
@@ -247,6 +267,22 @@ impl BookCore {
             .fill(depth, bids, asks)
             .map_err(|_| ResyncReason::Truncated)
     }
+}
+
+/// Whether `deeper` (a deeper snapshot brought up to the live book's update) agrees with
+/// `live` everywhere `live` knows the book: the same levels, in order, as far as `live` goes
+/// on each side, and nothing more where `live` knows the whole side. The cross-check that
+/// lets a deeper book replace a live one without going unverified.
+pub fn agrees<const N: usize>(live: &Book<N>, deeper: &Book<N>) -> bool {
+    [BookSide::Bid, BookSide::Ask].into_iter().all(|side| {
+        let n = live.len(side);
+        if deeper.len(side) < n || (!live.is_bounded(side) && deeper.len(side) != n) {
+            return false;
+        }
+        live.levels(side)
+            .zip(deeper.levels(side))
+            .all(|(a, b)| a.price == b.price && a.qty == b.qty)
+    })
 }
 
 /// One update kept while a snapshot is fetched: the venue's ids and its levels, read.

@@ -233,6 +233,7 @@ pub struct Metrics {
     pub spool_bytes: Family<SpoolTierLabels, Gauge>,
     pub spool_disk_errors: Counter,
     pub book_verified: Family<BookLabels, Gauge>,
+    pub book_deepenings: Family<BookLabels, Counter>,
     pub book_unverified_seconds: Family<BookLabels, Counter<f64, AtomicU64>>,
     pub upstream_up: Gauge,
     pub upstream_published: Counter,
@@ -287,6 +288,7 @@ impl Metrics {
             spool_bytes: Family::default(),
             spool_disk_errors: Counter::default(),
             book_verified: Family::default(),
+            book_deepenings: Family::default(),
             book_unverified_seconds: Family::default(),
             upstream_up: Gauge::default(),
             upstream_published: Counter::default(),
@@ -450,6 +452,11 @@ impl Metrics {
             "book_verified",
             "1 while an order book is verified and published, 0 while it is unsynced",
             m.book_verified.clone(),
+        );
+        registry.register(
+            "book_deepenings",
+            "Deeper snapshots spliced onto a verified book whose known range got thin (it stayed verified)",
+            m.book_deepenings.clone(),
         );
         registry.register(
             "book_unverified_seconds",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 
 use super::rest_symbol;
-use super::sync::{BookSync, Continuity, ResyncReason, SyncEvent};
+use super::sync::{BookSync, Continuity, Deepened, ResyncReason, SyncEvent};
 use super::wire::{self, DepthSnapshot, Frame, RestErrorBody};
 use crate::book::Decimal;
 use crate::book::sync::Snapshots;
@@ -53,7 +53,33 @@ struct SymbolState {
     /// What the metrics show of this symbol's book (when it has one).
     health: Option<BookHealth>,
     snapshots: Snapshots,
+    /// Background snapshots that deepen the synced book when its known range gets thin.
+    deep: Snapshots,
+    /// Levels asked of the next deepening (adapts between 100 and 1000).
+    deep_limit: u32,
+    /// When the book was last deepened.
+    deepened_at: Option<Instant>,
+    deepenings: Counter,
     last_depth: Instant,
+}
+
+/// REST tags of deepening snapshots carry this bit beside the symbol's tag.
+const DEEP: u64 = 1 << 63;
+/// Deepening snapshot sizes: a symbol deepened again within a minute asks for the next size,
+/// one left alone for ten minutes for the previous.
+const DEEP_LIMITS: [u32; 3] = [100, 500, 1000];
+
+/// Request weight of a depth snapshot of `limit` levels (the venues' tables).
+fn snapshot_weight(market: Market, limit: u32) -> u32 {
+    match (market, limit) {
+        (Market::Spot, 0..=100) => 5,
+        (Market::Spot, 101..=500) => 25,
+        (Market::Spot, _) => 50,
+        (Market::Perpetual, 0..=50) => 2,
+        (Market::Perpetual, 51..=100) => 5,
+        (Market::Perpetual, 101..=500) => 10,
+        (Market::Perpetual, _) => 20,
+    }
 }
 
 /// The protocol of one planned Binance socket.
@@ -201,6 +227,18 @@ impl BinanceProtocol {
                                 sync: None,
                                 health: None,
                                 snapshots: Snapshots::default(),
+                                deep: Snapshots::default(),
+                                deep_limit: DEEP_LIMITS[1],
+                                deepened_at: None,
+                                deepenings: self
+                                    .metrics
+                                    .book_deepenings
+                                    .get_or_create(&crate::metrics::BookLabels {
+                                        exchange: Exchange::Binance,
+                                        market,
+                                        symbol: s.symbol.to_string(),
+                                    })
+                                    .clone(),
                                 last_depth: now,
                             }
                         }
@@ -291,9 +329,27 @@ impl BinanceProtocol {
             .inc();
     }
 
-    /// Sends the snapshot requests whose throttle has passed.
+    /// Sends the snapshot requests whose throttle has passed: resync snapshots, and the
+    /// deeper ones of books whose known range got thin.
     fn issue_snapshots(&mut self, now: Instant, io: &mut Io<'_>) {
         for st in self.symbols.iter_mut() {
+            if st.deep.due(now)
+                && let Some(sync) = st.sync.as_mut()
+                && (sync.is_deepening() || sync.start_deepening())
+            {
+                st.deep.sent();
+                let path = match self.exchange_market {
+                    Market::Spot => "/api/v3/depth",
+                    Market::Perpetual => "/fapi/v1/depth",
+                };
+                io.rest.push(RestRequest {
+                    tag: st.tag | DEEP,
+                    base: self.rest_base.clone(),
+                    path: format!("{path}?symbol={}&limit={}", st.upper, st.deep_limit),
+                    weight: snapshot_weight(self.exchange_market, st.deep_limit),
+                    limit: self.rate,
+                });
+            }
             if st.snapshots.due(now) {
                 st.snapshots.sent();
                 io.rest.push(RestRequest {
@@ -348,6 +404,67 @@ impl BinanceProtocol {
         FrameKind::Data
     }
 
+    /// The answer to a deepening snapshot of symbol `i`.
+    fn on_deep_rest(
+        &mut self,
+        i: usize,
+        result: Result<RestResponse, RestError>,
+        now: Instant,
+        io: &mut Io<'_>,
+    ) {
+        let st = &mut self.symbols[i];
+        if !st.deep.answered() {
+            return;
+        }
+        let Some(sync) = st.sync.as_mut() else {
+            return;
+        };
+        let outcome = match result {
+            Ok(resp) if resp.status == 200 => match DepthSnapshot::parse(&resp.body) {
+                Ok(snap) => sync.on_deep_snapshot(&snap, st.deep_limit as usize),
+                Err(_) => Deepened::Stale,
+            },
+            Ok(resp) => {
+                sync.cancel_deepening();
+                st.deep.retry_later(now, resp.retry_after);
+                return;
+            }
+            Err(_) => {
+                sync.cancel_deepening();
+                st.deep.retry_later(now, None);
+                return;
+            }
+        };
+        match outcome {
+            Deepened::Spliced => {
+                st.deep.succeeded();
+                st.deepenings.inc();
+                // Deepened again within a minute: ask for more next time; left alone for ten
+                // minutes: for less.
+                let step = DEEP_LIMITS
+                    .iter()
+                    .position(|l| *l == st.deep_limit)
+                    .unwrap_or(1);
+                let step = match st.deepened_at.map(|t| now.saturating_duration_since(t)) {
+                    Some(d) if d < Duration::from_secs(60) => (step + 1).min(DEEP_LIMITS.len() - 1),
+                    Some(d) if d > Duration::from_secs(600) => step.saturating_sub(1),
+                    _ => step,
+                };
+                st.deep_limit = DEEP_LIMITS[step];
+                st.deepened_at = Some(now);
+            }
+            Deepened::Waiting | Deepened::Ignored => {}
+            Deepened::Stale => {
+                sync.cancel_deepening();
+                st.deep.retry_later(now, None);
+            }
+            Deepened::Resync(r) => {
+                self.on_sync_event(i, SyncEvent::Resync(r), 0, now, io);
+            }
+        }
+        self.update_health(i, now);
+    }
+
     /// Shows symbol `i`'s book state in the metrics.
     fn update_health(&mut self, i: usize, now: Instant) {
         let st = &mut self.symbols[i];
@@ -392,6 +509,13 @@ impl BinanceProtocol {
             Ok(true) => {
                 let update_id = out.update_id;
                 io.publisher.publish_scratch(stream, ts_ms, update_id);
+                // A cut side with less than four times the published depth left: deepen it in
+                // the background before it runs out.
+                if st.deep.state == crate::book::sync::SnapshotState::Idle
+                    && sync.is_thin(4 * self.depth)
+                {
+                    st.deep.want(now);
+                }
             }
             Ok(false) => {}
             Err(reason) => {
@@ -636,9 +760,13 @@ impl Protocol for BinanceProtocol {
         io: &mut Io<'_>,
     ) {
         // A symbol removed since the request was sent has no tag here any more.
-        let Some(i) = self.by_tag(tag) else {
+        let Some(i) = self.by_tag(tag & !DEEP) else {
             return;
         };
+        if tag & DEEP != 0 {
+            self.on_deep_rest(i, result, now, io);
+            return;
+        }
         if !self.symbols[i].snapshots.answered() {
             return;
         }
@@ -684,6 +812,16 @@ impl Protocol for BinanceProtocol {
     }
 
     fn on_tick(&mut self, now: Instant, io: &mut Io<'_>) -> Control {
+        // A deepening whose log overflowed (or whose answer was stale) is asked again once its
+        // schedule allows.
+        for st in &mut self.symbols {
+            if let Some(sync) = st.sync.as_ref()
+                && st.deep.state == crate::book::sync::SnapshotState::Idle
+                && sync.is_thin(4 * self.depth)
+            {
+                st.deep.want(now);
+            }
+        }
         for st in &mut self.symbols {
             if let Some(h) = st.health.as_mut() {
                 h.tick(now);

@@ -27,12 +27,22 @@
 //! revealed it is kept: it is the first one the next snapshot may bridge. Ids come from the
 //! network, so no id arithmetic can overflow. The synced path applies the borrowed frame
 //! straight into the book and allocates nothing.
+//!
+//! Deepening: a snapshot cut at `limit` levels only knows the book that far, and as the price
+//! walks one side's known range thins out until it can no longer fill the published depth.
+//! Before that ([`BookSync::is_thin`]), the feed asks for a deeper snapshot in the background
+//! ([`BookSync::start_deepening`]) while the book stays verified and published; the diffs
+//! applied meanwhile are logged. The snapshot (`L`) is brought up to the live update by
+//! replaying the logged diffs after `L` (waiting for the live book when `L` is ahead of it),
+//! then cross-checked against the live book wherever the live book knows levels (`agrees`):
+//! agreement swaps the deeper book in without a moment unverified; disagreement is a
+//! resync (`cross_check`), since one of the two is not the venue's book.
 
 use prometheus_client::metrics::counter::Counter;
 
 use super::wire::{DepthSnapshot, DepthUpdate};
 pub use crate::book::sync::ResyncReason;
-use crate::book::sync::{BookCore, UpdateBuffer, check_jump};
+use crate::book::sync::{BookCore, UpdateBuffer, agrees, check_jump, read_level};
 use crate::book::{BOOK_CAPACITY, Book, BookSide};
 use crate::model::OrderbookData;
 
@@ -58,6 +68,32 @@ pub enum SyncEvent {
     Resync(ResyncReason),
     /// A snapshot nobody waits for (after a reset): ignored.
     Ignored,
+}
+
+/// What a deeper snapshot did to a synced book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deepened {
+    /// The deeper book agreed with the live one and replaced it.
+    Spliced,
+    /// The snapshot is ahead of the live book: it is kept until the stream reaches it.
+    Waiting,
+    /// The snapshot cannot be brought up to date (older than the log, malformed, the log
+    /// overflowed): nothing changed; ask again later.
+    Stale,
+    /// Nobody asked for it (the book resynced meanwhile): ignored.
+    Ignored,
+    /// The deeper book disagreed with the live one: the book is unsynced.
+    Resync(ResyncReason),
+}
+
+/// A background snapshot deepening a synced book.
+struct Deepening {
+    /// `last_id` when the request went out: a snapshot older than this cannot be replayed.
+    from: u64,
+    /// Diffs applied since the request went out, to replay onto the snapshot.
+    log: UpdateBuffer<Ids>,
+    /// The snapshot's book and `L`, while the live book has not reached `L`.
+    pending: Option<(u64, Box<Book<BOOK_CAPACITY>>)>,
 }
 
 pub use crate::book::sync::MAX_BUFFERED;
@@ -88,6 +124,7 @@ pub struct BookSync {
     rule: Continuity,
     state: State,
     core: BookCore,
+    deepening: Option<Deepening>,
 }
 
 impl BookSync {
@@ -101,6 +138,7 @@ impl BookSync {
             rule,
             state: State::AwaitingFirstDiff,
             core: BookCore::new(levels_dropped),
+            deepening: None,
         }
     }
 
@@ -108,6 +146,7 @@ impl BookSync {
     pub fn reset(&mut self) {
         self.state = State::AwaitingFirstDiff;
         self.core.clear();
+        self.deepening = None;
     }
 
     /// Marks the book unsynced (after a resync reason found outside, e.g. truncation).
@@ -116,6 +155,130 @@ impl BookSync {
             buffered: UpdateBuffer::default(),
         };
         self.core.clear();
+        self.deepening = None;
+    }
+
+    /// Whether the synced book's known range is thin: a cut side holds fewer than `levels`
+    /// (and no deepening is under way).
+    pub fn is_thin(&self, levels: usize) -> bool {
+        matches!(self.state, State::Synced { .. })
+            && self.deepening.is_none()
+            && self.core.is_thin(levels)
+    }
+
+    /// Starts logging diffs for a deeper snapshot about to be requested; false when the book
+    /// is not synced or a deepening is already under way.
+    pub fn start_deepening(&mut self) -> bool {
+        let State::Synced { last_id } = self.state else {
+            return false;
+        };
+        if self.deepening.is_some() {
+            return false;
+        }
+        self.deepening = Some(Deepening {
+            from: last_id,
+            log: UpdateBuffer::default(),
+            pending: None,
+        });
+        true
+    }
+
+    /// Whether a deepening is under way (it stops by itself when its log overflows).
+    pub fn is_deepening(&self) -> bool {
+        self.deepening.is_some()
+    }
+
+    /// Gives up the deepening under way (its request failed).
+    pub fn cancel_deepening(&mut self) {
+        self.deepening = None;
+    }
+
+    /// A deeper REST snapshot, asked for with `limit` levels per side, for the deepening
+    /// under way.
+    pub fn on_deep_snapshot(&mut self, snap: &DepthSnapshot<'_>, limit: usize) -> Deepened {
+        if !matches!(self.state, State::Synced { .. }) {
+            return Deepened::Ignored;
+        }
+        let Some(deep) = self.deepening.as_mut() else {
+            return Deepened::Ignored;
+        };
+        let l = snap.last_update_id;
+        if l < deep.from {
+            // Older than the log: the diffs between it and the live book are not all kept.
+            self.deepening = None;
+            return Deepened::Stale;
+        }
+        let mut book = Book::<BOOK_CAPACITY>::new_boxed();
+        for (side, levels) in [(BookSide::Bid, snap.bids()), (BookSide::Ask, snap.asks())] {
+            let mut n = 0;
+            for lv in levels {
+                let Ok((p, q)) = lv
+                    .map_err(|_| ResyncReason::Malformed)
+                    .and_then(|(p, q)| read_level(p, q))
+                else {
+                    self.deepening = None;
+                    return Deepened::Stale;
+                };
+                book.apply(side, p, q);
+                n += 1;
+            }
+            if n >= limit {
+                book.bound_at_worst(side);
+            }
+        }
+        deep.pending = Some((l, book));
+        match self.try_splice() {
+            Some(Ok(())) => Deepened::Spliced,
+            Some(Err(ResyncReason::StaleSnapshot)) => Deepened::Stale,
+            Some(Err(r)) => {
+                self.unsync();
+                Deepened::Resync(r)
+            }
+            None => Deepened::Waiting,
+        }
+    }
+
+    /// Brings the pending deeper snapshot up to the live book and swaps it in when they agree.
+    /// `None` while the live book is behind the snapshot or nothing is pending.
+    fn try_splice(&mut self) -> Option<Result<(), ResyncReason>> {
+        let State::Synced { last_id } = self.state else {
+            return None;
+        };
+        let deep = self.deepening.as_mut()?;
+        let (l, _) = deep.pending.as_ref()?;
+        let l = *l;
+        if l > last_id {
+            return None;
+        }
+        let (_, mut book) = deep.pending.take()?;
+        let log = std::mem::take(&mut deep.log);
+        self.deepening = None;
+        let mut at = l;
+        let mut bridged = false;
+        for d in log.iter().filter(|d| !self.before_snapshot(l, d.ids.last)) {
+            let fits = if bridged {
+                self.follows(at, d.ids.first, d.ids.prev).is_ok()
+            } else {
+                self.spans(l, d.ids.first, d.ids.last)
+            };
+            if !fits {
+                // The log does not continue the snapshot: ask again later.
+                return Some(Err(ResyncReason::StaleSnapshot));
+            }
+            bridged = true;
+            for (p, q) in &d.bids {
+                book.apply(BookSide::Bid, *p, *q);
+            }
+            for (p, q) in &d.asks {
+                book.apply(BookSide::Ask, *p, *q);
+            }
+            at = d.ids.last;
+        }
+        if at != last_id || !agrees(self.core.book(), &book) {
+            return Some(Err(ResyncReason::CrossCheck));
+        }
+        self.core.replace_book(book);
+        Some(Ok(()))
     }
 
     /// Diffs the procedure dropped as older than the book (buffered or live).
@@ -285,6 +448,21 @@ impl BookSync {
             Ok(_) => {
                 self.core.advanced();
                 self.state = State::Synced { last_id: d.last_id };
+                if let Some(deep) = self.deepening.as_mut() {
+                    let ids = Ids {
+                        first: d.first_id,
+                        last: d.last_id,
+                        prev: d.prev_last_id,
+                    };
+                    if deep.log.push(ids, d.bids(), d.asks(), 0).is_err() {
+                        // Too many diffs while the snapshot is out: give this one up.
+                        self.deepening = None;
+                    } else if let Some(Err(r)) = self.try_splice() {
+                        if r != ResyncReason::StaleSnapshot {
+                            return self.fail(r);
+                        }
+                    }
+                }
                 SyncEvent::Applied {
                     update_id: d.last_id,
                 }
@@ -788,5 +966,110 @@ mod tests {
         };
         assert_eq!(s.fill(1, &mut out), Err(ResyncReason::Crossed));
         assert!(!s.is_synced());
+    }
+
+    fn depth_snap(l: u64, bids: &[(&str, &str)], asks: &[(&str, &str)]) -> String {
+        let side = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(p, q)| format!(r#"["{p}","{q}"]"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(
+            r#"{{"lastUpdateId":{l},"bids":[{}],"asks":[{}]}}"#,
+            side(bids),
+            side(asks)
+        )
+    }
+
+    /// A spot book synced at 10 from a snapshot cut at 2 levels a side (bids 4, 3; asks 150,
+    /// 160), plus diff 10 (bid 5, ask 100): thin on both sides.
+    fn thin_book() -> BookSync {
+        let mut s = BookSync::new(Continuity::Spot);
+        assert_eq!(feed(&mut s, 10, 10, None, "5"), NEED);
+        let t = depth_snap(9, &[("4", "1"), ("3", "1")], &[("150", "1"), ("160", "1")]);
+        let snap = DepthSnapshot::parse(t.as_bytes()).expect("the snapshot parses");
+        assert_eq!(s.on_snapshot(&snap, 2), applied(10));
+        assert!(s.is_thin(8));
+        s
+    }
+
+    fn deep(s: &mut BookSync, l: u64, bids: &[(&str, &str)], limit: usize) -> Deepened {
+        let asks = [
+            ("100", "1"),
+            ("150", "1"),
+            ("160", "1"),
+            ("170", "1"),
+            ("180", "1"),
+        ];
+        let t = depth_snap(l, bids, &asks);
+        let snap = DepthSnapshot::parse(t.as_bytes()).expect("the snapshot parses");
+        s.on_deep_snapshot(&snap, limit)
+    }
+
+    #[test]
+    fn a_thin_book_is_deepened_in_the_background_and_stays_verified() {
+        let mut s = thin_book();
+        assert!(s.start_deepening());
+        assert!(!s.start_deepening(), "one at a time");
+        // TC0: diffs keep applying (and publishing) while the snapshot is out.
+        assert_eq!(feed(&mut s, 11, 11, None, "6"), applied(11));
+        // TC1: the venue's book at 10, five levels a side, brought up to 11 and checked.
+        let bids = [("5", "1"), ("4", "1"), ("3", "1"), ("2", "1"), ("1", "1")];
+        assert_eq!(deep(&mut s, 10, &bids, 5), Deepened::Spliced);
+        assert!(s.is_synced() && !s.is_deepening());
+        let book = s.book().expect("a synced book");
+        let got: Vec<String> = book
+            .levels(BookSide::Bid)
+            .map(|l| l.price.to_string())
+            .collect();
+        assert_eq!(got, ["6", "5", "4", "3", "2", "1"]);
+        assert_eq!(book.len(BookSide::Ask), 5);
+        // The next diff follows as before.
+        assert_eq!(feed(&mut s, 12, 12, None, "7"), applied(12));
+    }
+
+    #[test]
+    fn a_deeper_book_that_disagrees_resyncs_and_an_older_one_is_stale() {
+        // TC0: the deeper snapshot says bid 4 has 2, the live book says 1.
+        let mut s = thin_book();
+        assert!(s.start_deepening());
+        let bids = [("5", "1"), ("4", "2"), ("3", "1"), ("2", "1"), ("1", "1")];
+        assert_eq!(
+            deep(&mut s, 10, &bids, 5),
+            Deepened::Resync(ResyncReason::CrossCheck)
+        );
+        assert!(!s.is_synced());
+        // TC1: a snapshot older than the deepening's start cannot be replayed: stale, and the
+        // live book is untouched.
+        let mut s = thin_book();
+        assert_eq!(feed(&mut s, 11, 11, None, "6"), applied(11));
+        assert!(s.start_deepening());
+        let bids = [("5", "1"), ("4", "1"), ("3", "1"), ("2", "1"), ("1", "1")];
+        assert_eq!(deep(&mut s, 10, &bids, 5), Deepened::Stale);
+        assert!(s.is_synced() && !s.is_deepening());
+        assert_eq!(s.book().map(|b| b.len(BookSide::Bid)), Some(4));
+    }
+
+    #[test]
+    fn a_deeper_snapshot_ahead_of_the_stream_waits_for_it() {
+        let mut s = thin_book();
+        assert!(s.start_deepening());
+        // The venue's book at 12 (diffs 11 and 12 add bids 6 and 7).
+        let bids = [
+            ("7", "1"),
+            ("6", "1"),
+            ("5", "1"),
+            ("4", "1"),
+            ("3", "1"),
+            ("2", "1"),
+        ];
+        assert_eq!(deep(&mut s, 12, &bids, 6), Deepened::Waiting);
+        assert_eq!(feed(&mut s, 11, 11, None, "6"), applied(11));
+        assert!(s.is_deepening());
+        // The stream reaches 12: spliced there.
+        assert_eq!(feed(&mut s, 12, 12, None, "7"), applied(12));
+        assert!(!s.is_deepening());
+        assert_eq!(s.book().map(|b| b.len(BookSide::Bid)), Some(6));
     }
 }

@@ -147,34 +147,71 @@ impl Decimal {
     /// Writes the digits as the venue wrote them into `buf` and returns them (ASCII digits,
     /// `.` and `-` only).
     pub fn write_ascii<'b>(&self, buf: &'b mut [u8; DECIMAL_TEXT_MAX]) -> &'b [u8] {
-        // The mantissa's digits, two at a time (itoa), then the point placed among them.
-        let mut digits = itoa::Buffer::new();
-        let d = digits.format(self.mantissa.unsigned_abs()).as_bytes();
-        let scale = usize::from(self.scale);
-        let mut len = 0;
-        if self.mantissa < 0 {
-            buf[0] = b'-';
-            len = 1;
-        }
-        if scale == 0 {
-            buf[len..len + d.len()].copy_from_slice(d);
-            len += d.len();
-        } else if d.len() > scale {
-            let int = d.len() - scale;
-            buf[len..len + int].copy_from_slice(&d[..int]);
-            buf[len + int] = b'.';
-            buf[len + int + 1..len + int + 1 + scale].copy_from_slice(&d[int..]);
-            len += d.len() + 1;
-        } else {
-            // 0.00ddd: a zero, the point, the missing leading zeros, the digits.
-            let zeros = scale - d.len();
-            buf[len] = b'0';
-            buf[len + 1] = b'.';
-            buf[len + 2..len + 2 + zeros].fill(b'0');
-            buf[len + 2 + zeros..len + 2 + scale].copy_from_slice(d);
-            len += 2 + scale;
-        }
+        let len = self.write_ascii_at(buf);
         &buf[..len]
+    }
+
+    /// Writes the digits as the venue wrote them at the start of `out` and returns how many
+    /// bytes that took; 0 when `out` is too short (never for [`DECIMAL_TEXT_MAX`] bytes and a
+    /// parsed decimal). The digits go straight into place, two at a time, with no copy.
+    pub fn write_ascii_at(&self, out: &mut [u8]) -> usize {
+        let m = self.mantissa.unsigned_abs();
+        let scale = usize::from(self.scale);
+        // Beyond 19 places (only a hand-built decimal) the integer part is 0.
+        let (int, frac) = POW10_U64.get(scale).map_or((0, m), |p| (m / p, m % p));
+        let neg = usize::from(self.mantissa < 0);
+        let int_len = int.checked_ilog10().map_or(1, |l| l as usize + 1);
+        let len = neg + int_len + if scale > 0 { 1 + scale } else { 0 };
+        let Some(dst) = out.get_mut(..len) else {
+            return 0;
+        };
+        if neg == 1 {
+            dst[0] = b'-';
+        }
+        put_digits(&mut dst[neg..neg + int_len], int);
+        if scale > 0 {
+            dst[neg + int_len] = b'.';
+            put_digits(&mut dst[neg + int_len + 1..], frac);
+        }
+        len
+    }
+}
+
+/// `10^k` for `k` in `0..=19`.
+const POW10_U64: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
+/// `"00"`, `"01"`, … `"99"`.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Fills `dst` with the low digits of `v`, right-aligned and zero-padded, two at a time.
+fn put_digits(dst: &mut [u8], mut v: u64) {
+    let mut i = dst.len();
+    while i >= 2 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        dst[i - 2] = DIGIT_PAIRS[d];
+        dst[i - 1] = DIGIT_PAIRS[d + 1];
+        i -= 2;
+    }
+    if i == 1 {
+        dst[0] = b'0' + (v % 10) as u8;
     }
 }
 
@@ -257,6 +294,50 @@ mod tests {
         ] {
             assert_eq!(d(s).to_string(), s, "{s}");
         }
+    }
+
+    #[test]
+    fn every_digit_count_and_scale_prints_back_and_a_short_buffer_gets_nothing() {
+        // Digit counts 1..=18 against every scale 0..=19 and both signs, with the point
+        // inside, at the start and before added zeros: printed as parsed.
+        let mut buf = [0u8; DECIMAL_TEXT_MAX];
+        for digits in 1..=18u32 {
+            let m = (1..=digits).fold(0i64, |m, i| m * 10 + i64::from(i % 10));
+            for scale in 0..=19u8 {
+                for m in [m, -m] {
+                    let dec = Decimal::new(m, scale);
+                    let text = std::str::from_utf8(dec.write_ascii(&mut buf))
+                        .expect("ASCII")
+                        .to_owned();
+                    assert_eq!(Decimal::parse(&text).map(|p| p.is_identical(dec)), Ok(true));
+                    let plain = m.unsigned_abs().to_string();
+                    assert!(
+                        text.ends_with(&plain[plain.len().saturating_sub(usize::from(scale))..])
+                    );
+                }
+            }
+        }
+        // The extremes of the mantissa.
+        assert_eq!(Decimal::new(0, 3).to_string(), "0.000");
+        for m in [i64::MAX, i64::MIN] {
+            let text = Decimal::new(m, 3).to_string();
+            let want = format!("{}", m);
+            let (int, frac) = want.split_at(want.len() - 3);
+            let int = if int.is_empty() || int == "-" {
+                format!("{int}0")
+            } else {
+                int.into()
+            };
+            assert_eq!(text, format!("{int}.{frac}"), "{m}");
+        }
+        // Too short a buffer: nothing written, nothing claimed.
+        let mut short = [0u8; 4];
+        assert_eq!(d("12345.5").write_ascii_at(&mut short), 0);
+        assert_eq!(d("1.5").write_ascii_at(&mut short), 3);
+        assert_eq!(&short[..3], b"1.5");
+        // A hand-built scale beyond any venue's: still no panic.
+        assert!(Decimal::new(7, 200).write_ascii(&mut buf).is_empty());
+        assert_eq!(Decimal::new(7, 40).to_string().len(), 42);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Fixed-capacity order books.
 //!
 //! Design: each side is kept best first (bids descending, asks ascending) in blocks of
-//! [`BLOCK`] levels drawn from a fixed pool, with an order array of block indices: a change
-//! costs a binary search and a shift within one block (at most 32 levels), not a shift of the
-//! whole side, wherever in the book it lands. Blocks split when full and are refilled from a
-//! neighbour, or merged into it, when under half full, so a side of `N` levels never needs more
-//! than `N / 16 + 1` blocks ([`MAX_BLOCKS`] covers [`BOOK_CAPACITY`]). Each level carries an
+//! [`BLOCK`] levels drawn from a fixed pool, with an order array of block indices and each
+//! block's first key kept beside it: a change costs a scan of those first keys (a few dozen
+//! integers, branch-predictable), a binary search and a shift within one block (at most
+//! [`BLOCK`] levels), not a shift of the whole side, wherever in the book it lands. A block
+//! keeps its keys apart from its levels so searches touch only keys. Blocks split when full and
+//! are refilled from a neighbour, or merged into it, when under half full, so a side of `N`
+//! levels never needs more than `N / (BLOCK / 2) + 1` blocks ([`MAX_BLOCKS`] covers [`BOOK_CAPACITY`]). Each level carries an
 //! integer key beside the venue's digits: its value scaled to 19 decimal places as an `i128`,
 //! sign-flipped for bids, so every comparison is one integer comparison whatever digits the
 //! venue wrote (`"3366"` and `"3366.1"` on OKX), while the digits themselves are kept for
@@ -42,7 +44,7 @@ pub const BOOK_CAPACITY: usize = 1000;
 /// Levels per block.
 pub const BLOCK: usize = 32;
 /// Blocks in a side's pool: blocks other than a side's only one hold at least `BLOCK / 2`
-/// levels, so `BOOK_CAPACITY / 16 + 1` always suffice.
+/// levels, so `BOOK_CAPACITY / (BLOCK / 2) + 1` always suffice.
 pub const MAX_BLOCKS: usize = BOOK_CAPACITY / (BLOCK / 2) + 2;
 
 /// The book cannot fill `depth` levels it can vouch for.
@@ -124,57 +126,71 @@ impl Packed {
     }
 }
 
-/// A level and its key, side by side: one move per shift.
+/// A level and its key.
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
     key: Key,
     level: Packed,
 }
 
-/// Up to [`BLOCK`] consecutive levels, sorted by key.
+/// Up to [`BLOCK`] consecutive levels, sorted by key. The keys are kept apart from the levels,
+/// so a search reads 8 cache lines of keys and never the levels.
 #[derive(Debug, Clone)]
 struct Block {
     len: usize,
-    entries: [Entry; BLOCK],
+    keys: [Key; BLOCK],
+    levels: [Packed; BLOCK],
 }
 
 impl Block {
     const EMPTY: Block = Block {
         len: 0,
-        entries: [Entry {
-            key: Key { hi: 0, lo: 0 },
-            level: Packed {
-                price: 0,
-                qty: 0,
-                price_scale: 0,
-                qty_scale: 0,
-            },
+        keys: [Key { hi: 0, lo: 0 }; BLOCK],
+        levels: [Packed {
+            price: 0,
+            qty: 0,
+            price_scale: 0,
+            qty_scale: 0,
         }; BLOCK],
     };
 
     fn first(&self) -> Key {
-        self.entries[0].key
+        self.keys[0]
     }
 
     fn last(&self) -> Key {
-        self.entries[self.len - 1].key
+        self.keys[self.len - 1]
     }
 
     fn search(&self, k: Key) -> Result<usize, usize> {
-        self.entries[..self.len].binary_search_by(|e| e.key.cmp(&k))
+        self.keys[..self.len].binary_search(&k)
     }
 
     fn insert(&mut self, at: usize, e: Entry) {
-        self.entries.copy_within(at..self.len, at + 1);
-        self.entries[at] = e;
+        self.keys.copy_within(at..self.len, at + 1);
+        self.levels.copy_within(at..self.len, at + 1);
+        self.keys[at] = e.key;
+        self.levels[at] = e.level;
         self.len += 1;
     }
 
     fn remove(&mut self, at: usize) -> Entry {
-        let out = self.entries[at];
-        self.entries.copy_within(at + 1..self.len, at);
+        let out = Entry {
+            key: self.keys[at],
+            level: self.levels[at],
+        };
+        self.keys.copy_within(at + 1..self.len, at);
+        self.levels.copy_within(at + 1..self.len, at);
         self.len -= 1;
         out
+    }
+
+    /// Appends `other`'s levels `from..to` (they sort after this block's).
+    fn append(&mut self, other: &Block, from: usize, to: usize) {
+        let (at, n) = (self.len, to - from);
+        self.keys[at..at + n].copy_from_slice(&other.keys[from..to]);
+        self.levels[at..at + n].copy_from_slice(&other.levels[from..to]);
+        self.len += n;
     }
 }
 
@@ -242,8 +258,10 @@ impl<const N: usize> Side<N> {
     /// The block position that holds, or would hold, `k`: the last block whose first key is
     /// at most `k` (the first block when `k` is below all).
     fn block_for(&self, k: Key) -> usize {
+        // A linear scan from the best block: changes cluster near the top of the book, whose
+        // few first keys stay in L1, where a binary search would touch cold middle ones.
         let n = self.order.len();
-        let p = self.firsts.partition_point(|f| *f <= k);
+        let p = self.firsts.iter().position(|f| *f > k).unwrap_or(n);
         p.saturating_sub(1).min(n.saturating_sub(1))
     }
 
@@ -270,8 +288,8 @@ impl<const N: usize> Side<N> {
             let half = BLOCK / 2;
             let (src, dst) = (usize::from(self.order[pos]), usize::from(fresh));
             let (s, d) = two_mut(&mut self.blocks[..], src, dst);
-            d.entries[..BLOCK - half].copy_from_slice(&s.entries[half..]);
-            d.len = BLOCK - half;
+            d.len = 0;
+            d.append(s, half, BLOCK);
             s.len = half;
             // Capacity MAX_BLOCKS and a block was free: the inserts fit.
             let first = d.first();
@@ -325,8 +343,7 @@ impl<const N: usize> Side<N> {
         let (ll, rl) = (lb.len, rb.len);
         if ll + rl <= BLOCK {
             // Merge right into left and free right.
-            lb.entries[ll..ll + rl].copy_from_slice(&rb.entries[..rl]);
-            lb.len = ll + rl;
+            lb.append(rb, 0, rl);
             rb.len = 0;
             self.order.remove(right);
             self.firsts.remove(right);
@@ -378,7 +395,7 @@ impl<const N: usize> Side<N> {
                     self.remove_at(pos, at);
                     Applied::Removed
                 } else {
-                    self.block_mut(pos).entries[at].level = entry.level;
+                    self.block_mut(pos).levels[at] = entry.level;
                     Applied::Updated
                 }
             }
@@ -413,19 +430,19 @@ impl<const N: usize> Side<N> {
     fn iter(&self) -> impl Iterator<Item = Level> + '_ {
         self.order.iter().flat_map(move |&b| {
             let b = &self.blocks[usize::from(b)];
-            b.entries[..b.len].iter().map(|e| e.level.level())
+            b.levels[..b.len].iter().map(|l| l.level())
         })
     }
 
     fn best(&self) -> Option<Level> {
         let b = &self.blocks[usize::from(*self.order.first()?)];
-        (b.len > 0).then(|| b.entries[0].level.level())
+        (b.len > 0).then(|| b.levels[0].level())
     }
 
     fn worst(&self) -> Option<Level> {
         let pos = self.order.len().checked_sub(1)?;
         let b = self.block(pos);
-        (b.len > 0).then(|| b.entries[b.len - 1].level.level())
+        (b.len > 0).then(|| b.levels[b.len - 1].level())
     }
 }
 

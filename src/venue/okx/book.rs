@@ -34,27 +34,24 @@ pub const CHECKSUM_LEVELS: usize = 25;
 /// (`bid_px:bid_sz:ask_px:ask_sz:…`, one side continuing alone when the other runs out). The
 /// text is assembled in a stack buffer and hashed in one call.
 pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
-    // 50 levels of two decimals (at most 23 bytes each) and their separators.
+    // 50 levels of two decimals (at most DECIMAL_TEXT_MAX bytes each) and their separators.
     const MAX: usize = 2 * CHECKSUM_LEVELS * 2 * (DECIMAL_TEXT_MAX + 1);
     let (mut bids, mut asks) = (book.levels(BookSide::Bid), book.levels(BookSide::Ask));
     let mut text = [0u8; MAX];
     let mut len = 0;
-    let mut num = [0u8; DECIMAL_TEXT_MAX];
-    let mut push = |bytes: &[u8], len: &mut usize| {
-        text[*len..*len + bytes.len()].copy_from_slice(bytes);
-        *len += bytes.len();
-    };
     for _ in 0..CHECKSUM_LEVELS {
         for l in [bids.next(), asks.next()].into_iter().flatten() {
-            if len > 0 {
-                push(b":", &mut len);
-            }
-            push(l.price.write_ascii(&mut num), &mut len);
-            push(b":", &mut len);
-            push(l.qty.write_ascii(&mut num), &mut len);
+            // `text` has room for every level: the writes below never come up short.
+            len += l.price.write_ascii_at(&mut text[len..]);
+            text[len] = b':';
+            len += 1;
+            len += l.qty.write_ascii_at(&mut text[len..]);
+            text[len] = b':';
+            len += 1;
         }
     }
-    crc32fast::hash(&text[..len]) as i32
+    // Without the last separator.
+    crc32fast::hash(&text[..len.saturating_sub(1)]) as i32
 }
 
 /// What the session must do after an input.

@@ -294,6 +294,21 @@ where
     crate::upstream::stdout::run(spool, format, out).await
 }
 
+/// A blocking writer on standard output without `std::io::Stdout`'s line buffering (a write
+/// per line): a duplicate of file descriptor 1, so each batch is one `write(2)`.
+fn stdout_writer() -> std::io::Result<impl std::io::Write> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(std::fs::File::from(fd))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(std::io::stdout())
+    }
+}
+
 /// Runs tasks made by `make` for ever. A task that ends (none should) or panics is logged with
 /// its name, counted in `marketbox_task_restarts_total{task}`, and made again after a pause
 /// (from 100 ms, doubling to 30 s while it keeps failing within a minute of its start). A
@@ -373,7 +388,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     app.serve(&cfg, &executor)?;
     tracing::info!("{}", app.plan.display(cfg.budget.max_connections.0));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
-    for i in 1..threads {
+    // With stdout the main thread is the writer (blocking writes, never on the executor);
+    // with a broker it runs the executor too.
+    let first = usize::from(cfg.upstream.kind() != UpstreamKind::Stdout);
+    for i in first..threads {
         let (ex, m) = (executor.clone(), app.metrics.clone());
         let _ = std::thread::Builder::new()
             .name(format!("marketbox-{i}"))
@@ -395,26 +413,25 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 }
             });
     }
-    let result = smol::block_on(executor.run(async {
-        match cfg.upstream.kind() {
-            UpstreamKind::Stdout => {
-                let out = smol::Unblock::new(std::io::stdout());
-                run_stdout(app.spool.clone(), cfg.upstream.format, &app.metrics, out).await
-            }
-            UpstreamKind::Nats | UpstreamKind::Mqtt => {
-                let up = crate::upstream::start(
-                    &cfg,
-                    app.spool.clone(),
-                    app.budget.clone(),
-                    &app.metrics,
-                )
-                .map_err(std::io::Error::other)?;
-                smol::unblock(move || up.join())
-                    .await
-                    .map_err(std::io::Error::other)
-            }
-        }
-    }));
+    let result = match cfg.upstream.kind() {
+        UpstreamKind::Stdout => stdout_writer().and_then(|out| {
+            let out = futures_lite::io::AssertAsync::new(out);
+            smol::block_on(run_stdout(
+                app.spool.clone(),
+                cfg.upstream.format,
+                &app.metrics,
+                out,
+            ))
+        }),
+        UpstreamKind::Nats | UpstreamKind::Mqtt => smol::block_on(executor.run(async {
+            let up =
+                crate::upstream::start(&cfg, app.spool.clone(), app.budget.clone(), &app.metrics)
+                    .map_err(std::io::Error::other)?;
+            smol::unblock(move || up.join())
+                .await
+                .map_err(std::io::Error::other)
+        })),
+    };
     match result {
         Ok(()) => Err(RunError::UpstreamEnded),
         Err(err) => Err(RunError::Upstream(err)),

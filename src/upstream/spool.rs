@@ -182,6 +182,9 @@ pub struct Pushed {
     pub dropped: usize,
     /// The record itself was refused (larger than the whole spool, or the spool is closed).
     pub refused: bool,
+    /// The ring was empty before this record: its reader may be waiting. [`Spool::push`] has
+    /// woken it; after [`Spool::push_deferred`] the caller owes a [`Spool::wake`].
+    pub wake: bool,
 }
 
 /// The spool's metric handles, resolved once.
@@ -366,12 +369,31 @@ impl Spool {
         self.inner.disk.is_some()
     }
 
-    /// Appends a record, dropping the oldest ones if needed. Never blocks on I/O, never
-    /// allocates.
+    /// Appends a record, dropping the oldest ones if needed, and wakes the reader if it may be
+    /// waiting. Never blocks on I/O, never allocates.
     pub fn push(&self, header: &RecordHeader, payload: &[u8]) -> Pushed {
+        let out = self.push_deferred(header, payload);
+        if out.wake {
+            self.wake();
+        }
+        out
+    }
+
+    /// Wakes the reader (and the disk writer) if they wait for a record.
+    pub fn wake(&self) {
+        self.inner.pushed.notify(usize::MAX);
+    }
+
+    /// [`Spool::push`] without the wake-up: a producer that pushes many records in a row
+    /// (a session reading a burst of frames) wakes the reader once, with [`Spool::wake`],
+    /// when [`Pushed::wake`] said it was owed and before it waits for anything itself. The
+    /// reader only ever waits on an empty ring, so only the push that found the ring empty
+    /// owes the wake; the records after it are taken in the same wake-up.
+    pub fn push_deferred(&self, header: &RecordHeader, payload: &[u8]) -> Pushed {
         let mut out = Pushed {
             dropped: 0,
             refused: false,
+            wake: false,
         };
         let mut hbuf = [0u8; HEADER_MAX];
         let hlen = match postcard::to_slice(header, &mut hbuf) {
@@ -393,6 +415,7 @@ impl Spool {
                 out.refused = true;
                 self.inner.count_drop(ch);
             } else {
+                out.wake = ring.count == 0;
                 let at = loop {
                     if let Some(at) = ring.place(total) {
                         break at;
@@ -419,7 +442,6 @@ impl Spool {
                 self.inner.metrics.ram_bytes.set(ring.bytes as i64);
             }
         }
-        self.inner.pushed.notify(1);
         out
     }
 
@@ -473,19 +495,79 @@ impl Spool {
 
     /// [`Spool::pop`] with the record's sequence number.
     pub async fn pop_with_sseq(&self, out: &mut Vec<u8>) -> Option<(u64, RecordHeader)> {
+        self.wait_for(|| self.try_take(out)).await
+    }
+
+    /// Runs `take` until it finds something, waiting for pushes in between; `None` once the
+    /// spool is closed and `take` found nothing after the last push.
+    async fn wait_for<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
         loop {
-            if let Some(r) = self.try_take(out) {
+            if let Some(r) = take() {
                 return Some(r);
             }
             let listener = self.listen();
-            if let Some(r) = self.try_take(out) {
+            if let Some(r) = take() {
                 return Some(r);
             }
             if self.finished() {
-                return self.try_take(out);
+                return take();
             }
             listener.await;
         }
+    }
+
+    /// Waits for records, then appends the messages of as many as there are to `out`, each
+    /// written by `frame` (at least one record; no more once `out` would pass `max_bytes`).
+    /// Returns the sequence number of the last one taken, for [`Spool::ack_through`]; `None`
+    /// once the spool is closed and drained. The batch form for a writer that needs only the
+    /// messages (stdout): one lock and one wake-up for the whole batch, headers not decoded.
+    pub async fn pop_messages(
+        &self,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+        frame: fn(&mut Vec<u8>, &[u8]),
+    ) -> Option<u64> {
+        let mut scratch = Vec::new();
+        self.wait_for(|| self.take_messages(max_bytes, out, frame, &mut scratch))
+            .await
+    }
+
+    fn take_messages(
+        &self,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+        frame: fn(&mut Vec<u8>, &[u8]),
+        scratch: &mut Vec<u8>,
+    ) -> Option<u64> {
+        let mut last = None;
+        if let Some(disk) = &self.inner.disk {
+            while last.is_none() || out.len() < max_bytes {
+                let Some((sseq, _)) = disk.take(scratch) else {
+                    break;
+                };
+                frame(out, scratch);
+                last = Some(sseq);
+            }
+            return last;
+        }
+        let mut ring = self.inner.ring();
+        while ring.count > 0 {
+            let next = ring.word(ring.tail) as usize;
+            if last.is_some() && out.len() + next > max_bytes {
+                break;
+            }
+            let Some((sseq, body)) = ring.take_oldest() else {
+                break;
+            };
+            // Bodies were written by `push`; one that does not split would be a bug: skip it.
+            if let Some((_, _, p)) = split_body(&ring.buf[body]) {
+                frame(out, p);
+                last = Some(sseq);
+            }
+        }
+        self.inner.metrics.ram_depth.set(ring.count as i64);
+        self.inner.metrics.ram_bytes.set(ring.bytes as i64);
+        last
     }
 
     /// Moves up to `max` records into `out`, waiting for the first; `false` once the spool is

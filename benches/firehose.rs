@@ -22,7 +22,8 @@
 //! A second figure, `steady`, is the resident memory of `marketbox run` with the default
 //! config's feeds pointed at the exchange simulators (`tests/sim`) after it has run a while.
 //!
-//! Run: `cargo bench --bench firehose` (both), `-- firehose [secs]` or `-- steady [secs]`.
+//! Run: `cargo bench --bench firehose` (both), `-- firehose [secs]` or `-- steady [secs]`;
+//! `MARKETBOX_BENCH_BIN=path` measures another build of the binary.
 //! Under `cargo test` a short smoke pass runs the debug binary through the same path.
 
 #[path = "../tests/common/brokers.rs"]
@@ -686,6 +687,15 @@ struct Figures {
     spool_dropped: f64,
 }
 
+/// `marketbox run --config <config>`: this build, or `MARKETBOX_BENCH_BIN` (another build to
+/// compare with).
+fn start(config: &Path) -> brokers::Marketbox {
+    match std::env::var_os("MARKETBOX_BENCH_BIN") {
+        Some(bin) => brokers::Marketbox::start_bin(Path::new(&bin), config, None),
+        None => brokers::Marketbox::start(config, None),
+    }
+}
+
 /// Runs marketbox against the firehose for `secs` after its first book.
 fn firehose(secs: u64) -> Figures {
     let fh = Firehose::start();
@@ -693,7 +703,7 @@ fn firehose(secs: u64) -> Figures {
     let dir = brokers::TempDir::new("firehose-cfg");
     let path = dir.path().join("marketbox.toml");
     std::fs::write(&path, fh.config(port)).expect("write the config");
-    let mut mb = brokers::Marketbox::start(&path, None);
+    let mut mb = start(&path);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let pid = mb.pid();
     // Paced until the first book: the measured part starts synced.
@@ -799,7 +809,7 @@ fn steady(secs: u64) -> (u64, u64) {
     let path = dir.path().join("marketbox.toml");
     let port = brokers::free_port();
     std::fs::write(&path, default_on_sims(&bin, &okx, &ca, port)).expect("write the config");
-    let mut mb = brokers::Marketbox::start(&path, None);
+    let mut mb = start(&path);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     std::thread::sleep(Duration::from_secs(secs));
     assert!(mb.is_running(), "{}", mb.log());

@@ -38,7 +38,8 @@ impl Encoder {
     pub fn new(format: Format) -> Self {
         Encoder {
             format,
-            buf: Vec::with_capacity(8 << 10),
+            // Grows to the largest message encoded (an idle publisher costs nothing).
+            buf: Vec::new(),
         }
     }
 

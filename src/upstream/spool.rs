@@ -1,6 +1,9 @@
 //! The bounded spool between sessions and the upstream (DESIGN rule 5).
 //!
-//! Design: one preallocated byte ring of `[spool] ram_bytes`. Every record gets a spool
+//! Design: one byte ring of `[spool] ram_bytes`, allocated at start but touched lazily (the
+//! kernel backs a page when it is first written, and records go to the front of the ring
+//! rather than onto fresh pages whenever the front has room, so the resident part is what
+//! was ever queued at once, not `ram_bytes`). Every record gets a spool
 //! sequence number (`sseq`, one counter for the whole spool, never reused within a process;
 //! the on-disk spool continues it across restarts) and is laid out as a fixed prefix, the
 //! stream header (stream names, per-stream `seq`, message id, local timestamp) and the encoded
@@ -106,6 +109,8 @@ struct Ring {
     /// The sequence number the next pushed record gets.
     next_sseq: u64,
     closed: bool,
+    /// Bytes of `buf` ever written: the pages below are resident, those above never touched.
+    touched: usize,
 }
 
 impl Ring {
@@ -117,7 +122,10 @@ impl Ring {
         self.head < self.tail || (self.head == self.tail && self.count > 0)
     }
 
-    /// Where a record of `n` bytes can go now, writing a wrap marker if needed.
+    /// Where a record of `n` bytes can go now, writing a wrap marker if needed. Bytes already
+    /// written once are preferred: a record that would pass the high-water mark goes to the
+    /// front instead when the front has room, so the ring touches (makes resident) only as
+    /// many pages as it ever held at once, not all of `ram_bytes` as it cycles.
     fn place(&mut self, n: usize) -> Option<usize> {
         if self.count == 0 {
             self.head = 0;
@@ -127,7 +135,7 @@ impl Ring {
         if self.wrapped() {
             return (self.tail - self.head >= n).then_some(self.head);
         }
-        if self.cap() - self.head >= n {
+        if self.cap() - self.head >= n && (self.head + n <= self.touched || self.tail < n) {
             return Some(self.head);
         }
         if self.tail >= n {
@@ -349,6 +357,7 @@ impl Spool {
             bytes: 0,
             next_sseq: next.max(1),
             closed: false,
+            touched: 0,
         };
         Spool {
             inner: Arc::new(Inner {
@@ -436,6 +445,7 @@ impl Spool {
                 b[15..15 + hlen].copy_from_slice(&hbuf[..hlen]);
                 b[15 + hlen..].copy_from_slice(payload);
                 ring.head = at + total;
+                ring.touched = ring.touched.max(ring.head);
                 ring.count += 1;
                 ring.bytes += total;
                 self.inner.metrics.ram_depth.set(ring.count as i64);
@@ -790,6 +800,29 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(s.try_pop(&mut out).map(|h| h.seq), Some(1));
         assert!(s.try_pop(&mut out).is_none());
+    }
+
+    #[test]
+    fn a_reader_a_few_records_behind_keeps_the_ring_at_the_front() {
+        let s = spool(1 << 20);
+        let mut out = Vec::new();
+        // TC0: always 3 to 4 records queued, 10,000 pushed: the ring never leaves the
+        // first few records' bytes (it used to walk through the whole megabyte: 410 kB).
+        for i in 0..3u64 {
+            s.push(&header(i), &[1; 10]);
+        }
+        for i in 3..10_003u64 {
+            s.push(&header(i), &[1; 10]);
+            assert!(s.try_pop(&mut out).is_some());
+        }
+        let touched = s.inner.ring().touched;
+        assert!(touched <= 6 * (rec() + 4), "{touched} bytes touched");
+        // TC1: the order is kept across the early wraps.
+        let mut seqs = Vec::new();
+        while let Some(h) = s.try_pop(&mut out) {
+            seqs.push(h.seq);
+        }
+        assert_eq!(seqs, vec![10_000, 10_001, 10_002]);
     }
 
     #[test]

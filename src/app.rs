@@ -649,6 +649,21 @@ where
     crate::upstream::stdout::run(spool, format, out).await
 }
 
+/// A blocking writer on standard output without `std::io::Stdout`'s line buffering (a write
+/// per line): a duplicate of file descriptor 1, so each batch is one `write(2)`.
+fn stdout_writer() -> std::io::Result<impl std::io::Write> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(std::fs::File::from(fd))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(std::io::stdout())
+    }
+}
+
 /// Runs tasks made by `make` for ever. A task that ends (none should) or panics is logged with
 /// its name, counted in `marketbox_task_restarts_total{task}`, and made again after a pause
 /// (from 100 ms, doubling to 30 s while it keeps failing within a minute of its start). A
@@ -788,6 +803,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
     let devices =
         crate::console::device::start(&console, &cfg.console.devices, cfg.console.baud, &executor);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    // The main thread runs the executor too (below).
     for i in 1..threads {
         let (ex, m) = (executor.clone(), app.metrics.clone());
         let _ = std::thread::Builder::new()
@@ -816,9 +832,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
         UpstreamKind::Stdout => {
             let (spool, format, metrics) =
                 (app.spool.clone(), cfg.upstream.format, app.metrics.clone());
-            executor.spawn(async move {
-                let out = smol::Unblock::new(std::io::stdout());
-                run_stdout(spool, format, &metrics, out).await
+            // Blocking batch writes on a thread of their own, never on the executor.
+            smol::unblock(move || {
+                let out = futures_lite::io::AssertAsync::new(stdout_writer()?);
+                smol::block_on(run_stdout(spool, format, &metrics, out))
             })
         }
         UpstreamKind::Nats | UpstreamKind::Mqtt => {

@@ -427,10 +427,22 @@ pub fn message_id(
     channel: Channel,
     venue_id: u64,
 ) -> MsgId {
-    use fmt::Write;
     let mut id = MsgId::new();
-    // Capacity covers the longest combination (ID_MAX > 7 + 9 + 24 + 16 + 20 + 4 separators).
-    let _ = write!(id, "{exchange}.{market}.{symbol}.{channel}.{venue_id}");
+    // Capacity covers the longest combination (ID_MAX > 7 + 9 + 24 + 16 + 20 + 4 separators),
+    // so no push can fail.
+    for part in [
+        exchange.as_str(),
+        ".",
+        market.as_str(),
+        ".",
+        symbol.as_str(),
+        ".",
+        channel.as_str(),
+        ".",
+        itoa::Buffer::new().format(venue_id),
+    ] {
+        let _ = id.push_str(part);
+    }
     id
 }
 

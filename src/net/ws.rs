@@ -61,6 +61,9 @@ pub struct WsOptions {
     /// ours, and a send waits forever unless something stops it. Also set as the socket's
     /// `TCP_USER_TIMEOUT`, so the kernel gives up on unacknowledged data as well.
     pub send_timeout: Duration,
+    /// Bytes read from TLS per read (tungstenite's read buffer, allocated per connection and
+    /// zeroed up to this size before each read). A larger frame grows it as needed.
+    pub read_buffer: usize,
 }
 
 impl Default for WsOptions {
@@ -73,6 +76,9 @@ impl Default for WsOptions {
             max_message: 1 << 20,
             close_timeout: Duration::from_secs(1),
             send_timeout: Duration::from_secs(10),
+            // A TLS record's worth (16 KiB of plaintext): the venues' frames are a few KiB,
+            // and tungstenite's default (128 KiB) is resident per socket and zeroed per read.
+            read_buffer: 16 << 10,
         }
     }
 }
@@ -174,6 +180,7 @@ pub async fn connect(
         let transport =
             tls::connect_transport(url, target, &tls, &permit, Some(opts.send_timeout)).await?;
         let config = WebSocketConfig::default()
+            .read_buffer_size(opts.read_buffer)
             .max_message_size(Some(opts.max_message))
             .max_frame_size(Some(opts.max_frame));
         match async_tungstenite::client_async_with_config(url, transport, Some(config)).await {

@@ -441,7 +441,10 @@ pub async fn run(
         next: 0,
     };
     let mut rest_reqs = Vec::new();
+    // The upstream is woken once per burst of frames, before the loop waits (`read_loop`).
+    publisher.defer_wakes();
     loop {
+        publisher.flush();
         beat.beat();
         if let Some(p) = plan.try_changed() {
             // Not connected: the next connection subscribes from the new plan.
@@ -514,6 +517,7 @@ pub async fn run(
             plan: &mut plan,
         };
         let (ended, last_link) = runner.read_loop(&mut live, link).await;
+        publisher.flush();
         link = last_link;
         h.disconnects.inc();
         match ended {
@@ -594,11 +598,14 @@ impl Runner<'_> {
         let mut logged_drop = false;
         loop {
             let now = Instant::now();
+            let probe_due = live.probe_sent.is_none()
+                && now.saturating_duration_since(live.alive_at) >= probe_after;
+            // A send may wait: what was published goes upstream first.
+            if probe_due || self.queue.pending() > 0 {
+                self.publisher.flush();
+            }
             // A probe goes first, within the venue's message rate.
-            if live.probe_sent.is_none()
-                && now.saturating_duration_since(live.alive_at) >= probe_after
-                && bucket.take(now).is_ok()
-            {
+            if probe_due && bucket.take(now).is_ok() {
                 let sent = match self.proto.probe() {
                     Probe::WsPing => live.conn.send_ping(Vec::new()).await,
                     Probe::Text(t) => live.conn.send_text(t).await,
@@ -649,12 +656,13 @@ impl Runner<'_> {
                 wake = wake.min(t);
             }
             let event = {
-                let (cur, old_conn, conn_fut, rx, plan) = (
+                let (cur, old_conn, conn_fut, rx, plan, publisher) = (
                     &mut live.conn,
                     old.as_mut(),
                     connecting.as_mut(),
                     self.rest.1,
                     &mut *self.plan,
+                    &mut *self.publisher,
                 );
                 async { Event::Frame(cur.next().await) }
                     .or(async {
@@ -679,6 +687,12 @@ impl Runner<'_> {
                     .or(async {
                         Timer::at(wake).await;
                         Event::Tick
+                    })
+                    .or(async {
+                        // Polled only when nothing above is ready: the loop is about to wait,
+                        // so the burst it published goes upstream now.
+                        publisher.flush();
+                        std::future::pending().await
                     })
                     .await
             };
@@ -707,6 +721,7 @@ impl Runner<'_> {
                             control
                         }
                         Handled::Ping => {
+                            io.publisher.flush();
                             if let Err(err) = live.conn.flush().await {
                                 tracing::warn!(exchange = %self.exchange, socket = self.socket, %err, "pong failed");
                                 return (Ended::Unplanned(EndReason::Error), link);
@@ -730,6 +745,7 @@ impl Runner<'_> {
                                 &mut io,
                             );
                             if let (Handled::Ping, Some((o, _))) = (&handled, old.as_mut()) {
+                                io.publisher.flush();
                                 let _ = o.conn.flush().await;
                             }
                             matches!(handled, Handled::Closed)

@@ -313,13 +313,26 @@ fn recent_ids(channel: Channel) -> usize {
 }
 
 /// Numbers, encodes and spools the messages of one session. Steady state allocates nothing.
+///
+/// By default each message that finds the spool empty wakes the upstream at once. A session
+/// that reads bursts calls [`Publisher::defer_wakes`]: the wake-up is then held until
+/// [`Publisher::flush`] (which the session calls before it waits for anything) or until
+/// [`WAKE_AFTER`] more messages followed it, so the upstream takes a burst per wake-up instead
+/// of a message per wake-up. Dropping the publisher flushes.
 pub struct Publisher {
     spool: Spool,
     encoder: Encoder,
     streams: Vec<StreamState>,
     scratch: Message,
     header: RecordHeader,
+    defer: bool,
+    /// Messages pushed since a push found the spool empty, while its wake-up is held; `None`
+    /// when no wake-up is owed.
+    owed: Option<u32>,
 }
+
+/// With deferred wake-ups, the most messages a held wake-up waits for.
+pub const WAKE_AFTER: u32 = 64;
 
 /// Local wall-clock time in nanoseconds since the Unix epoch.
 pub fn now_ns() -> u64 {
@@ -369,6 +382,21 @@ impl Publisher {
                 id: MsgId::new(),
                 ts_local_ns: 0,
             },
+            defer: false,
+            owed: None,
+        }
+    }
+
+    /// Holds the upstream's wake-ups until [`Publisher::flush`] (see the type's doc).
+    pub fn defer_wakes(&mut self) {
+        self.defer = true;
+    }
+
+    /// Wakes the upstream if a message since the last flush found the spool empty. Call it
+    /// before waiting for anything when wake-ups are deferred.
+    pub fn flush(&mut self) {
+        if self.owed.take().is_some() {
+            self.spool.wake();
         }
     }
 
@@ -382,6 +410,8 @@ impl Publisher {
             streams,
             scratch: self.scratch.clone(),
             header: self.header.clone(),
+            defer: self.defer,
+            owed: None,
         }
     }
 
@@ -491,11 +521,28 @@ impl Publisher {
         h.id.clone_from(&m.id);
         h.ts_local_ns = m.ts_local_ns;
         match self.encoder.encode(m) {
+            Ok(bytes) if self.defer => {
+                let pushed = self.spool.push_deferred(h, bytes);
+                self.owed = match self.owed {
+                    Some(n) if n + 1 >= WAKE_AFTER => {
+                        self.spool.wake();
+                        None
+                    }
+                    Some(n) => Some(n + 1),
+                    None => pushed.wake.then_some(0),
+                };
+            }
             Ok(bytes) => {
                 self.spool.push(h, bytes);
             }
             Err(err) => tracing::error!(%err, "message could not be encoded (a bug); dropped"),
         }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

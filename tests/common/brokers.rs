@@ -401,7 +401,11 @@ impl Marketbox {
     /// Runs `marketbox run --config <config>`; `wrap` (a shell prefix such as a ulimit) is
     /// applied through bash when given.
     pub fn start(config: &Path, wrap: Option<&str>) -> Marketbox {
-        let bin = env!("CARGO_BIN_EXE_marketbox");
+        Self::start_bin(Path::new(env!("CARGO_BIN_EXE_marketbox")), config, wrap)
+    }
+
+    /// [`Marketbox::start`] with another build of the binary (a benchmark comparing builds).
+    pub fn start_bin(bin: &Path, config: &Path, wrap: Option<&str>) -> Marketbox {
         let mut cmd = match wrap {
             None => {
                 let mut c = Command::new(bin);

@@ -53,6 +53,9 @@ impl Decimal {
         if digits.is_empty() {
             return Err(DecimalError::Empty);
         }
+        if digits.len() <= 19 {
+            return Self::parse_short(neg, digits);
+        }
         let mut mantissa: i64 = 0;
         let mut scale: u8 = 0;
         let mut seen_point = false;
@@ -85,6 +88,49 @@ impl Decimal {
         }
         Ok(Decimal {
             mantissa: if neg { -mantissa } else { mantissa },
+            scale,
+        })
+    }
+
+    /// [`Decimal::parse`] for at most 19 bytes (every price and size the venues send): at
+    /// most 19 digits, so the mantissa cannot overflow a `u64` while it is read, and its
+    /// significant digits are its own digits (`mantissa < 10^18` is the digit limit).
+    fn parse_short(neg: bool, digits: &[u8]) -> Result<Self, DecimalError> {
+        let n = digits.len();
+        let mut m: u64 = 0;
+        let mut i = 0;
+        while let Some(d) = digits
+            .get(i)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|d| *d <= 9)
+        {
+            m = m * 10 + u64::from(d);
+            i += 1;
+        }
+        let mut scale = 0;
+        if i < n {
+            // Only a point may follow the integer digits, with digits on both sides.
+            if i == 0 || digits[i] != b'.' || i + 1 == n {
+                return Err(DecimalError::InvalidChar);
+            }
+            let frac = &digits[i + 1..];
+            for &b in frac {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    return Err(DecimalError::InvalidChar);
+                }
+                m = m * 10 + u64::from(d);
+            }
+            // At most 17 bytes of fraction: fits.
+            scale = frac.len() as u8;
+        }
+        if m >= 1_000_000_000_000_000_000 {
+            return Err(DecimalError::TooManyDigits);
+        }
+        // Below 10^18: fits an i64 with either sign.
+        let m = m as i64;
+        Ok(Decimal {
+            mantissa: if neg { -m } else { m },
             scale,
         })
     }
@@ -157,10 +203,10 @@ impl Decimal {
     pub fn write_ascii_at(&self, out: &mut [u8]) -> usize {
         let m = self.mantissa.unsigned_abs();
         let scale = usize::from(self.scale);
-        // Beyond 19 places (only a hand-built decimal) the integer part is 0.
-        let (int, frac) = POW10_U64.get(scale).map_or((0, m), |p| (m / p, m % p));
         let neg = usize::from(self.mantissa < 0);
-        let int_len = int.checked_ilog10().map_or(1, |l| l as usize + 1);
+        // Digits from the mantissa, then zeros up to one before the point.
+        let digits = m.checked_ilog10().map_or(1, |l| l as usize + 1);
+        let int_len = digits.saturating_sub(scale).max(1);
         let len = neg + int_len + if scale > 0 { 1 + scale } else { 0 };
         let Some(dst) = out.get_mut(..len) else {
             return 0;
@@ -168,25 +214,16 @@ impl Decimal {
         if neg == 1 {
             dst[0] = b'-';
         }
-        put_digits(&mut dst[neg..neg + int_len], int);
+        // From the right, so the digits are split by the point without a division by `10^scale`.
+        let mut rest = m;
         if scale > 0 {
+            rest = put_digits(&mut dst[len - scale..], m);
             dst[neg + int_len] = b'.';
-            put_digits(&mut dst[neg + int_len + 1..], frac);
         }
+        put_digits(&mut dst[neg..neg + int_len], rest);
         len
     }
 }
-
-/// `10^k` for `k` in `0..=19`.
-const POW10_U64: [u64; 20] = {
-    let mut t = [1u64; 20];
-    let mut i = 1;
-    while i < 20 {
-        t[i] = t[i - 1] * 10;
-        i += 1;
-    }
-    t
-};
 
 /// `"00"`, `"01"`, … `"99"`.
 const DIGIT_PAIRS: [u8; 200] = {
@@ -200,8 +237,9 @@ const DIGIT_PAIRS: [u8; 200] = {
     t
 };
 
-/// Fills `dst` with the low digits of `v`, right-aligned and zero-padded, two at a time.
-fn put_digits(dst: &mut [u8], mut v: u64) {
+/// Fills `dst` with the low digits of `v`, right-aligned and zero-padded, two at a time;
+/// returns what is left of `v` (`v / 10^dst.len()`).
+fn put_digits(dst: &mut [u8], mut v: u64) -> u64 {
     let mut i = dst.len();
     while i >= 2 {
         let d = (v % 100) as usize * 2;
@@ -212,7 +250,9 @@ fn put_digits(dst: &mut [u8], mut v: u64) {
     }
     if i == 1 {
         dst[0] = b'0' + (v % 10) as u8;
+        v /= 10;
     }
+    v
 }
 
 impl fmt::Display for Decimal {
@@ -364,6 +404,43 @@ mod tests {
         );
         // Leading zeros are not significant digits.
         assert!(Decimal::parse("0.000000000000000001").is_ok());
+    }
+
+    #[test]
+    fn the_short_path_reads_as_the_general_one() {
+        // Random strings of digits, points and other bytes up to 20 bytes, with and without a
+        // sign: the short path and the general loop (padded with leading zeros past 19 bytes,
+        // which changes nothing) give the same decimal or the same error.
+        let mut rng = fastrand::Rng::with_seed(18);
+        let alphabet = b"0123456789012345678901234567890123456789..-e ";
+        for _ in 0..200_000 {
+            let len = rng.usize(1..=20);
+            let body: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            // A body starting with a sign is its own sign (padding would move it).
+            let Ok(body) = std::str::from_utf8(&body) else {
+                continue;
+            };
+            if body.starts_with('-') {
+                continue;
+            }
+            for sign in ["", "-"] {
+                let short = Decimal::parse(&format!("{sign}{body}"));
+                let long = Decimal::parse(&format!("{sign}00000000000000000000{body}"));
+                match (short, long) {
+                    (Ok(a), Ok(b)) => assert!(a.is_identical(b), "{sign}{body}"),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => {
+                        // Leading zeros make ".5" valid ("0….5") and nothing else.
+                        assert!(
+                            body.starts_with('.') && a.is_err() && b.is_ok(),
+                            "{sign}{body}: {a:?} {b:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

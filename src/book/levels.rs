@@ -434,6 +434,30 @@ impl<const N: usize> Side<N> {
         })
     }
 
+    /// Replaces `out` with the best `depth` levels (fewer if `out` or the side is shorter),
+    /// a block's levels at a time.
+    fn fill_into<const D: usize>(
+        &self,
+        depth: usize,
+        out: &mut heapless::Vec<(Decimal, Decimal), D>,
+    ) {
+        out.clear();
+        let mut left = depth.min(D);
+        for &b in &self.order {
+            if left == 0 {
+                break;
+            }
+            let b = &self.blocks[usize::from(b)];
+            let take = b.len.min(left);
+            for p in &b.levels[..take] {
+                let l = p.level();
+                // `left` never exceeds the room in `out`.
+                let _ = out.push((l.price, l.qty));
+            }
+            left -= take;
+        }
+    }
+
     fn best(&self) -> Option<Level> {
         let b = &self.blocks[usize::from(*self.order.first()?)];
         (b.len > 0).then(|| b.levels[0].level())
@@ -574,18 +598,8 @@ impl<const N: usize> Book<N> {
         if !self.can_fill(depth) {
             return Err(Truncated);
         }
-        bids.clear();
-        asks.clear();
-        for l in self.bids.iter().take(depth) {
-            if bids.push((l.price, l.qty)).is_err() {
-                break;
-            }
-        }
-        for l in self.asks.iter().take(depth) {
-            if asks.push((l.price, l.qty)).is_err() {
-                break;
-            }
-        }
+        self.bids.fill_into(depth, bids);
+        self.asks.fill_into(depth, asks);
         Ok(())
     }
 }

@@ -9,7 +9,8 @@
 //!   `marketbox_ws_frames_total{kind="data"}`);
 //! - messages/s: those frames per second of the window;
 //! - peak RSS: `VmHWM` of `/proc/<pid>/status` at the end of the run;
-//! - resyncs (`marketbox_book_resyncs_total`, by reason) and books published per diff
+//! - resyncs (`marketbox_book_resyncs_total`, by reason), background deepenings
+//!   (`marketbox_book_deepenings_total`) and books published per diff
 //!   (`marketbox_messages_total{channel="orderbook"}` over the same frames).
 //!
 //! The generator paces itself at 1,000 diffs/s until marketbox publishes its first book (the
@@ -763,10 +764,11 @@ fn firehose(secs: u64) -> Figures {
         rss as f64 / 1024.0
     );
     println!(
-        "firehose: books published per diff {:.3}; resyncs in the window {:.0} (whole run {:.0}); REST snapshots {}; spool drops {:.0}; WebSocket connections {}",
+        "firehose: books published per diff {:.3}; resyncs in the window {:.0} (whole run {:.0}); deepenings {:.0}; REST snapshots {}; spool drops {:.0}; WebSocket connections {}",
         f.books_per_diff,
         f.resyncs,
         b.resyncs,
+        metric(&b.scrape, "marketbox_book_deepenings_total", &[]),
         fh.market.snapshots.load(Ordering::SeqCst),
         b.dropped,
         fh.market.connections.load(Ordering::SeqCst),

@@ -810,7 +810,11 @@ fn steady(secs: u64) -> (u64, u64) {
     std::fs::write(&ca, pem).expect("write the CA");
     let path = dir.path().join("marketbox.toml");
     let port = brokers::free_port();
-    std::fs::write(&path, default_on_sims(&bin, &okx, &ca, port)).expect("write the config");
+    std::fs::write(
+        &path,
+        sim::default_config_on(&bin, &okx, &ca, &format!("127.0.0.1:{port}")),
+    )
+    .expect("write the config");
     let mut mb = start(&path);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     std::thread::sleep(Duration::from_secs(secs));
@@ -830,38 +834,6 @@ fn steady(secs: u64) -> (u64, u64) {
     assert!(books > 0.0, "no books published:\n{}", mb.log());
     mb.kill();
     (rss, hwm)
-}
-
-/// The default config with its endpoints on the simulators and metrics on a free port.
-fn default_on_sims(bin: &sim::Sim, okx: &sim::okx::OkxSim, ca: &Path, port: u16) -> String {
-    let default = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/marketbox.toml"
-    ))
-    .expect("the default config");
-    default
-        .replacen(
-            "[metrics]\n",
-            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-            1,
-        )
-        .replacen("[tls]\n", &format!("[tls]\nextra_ca = \"{}\"\n", ca.display()), 1)
-        .replacen(
-            "[venues.binance]\n",
-            &format!(
-                "[venues.binance]\nspot_ws = \"{}\"\nspot_rest = \"{r}\"\nperpetual_public_ws = \"{}\"\nperpetual_market_ws = \"{}\"\nperpetual_rest = \"{r}\"\n",
-                bin.spot_ws(),
-                bin.perp_public_ws(),
-                bin.perp_market_ws(),
-                r = bin.rest()
-            ),
-            1,
-        )
-        .replacen(
-            "[venues.okx]\n",
-            &format!("[venues.okx]\nws = \"{}\"\nrest = \"{}\"\n", okx.ws_url(), okx.rest()),
-            1,
-        )
 }
 
 fn main() {

@@ -236,39 +236,15 @@ fn rss(secs: u64, upstream: &str) {
     let mut pem = std::fs::read(bin.ca_pem_path()).expect("the CA");
     pem.extend(std::fs::read(okx.ca_pem_path()).expect("the CA"));
     std::fs::write(&ca, pem).expect("write the CA");
-    let default = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/marketbox.toml"
-    ))
-    .expect("the default config");
-    let text = default
-        .replacen(
-            "kind = \"stdout\"",
-            &if upstream == "nats" {
-                format!("kind = \"nats\"\nurl = \"{}\"", nats.url())
-            } else {
-                "kind = \"stdout\"".to_owned()
-            },
-            1,
-        )
-        .replacen("[metrics]\n", "[metrics]\nlisten = \"127.0.0.1:0\"\n", 1)
-        .replacen("[tls]\n", &format!("[tls]\nextra_ca = \"{}\"\n", ca.display()), 1)
-        .replacen(
-            "[venues.binance]\n",
-            &format!(
-                "[venues.binance]\nspot_ws = \"{}\"\nspot_rest = \"{r}\"\nperpetual_public_ws = \"{}\"\nperpetual_market_ws = \"{}\"\nperpetual_rest = \"{r}\"\n",
-                bin.spot_ws(),
-                bin.perp_public_ws(),
-                bin.perp_market_ws(),
-                r = bin.rest()
-            ),
-            1,
-        )
-        .replacen(
-            "[venues.okx]\n",
-            &format!("[venues.okx]\nws = \"{}\"\nrest = \"{}\"\n", okx.ws_url(), okx.rest()),
-            1,
-        );
+    let text = sim::default_config_on(&bin, &okx, &ca, "127.0.0.1:0").replacen(
+        "kind = \"stdout\"",
+        &if upstream == "nats" {
+            format!("kind = \"nats\"\nurl = \"{}\"", nats.url())
+        } else {
+            "kind = \"stdout\"".to_owned()
+        },
+        1,
+    );
     let path = dir.path().join("marketbox.toml");
     std::fs::write(&path, text).expect("write the config");
     let mut mb = brokers::Marketbox::start(&path, None);

@@ -1115,3 +1115,32 @@ where
         .await;
     }
 }
+
+/// The default config (`config/marketbox.toml`) with every venue endpoint on the simulators,
+/// `ca` as `[tls] extra_ca` and the metrics server on `listen`.
+pub fn default_config_on(bin: &Sim, okx: &okx::OkxSim, ca: &Path, listen: &str) -> String {
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/marketbox.toml"
+    ))
+    .expect("the default config");
+    default
+        .replacen("[metrics]\n", &format!("[metrics]\nlisten = \"{listen}\"\n"), 1)
+        .replacen("[tls]\n", &format!("[tls]\nextra_ca = \"{}\"\n", ca.display()), 1)
+        .replacen(
+            "[venues.binance]\n",
+            &format!(
+                "[venues.binance]\nspot_ws = \"{}\"\nspot_rest = \"{r}\"\nperpetual_public_ws = \"{}\"\nperpetual_market_ws = \"{}\"\nperpetual_rest = \"{r}\"\n",
+                bin.spot_ws(),
+                bin.perp_public_ws(),
+                bin.perp_market_ws(),
+                r = bin.rest()
+            ),
+            1,
+        )
+        .replacen(
+            "[venues.okx]\n",
+            &format!("[venues.okx]\nws = \"{}\"\nrest = \"{}\"\n", okx.ws_url(), okx.rest()),
+            1,
+        )
+}

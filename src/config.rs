@@ -705,9 +705,7 @@ pub struct MetricsConfig {
 }
 
 fn d_listen() -> Listen {
-    Listen(Some("0.0.0.0:9898".parse().unwrap_or_else(|_| {
-        std::net::SocketAddr::from(([0, 0, 0, 0], 9898))
-    })))
+    Listen(Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9898))))
 }
 
 impl Default for MetricsConfig {

@@ -34,9 +34,11 @@ pub fn venue_delay(d: Duration) -> Duration {
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        // More digits than a u64 holds is still "a very long time".
-        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(venue_delay(Duration::from_secs(secs)));
+        // Digits only, so the one way to fail is more digits than a u64 holds: still "a very
+        // long time", which is the cap.
+        return Some(v.parse::<u64>().map_or(MAX_VENUE_DELAY, |secs| {
+            venue_delay(Duration::from_secs(secs))
+        }));
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(venue_delay(

@@ -527,7 +527,7 @@ pub async fn run(
             next_snapshot = next_snapshot
                 .checked_add(settings.interval)
                 .filter(|t| *t > now)
-                .unwrap_or_else(|| now + settings.interval);
+                .unwrap_or_else(|| crate::time::after(now, settings.interval));
         }
         c.dropped(queue.expire(now));
         while let Some(batch) = queue.due(Instant::now()) {

@@ -17,7 +17,7 @@
 
 use serde::Deserialize;
 
-use crate::venue::json::{Array, JsonError, Object, Scanner, as_i64, as_plain_str, as_u64};
+use crate::venue::json::{JsonError, Object, Scanner, as_plain_str, as_u64};
 
 /// Why a frame or body could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -335,50 +335,13 @@ pub struct BookData<'a> {
     pub prev_seq_id: Option<i64>,
 }
 
-/// A sequence id: a JSON integer on the WebSocket; OKX's REST API writes most numbers as
-/// strings, so an integer in a string is accepted too. `null` is absent.
-fn seq(raw: &str, name: &'static str) -> Result<Option<i64>, WireError> {
-    if raw == "null" {
-        return Ok(None);
-    }
-    as_i64(raw)
-        .or_else(|| as_plain_str(raw).and_then(as_i64))
-        .map(Some)
-        .ok_or(WireError::Invalid(name))
-}
-
 impl<'a> BookData<'a> {
-    /// Reads one entry object without allocating. Unknown members are skipped.
+    /// Reads one entry object without allocating, as the socket path does ([`read_entry`]).
+    /// Unknown members are skipped.
     pub fn parse(raw: &'a str) -> Result<Self, WireError> {
-        let (mut asks, mut bids) = (None, None);
-        let mut d = BookData {
-            asks: "[]",
-            bids: "[]",
-            ts: None,
-            checksum: None,
-            seq_id: None,
-            prev_seq_id: None,
-        };
-        for member in Object::new(raw) {
-            let (key, value) = member?;
-            match key {
-                "asks" => asks = Some(value),
-                "bids" => bids = Some(value),
-                "ts" => d.ts = Some(as_plain_str(value).ok_or(WireError::Invalid("ts"))?),
-                "checksum" => d.checksum = seq(value, "checksum")?,
-                "seqId" => d.seq_id = seq(value, "seqId")?,
-                "prevSeqId" => d.prev_seq_id = seq(value, "prevSeqId")?,
-                _ => {}
-            }
-        }
-        d.asks = asks.ok_or(WireError::Missing("asks"))?;
-        d.bids = bids.ok_or(WireError::Missing("bids"))?;
-        if !d.asks.starts_with('[') {
-            return Err(WireError::Invalid("asks"));
-        }
-        if !d.bids.starts_with('[') {
-            return Err(WireError::Invalid("bids"));
-        }
+        let mut sc = Scanner::new(raw);
+        let d = read_entry(&mut sc)?;
+        sc.end()?;
         Ok(d)
     }
 
@@ -397,11 +360,9 @@ pub type Entries<'a> = heapless::Vec<BookData<'a>, MAX_ENTRIES>;
 
 /// Parses the raw `data` array of a `books` push (or of a REST books answer).
 pub fn parse_entries(raw: &str) -> Result<Entries<'_>, WireError> {
-    let mut out = Entries::new();
-    for item in Array::new(raw) {
-        out.push(BookData::parse(item?)?)
-            .map_err(|_| WireError::TooMany)?;
-    }
+    let mut sc = Scanner::new(raw);
+    let out = read_entries(&mut sc)?;
+    sc.end()?;
     Ok(out)
 }
 

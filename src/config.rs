@@ -1964,26 +1964,7 @@ mod tests {
         }
     }
 
-    /// A scratch folder removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!(
-                "marketbox-config-{tag}-{}-{}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            std::fs::create_dir_all(&dir).expect("a scratch folder");
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testutil::Scratch;
 
     fn load_err(dir: &Path, text: &str) -> (usize, String) {
         let path = dir.join("m.toml");

@@ -18,6 +18,8 @@ pub mod model;
 pub mod net;
 pub mod plan;
 pub mod session;
+#[cfg(test)]
+mod testutil;
 pub mod time;
 pub mod upstream;
 pub mod venue;

@@ -119,25 +119,7 @@ pub fn save(path: &Path, text: &str, secret: bool) -> Result<PathBuf, SaveError>
 mod tests {
     use super::*;
 
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new() -> Scratch {
-            let dir = std::env::temp_dir().join(format!(
-                "marketbox-save-{}-{}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            std::fs::create_dir_all(&dir).expect("a scratch folder");
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testutil::Scratch;
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
@@ -145,7 +127,7 @@ mod tests {
 
     #[test]
     fn the_file_is_replaced_the_previous_one_kept_and_no_temp_file_stays() {
-        let s = Scratch::new();
+        let s = Scratch::new("save");
         let path = s.0.join("marketbox.toml");
         std::fs::write(&path, "[book]\ndepth = 20\n").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
@@ -185,7 +167,7 @@ mod tests {
 
     #[test]
     fn a_symlinked_config_is_saved_where_it_points() {
-        let s = Scratch::new();
+        let s = Scratch::new("save");
         let data = s.0.join("data");
         std::fs::create_dir_all(&data).expect("mkdir");
         let target = data.join("marketbox.toml");
@@ -208,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_folder_that_refuses_writes_names_the_step_and_leaves_the_file() {
-        let s = Scratch::new();
+        let s = Scratch::new("save");
         let path = s.0.join("missing-dir").join("marketbox.toml");
         let err = save(&path, "x", false).expect_err("no folder");
         assert_eq!(err.step, "create");

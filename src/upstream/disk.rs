@@ -742,22 +742,7 @@ mod tests {
     use crate::model::{Channel, Exchange, Market, MsgId, Symbol};
     use crate::upstream::spool::{Spool, channel_index};
 
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!(
-                "marketbox-disk-{tag}-{}-{}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            Scratch(dir)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testutil::Scratch;
 
     fn header(seq: u64, channel: Channel) -> RecordHeader {
         RecordHeader {
@@ -790,7 +775,7 @@ mod tests {
 
     #[test]
     fn records_survive_a_reopen_and_acknowledged_ones_are_not_replayed() {
-        let d = Scratch::new("reopen");
+        let d = Scratch::new("disk-reopen");
         let s = open(&d.0, 1 << 20);
         for i in 1..=100u64 {
             s.push(&header(i, Channel::Trade), &i.to_le_bytes());
@@ -820,7 +805,7 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_truncated_on_open() {
-        let d = Scratch::new("torn");
+        let d = Scratch::new("disk-torn");
         let s = open(&d.0, 1 << 20);
         for i in 1..=10u64 {
             s.push(&header(i, Channel::Trade), &i.to_le_bytes());
@@ -855,7 +840,7 @@ mod tests {
 
     #[test]
     fn past_disk_bytes_the_oldest_unread_records_are_dropped_and_counted() {
-        let d = Scratch::new("bound");
+        let d = Scratch::new("disk-bound");
         let s = open(&d.0, 1 << 20);
         let payload = vec![7u8; 1000];
         // ~1040 bytes a record on disk: 2000 records cannot fit in 1 MiB.

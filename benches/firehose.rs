@@ -35,6 +35,8 @@ mod prom;
 #[path = "../tests/sim/mod.rs"]
 #[allow(unused_imports)]
 mod sim;
+#[path = "../tests/common/tmp.rs"]
+mod tmp;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

@@ -17,6 +17,8 @@ mod brokers;
 #[path = "../tests/sim/mod.rs"]
 #[allow(unused_imports)]
 mod sim;
+#[path = "../tests/common/tmp.rs"]
+mod tmp;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

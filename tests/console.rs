@@ -7,12 +7,14 @@ mod brokers;
 #[path = "common/console.rs"]
 mod console;
 mod sim;
+#[path = "common/tmp.rs"]
+mod tmp;
 
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use console::{Scratch, Service, connect, marketbox, openpty, pty_session};
+use console::{Service, TempDir, connect, marketbox, openpty, pty_session};
 use marketbox::config::Config;
 use marketbox::model::{Channel, Data, Message};
 use sim::{Endpoint, Mkt, Sim, SimOptions};
@@ -158,8 +160,8 @@ fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
 fn status_on_a_pty_shows_the_simulators_live_socket_count() {
     let sim = sim(&["BTC-USDT", "ETH-USDT"]);
     let (master, slave) = openpty();
-    let dir = Scratch::new("console-pty");
-    let cfg = dir.path("marketbox.toml");
+    let dir = TempDir::new("console-pty");
+    let cfg = dir.join("marketbox.toml");
     let slave = slave.display().to_string();
     std::fs::write(
         &cfg,
@@ -233,9 +235,9 @@ fn status_on_a_pty_shows_the_simulators_live_socket_count() {
 #[test]
 fn a_symbol_added_at_the_console_is_subscribed_on_the_existing_socket_and_survives_a_restart() {
     let sim = sim(&["BTC-USDT", "ETH-USDT", "SOL-USDT"]);
-    let dir = Scratch::new("console-add");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-add");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     std::fs::write(
         &cfg,
         sim_config(
@@ -348,9 +350,9 @@ fn a_symbol_added_at_the_console_is_subscribed_on_the_existing_socket_and_surviv
 
 #[test]
 fn an_invalid_set_is_refused_naming_the_key_and_the_allowed_values() {
-    let dir = Scratch::new("console-set");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-set");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     std::fs::write(&cfg, console_only(&[format!("unix:{}", sock.display())])).expect("write");
     let _svc = Service::start(&cfg);
     let mut c = connect(&sock, Duration::from_secs(20));
@@ -398,9 +400,9 @@ fn an_invalid_set_is_refused_naming_the_key_and_the_allowed_values() {
 #[test]
 fn sigkill_during_repeated_saves_never_leaves_a_corrupt_or_empty_config() {
     const KILLS: usize = 200;
-    let dir = Scratch::new("console-kill");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-kill");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     std::fs::write(&cfg, console_only(&[format!("unix:{}", sock.display())])).expect("write");
     let mut rng = fastrand::Rng::with_seed(0x5a5e);
     let (mut saves, mut mid_save, mut changed) = (0usize, 0usize, 0usize);
@@ -422,7 +424,7 @@ fn sigkill_during_repeated_saves_never_leaves_a_corrupt_or_empty_config() {
         std::thread::sleep(Duration::from_micros(rng.u64(0..30_000)));
         svc.kill();
         saves += c.inbox.all().matches("\nsaved ").count();
-        if dir.path(".marketbox.toml.tmp").exists() || dir.path(".marketbox.toml.bak.tmp").exists()
+        if dir.join(".marketbox.toml.tmp").exists() || dir.join(".marketbox.toml.bak.tmp").exists()
         {
             mid_save += 1;
         }
@@ -437,7 +439,7 @@ fn sigkill_during_repeated_saves_never_leaves_a_corrupt_or_empty_config() {
             .unwrap_or_else(|e| panic!("kill {kill}: the config does not load: {e}\n{text}"));
         assert!(text.starts_with("# A test config"), "kill {kill}: {text}");
         depths.insert(loaded.book.depth.0);
-        if let Ok(bak) = std::fs::read_to_string(dir.path("marketbox.toml.bak")) {
+        if let Ok(bak) = std::fs::read_to_string(dir.join("marketbox.toml.bak")) {
             Config::parse(&bak, "bak").unwrap_or_else(|e| panic!("kill {kill}: .bak: {e}"));
         }
     }
@@ -460,9 +462,9 @@ fn sigkill_during_repeated_saves_never_leaves_a_corrupt_or_empty_config() {
 fn garbage_a_megabyte_line_noise_and_a_disconnect_mid_line_are_survived() {
     let sim = sim(&["BTC-USDT", "ETH-USDT"]);
     let (master, slave) = openpty();
-    let dir = Scratch::new("console-garbage");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-garbage");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     std::fs::write(
         &cfg,
         sim_config(
@@ -548,9 +550,9 @@ fn garbage_a_megabyte_line_noise_and_a_disconnect_mid_line_are_survived() {
 
 #[test]
 fn console_attach_works_from_a_script_and_from_a_terminal() {
-    let dir = Scratch::new("console-attach");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-attach");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     std::fs::write(&cfg, console_only(&[format!("unix:{}", sock.display())])).expect("write");
     let _svc = Service::start(&cfg);
     drop(connect(&sock, Duration::from_secs(20)));
@@ -639,8 +641,8 @@ fn console_attach_works_from_a_script_and_from_a_terminal() {
 #[test]
 fn the_stdio_console_reads_stdin_and_answers_on_stderr_leaving_stdout_to_the_data() {
     let sim = sim(&["BTC-USDT"]);
-    let dir = Scratch::new("console-stdio");
-    let cfg = dir.path("marketbox.toml");
+    let dir = TempDir::new("console-stdio");
+    let cfg = dir.join("marketbox.toml");
     std::fs::write(
         &cfg,
         sim_config(&sim, &["stdio".into()], &["BTC-USDT"], false),
@@ -703,9 +705,9 @@ fn the_stdio_console_reads_stdin_and_answers_on_stderr_leaving_stdout_to_the_dat
 
 #[test]
 fn restart_runs_the_saved_file_in_the_same_process_and_log_level_takes_effect() {
-    let dir = Scratch::new("console-restart");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-restart");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     std::fs::write(&cfg, console_only(&[format!("unix:{}", sock.display())])).expect("write");
     let mut svc = Service::start(&cfg);
     let pid = svc.child.id();
@@ -758,9 +760,9 @@ fn restart_runs_the_saved_file_in_the_same_process_and_log_level_takes_effect() 
 
 #[test]
 fn changes_the_running_service_cannot_make_live_ask_for_a_restart() {
-    let dir = Scratch::new("console-live");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-live");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     std::fs::write(&cfg, console_only(&[format!("unix:{}", sock.display())])).expect("write");
     let _svc = Service::start(&cfg);
     let mut c = connect(&sock, Duration::from_secs(20));
@@ -817,9 +819,9 @@ fn an_upstream_change_reconnects_only_the_upstream_and_loses_nothing() {
         brokers::Nats::start(brokers::NatsAuth::None),
         brokers::Nats::start(brokers::NatsAuth::None),
     );
-    let dir = Scratch::new("console-upstream");
-    let cfg = dir.path("marketbox.toml");
-    let sock = dir.path("console.sock");
+    let dir = TempDir::new("console-upstream");
+    let cfg = dir.join("marketbox.toml");
+    let sock = dir.join("console.sock");
     let extra = format!(
         "[upstream]\nkind = \"nats\"\nurl = \"{}\"\n[console]\ndevices = [\"unix:{}\"]\n",
         a.url(),

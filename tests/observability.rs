@@ -8,6 +8,8 @@ mod harness;
 #[path = "common/prom.rs"]
 mod prom;
 mod sim;
+#[path = "common/tmp.rs"]
+mod tmp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 #[path = "common/brokers.rs"]
 mod brokers;
 mod sim;
+#[path = "common/tmp.rs"]
+mod tmp;
 
 use std::time::{Duration, Instant};
 

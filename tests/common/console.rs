@@ -2,6 +2,8 @@
 //! on a Unix socket and on a real pty pair, its stdout read as JSON lines.
 #![allow(dead_code)]
 
+pub use crate::tmp::TempDir;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -17,31 +19,6 @@ pub const PROMPT: &str = "marketbox> ";
 
 pub fn marketbox() -> Command {
     Command::new(env!("CARGO_BIN_EXE_marketbox"))
-}
-
-/// A scratch folder, removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "marketbox-{tag}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).expect("a scratch folder");
-        Scratch(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The bytes read so far, and whether the stream ended.

@@ -12,13 +12,21 @@
 //!
 //! Owns: nothing but the value. Must not touch: what it carries.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_listener::Event;
 
 struct Shared<T> {
     value: Mutex<(u64, T)>,
     event: Event,
+}
+
+impl<T> Shared<T> {
+    /// The version and the value; a writer that panicked left a whole value (it assigns
+    /// both fields together), so a poisoned lock is taken as it is.
+    fn lock(&self) -> MutexGuard<'_, (u64, T)> {
+        self.value.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The writing end.
@@ -59,7 +67,7 @@ impl<T: Clone> Sender<T> {
     /// Publishes a new version and wakes every waiting receiver.
     pub fn send(&self, value: T) {
         {
-            let mut v = self.shared.value.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = self.shared.lock();
             v.0 = v.0.wrapping_add(1);
             v.1 = value;
         }
@@ -68,22 +76,12 @@ impl<T: Clone> Sender<T> {
 
     /// The current value.
     pub fn borrow(&self) -> T {
-        self.shared
-            .value
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
+        self.shared.lock().1.clone()
     }
 
     /// A receiver that has seen the current version.
     pub fn subscribe(&self) -> Receiver<T> {
-        let seen = self
-            .shared
-            .value
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        let seen = self.shared.lock().0;
         Receiver {
             shared: self.shared.clone(),
             seen,
@@ -94,7 +92,7 @@ impl<T: Clone> Sender<T> {
 impl<T: Clone> Receiver<T> {
     /// The newest value when it is newer than the last one seen (and marks it seen).
     pub fn try_changed(&mut self) -> Option<T> {
-        let v = self.shared.value.lock().unwrap_or_else(|e| e.into_inner());
+        let v = self.shared.lock();
         if v.0 == self.seen {
             return None;
         }
@@ -118,12 +116,7 @@ impl<T: Clone> Receiver<T> {
 
     /// The current value, seen or not.
     pub fn borrow(&self) -> T {
-        self.shared
-            .value
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
+        self.shared.lock().1.clone()
     }
 }
 

@@ -291,8 +291,8 @@ pub struct Buffered<I> {
     pub ids: I,
     pub bids: Vec<(Decimal, Decimal)>,
     pub asks: Vec<(Decimal, Decimal)>,
-    /// The venue's checksum of the book after this update (0: none).
-    pub checksum: i64,
+    /// The venue's checksum of the book after this update, if it sent one.
+    pub checksum: Option<i64>,
 }
 
 impl<I> Buffered<I> {
@@ -329,7 +329,7 @@ impl<I> UpdateBuffer<I> {
         ids: I,
         bids: B,
         asks: A,
-        checksum: i64,
+        checksum: Option<i64>,
     ) -> Result<(), ResyncReason> {
         let mut u = Buffered {
             ids,
@@ -608,10 +608,10 @@ mod tests {
         let one = [("1", "1")];
         // TC0: count bound.
         for id in 0..MAX_BUFFERED as u64 {
-            buf.push(id, pairs(&one), pairs(&[]), 0).expect("room");
+            buf.push(id, pairs(&one), pairs(&[]), None).expect("room");
         }
         assert_eq!(
-            buf.push(9999, pairs(&one), pairs(&[]), 0),
+            buf.push(9999, pairs(&one), pairs(&[]), None),
             Err(ResyncReason::BufferOverflow)
         );
         assert_eq!(buf.len(), 1);
@@ -621,7 +621,7 @@ mod tests {
         let prices: Vec<String> = (1..=1000).map(|p| p.to_string()).collect();
         let big: Vec<(&str, &str)> = prices.iter().map(|p| (p.as_str(), "1")).collect();
         let mut n = 0;
-        while buf.push(n, pairs(&big), pairs(&big), 0).is_ok() {
+        while buf.push(n, pairs(&big), pairs(&big), None).is_ok() {
             n += 1;
         }
         assert!(n < 100, "{n} updates of 2000 levels kept");
@@ -629,7 +629,7 @@ mod tests {
         // TC2: a malformed level keeps nothing.
         let mut buf = UpdateBuffer::<u64>::default();
         assert_eq!(
-            buf.push(1, pairs(&[("x", "1")]), pairs(&[]), 0),
+            buf.push(1, pairs(&[("x", "1")]), pairs(&[]), None),
             Err(ResyncReason::Malformed)
         );
         assert!(buf.is_empty());

@@ -375,7 +375,7 @@ impl BookSync {
             last: d.last_id,
             prev: d.prev_last_id,
         };
-        match buffered.push(ids, d.bids(), d.asks(), 0) {
+        match buffered.push(ids, d.bids(), d.asks(), None) {
             Err(ResyncReason::Malformed) => {
                 self.unsync();
                 Err(ResyncReason::Malformed)
@@ -454,7 +454,7 @@ impl BookSync {
                         last: d.last_id,
                         prev: d.prev_last_id,
                     };
-                    if deep.log.push(ids, d.bids(), d.asks(), 0).is_err() {
+                    if deep.log.push(ids, d.bids(), d.asks(), None).is_err() {
                         // Too many diffs while the snapshot is out: give this one up.
                         self.deepening = None;
                     } else if let Some(Err(r)) = self.try_splice() {

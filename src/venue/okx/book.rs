@@ -151,10 +151,12 @@ impl OkxBook {
         OkxEvent::Resync(r)
     }
 
-    fn verify(&self, venue: i64) -> Result<(), ResyncReason> {
-        if venue == 0 {
+    /// Checks the book against the venue's checksum; none, or 0 (OKX's value since it stopped
+    /// computing them on 2026-06-23), checks nothing.
+    fn verify(&self, venue: Option<i64>) -> Result<(), ResyncReason> {
+        let Some(venue) = venue.filter(|c| *c != 0) else {
             return Ok(());
-        }
+        };
         let ours = checksum(self.core.book());
         if i64::from(ours) != venue {
             return Err(ResyncReason::Checksum { venue, ours });
@@ -162,18 +164,17 @@ impl OkxBook {
         Ok(())
     }
 
+    /// Applies an entry's levels and checks the result against its checksum.
     fn apply(&mut self, d: &BookData<'_>) -> Result<(), ResyncReason> {
         self.core.apply_levels(BookSide::Bid, Levels::new(d.bids))?;
         self.core.apply_levels(BookSide::Ask, Levels::new(d.asks))?;
-        Ok(())
+        self.verify(d.checksum)
     }
 
     /// A WebSocket `snapshot` (action `snapshot`).
     pub fn on_ws_snapshot(&mut self, d: &BookData<'_>) -> OkxEvent {
         self.core.clear();
-        let r = self
-            .apply(d)
-            .and_then(|()| self.verify(d.checksum.unwrap_or(0)));
+        let r = self.apply(d);
         match r {
             Ok(()) => {
                 self.core.advanced();
@@ -203,12 +204,8 @@ impl OkxBook {
                     seq_id,
                     prev_seq_id,
                 };
-                let pushed = buffered.push(
-                    ids,
-                    Levels::new(d.bids),
-                    Levels::new(d.asks),
-                    d.checksum.unwrap_or(0),
-                );
+                let pushed =
+                    buffered.push(ids, Levels::new(d.bids), Levels::new(d.asks), d.checksum);
                 return match pushed {
                     Ok(()) => OkxEvent::Buffered,
                     Err(ResyncReason::Malformed) => self.fail(ResyncReason::Malformed),
@@ -228,7 +225,7 @@ impl OkxBook {
                     {
                         return self.fail(ResyncReason::Malformed);
                     }
-                    return match self.verify(d.checksum.unwrap_or(0)) {
+                    return match self.verify(d.checksum) {
                         Ok(()) => OkxEvent::Heartbeat,
                         Err(e) => self.fail(e),
                     };
@@ -256,14 +253,12 @@ impl OkxBook {
             (Some(_), _, _) => return self.fail(ResyncReason::MissingSequence),
             // Synced without a sequence (captures before seqId existed): only a checksum
             // can verify the update.
-            (None, _, _) if d.checksum.unwrap_or(0) == 0 => {
+            (None, _, _) if d.checksum.is_none_or(|c| c == 0) => {
                 return self.fail(ResyncReason::MissingSequence);
             }
             (None, _, _) => {}
         }
-        let r = self
-            .apply(d)
-            .and_then(|()| self.verify(d.checksum.unwrap_or(0)));
+        let r = self.apply(d);
         match r {
             Ok(()) => {
                 self.core.advanced();
@@ -299,10 +294,7 @@ impl OkxBook {
             .dropped_by_snapshot((buffered.len() - kept.len()) as u64);
         self.core.clear();
         // The snapshot's own checksum, when it carries one, before anything is spliced on.
-        if let Err(e) = self
-            .apply(d)
-            .and_then(|()| self.verify(d.checksum.unwrap_or(0)))
-        {
+        if let Err(e) = self.apply(d) {
             drop(kept);
             return self.fail(e);
         }

@@ -78,25 +78,18 @@ const POW10: [i128; 20] = {
 };
 
 /// A price's sort key: its value at 19 decimal places (exact: a `Decimal` has at most 19),
-/// negated for bids so that ascending keys are best first on both sides. Kept as two words
-/// (ordered like the `i128` they split) so an entry is 8-aligned and 40 bytes.
+/// negated for bids so that ascending keys are best first on both sides. One `i128`, so a
+/// comparison is two instructions without a branch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    hi: i64,
-    lo: u64,
-}
+struct Key(i128);
 
 fn key(side: BookSide, price: Decimal) -> Key {
     let scale = usize::from(price.scale()).min(19);
     let v = i128::from(price.mantissa()) * POW10[19 - scale];
-    let v = match side {
+    Key(match side {
         BookSide::Bid => -v,
         BookSide::Ask => v,
-    };
-    Key {
-        hi: (v >> 64) as i64,
-        lo: v as u64,
-    }
+    })
 }
 
 /// A level as stored: the two decimals' parts packed (24 bytes instead of 32).
@@ -145,7 +138,7 @@ struct Block {
 impl Block {
     const EMPTY: Block = Block {
         len: 0,
-        keys: [Key { hi: 0, lo: 0 }; BLOCK],
+        keys: [Key(0); BLOCK],
         levels: [Packed {
             price: 0,
             qty: 0,

@@ -47,13 +47,17 @@ enum Command {
     },
 }
 
-/// Logs to stderr (stdout carries the data), filtered by `MARKETBOX_LOG` (default `info`);
+/// Logs to stderr (stdout carries the data), filtered by `MARKETBOX_LOG` (default `info`; a
+/// level, or targets with levels: `marketbox::venue=debug,info`);
 /// returns what the console's `log level` changes the filter with.
 fn init_logs() -> LogControl {
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MARKETBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = std::env::var("MARKETBOX_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
@@ -65,7 +69,12 @@ fn init_logs() -> LogControl {
         .init();
     Arc::new(move |level: LogLevel| {
         handle
-            .reload(tracing_subscriber::EnvFilter::new(level.as_str()))
+            .reload(
+                level
+                    .as_str()
+                    .parse::<Targets>()
+                    .map_err(|e| e.to_string())?,
+            )
             .map_err(|e| e.to_string())
     })
 }

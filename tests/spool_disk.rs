@@ -165,7 +165,7 @@ fn a_full_disk_is_named_counted_and_messages_go_on_from_ram() {
 fn full_disk_inner(url: &str) {
     let log = LogBuf::default();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_max_level(tracing::Level::WARN)
         .with_ansi(false)
         .with_writer(log.clone())
         .init();

@@ -469,9 +469,12 @@ pub struct InProc {
 impl InProc {
     pub fn start(cfg: &marketbox::config::Config) -> InProc {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                std::env::var("MARKETBOX_LOG").unwrap_or_else(|_| "warn".into()),
-            ))
+            .with_max_level(
+                std::env::var("MARKETBOX_LOG")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(tracing::Level::WARN),
+            )
             .with_test_writer()
             .try_init();
         let ex = Arc::new(smol::Executor::new());

@@ -1,31 +1,58 @@
 //! End to end on a firehose: a loopback TLS WebSocket server replays generated Binance spot
 //! depth diffs (25 levels, about 930 bytes each) as fast as marketbox reads them, through the
-//! whole service (TLS, WebSocket, parse, book, encode, spool, stdout upstream into /dev/null),
-//! with REST snapshots consistent with the diffs. marketbox is the built binary, run as a child
-//! process so its CPU time and memory are its own:
+//! whole service (TLS, WebSocket, parse, book, encode, spool, stdout upstream into a pipe this
+//! bench reads), with REST snapshots consistent with the diffs. marketbox is the built binary,
+//! run as a child process so its CPU time and memory are its own:
 //!
 //! - CPU µs per message: utime + stime of the process (`/proc/<pid>/stat`) over the measured
 //!   window, divided by the depth frames it received in that window (its own
 //!   `marketbox_ws_frames_total{kind="data"}`);
 //! - messages/s: those frames per second of the window;
-//! - peak RSS: `VmHWM` of `/proc/<pid>/status` at the end of the run;
+//! - peak RSS: `VmHWM` of `/proc/<pid>/status` at the end of the window;
 //! - resyncs (`marketbox_book_resyncs_total`, by reason), background deepenings
-//!   (`marketbox_book_deepenings_total`) and books published per diff
-//!   (`marketbox_messages_total{channel="orderbook"}` over the same frames).
+//!   (`marketbox_book_deepenings_total`), the REST snapshots served (by `limit`, with their
+//!   request weight and how far the generator was ahead of marketbox's last book) and books
+//!   published per diff (`marketbox_messages_total{channel="orderbook"}` over the same frames).
 //!
 //! The generator paces itself at 1,000 diffs/s until marketbox publishes its first book (the
-//! measured figures start after the first sync), then sends without pause. It is written for
-//! speed, not shared with `tests/sim` (whose book process keeps a history for the tests): a
-//! flat array of price ticks, 25 changes per diff near the top (a few deep), sweeps and
-//! improvements that move the mid, mean-reverting around where it started; the REST snapshot
-//! is the same book at the last diff generated.
+//! measured figures start after the first sync), then sends without pause (or at `-- rate N`
+//! diffs a second). It is written for speed, not shared with `tests/sim` (whose book process
+//! keeps a history for the tests): a flat array of price ticks, half of them holding a level
+//! over the whole grid (denser near the start), so that wherever the price goes a deeper
+//! snapshot has levels to show; 25 changes per diff near the top (a few deep), sweeps and
+//! improvements that move the mid, mean-reverting around a target that walks a tick every
+//! [`WALK_TIMED`] diffs, [`WALK_AMP`] ticks down from the start, then up twice that, down,
+//! and so on. The range a cut snapshot made known therefore thins out on one side, and
+//! marketbox must deepen it in the background (the feed asks for 500, then 1000 levels,
+//! when a cut side holds fewer than four times the published depth) several times a run;
+//! the REST snapshot is the same book at the last diff generated.
+//!
+//! Reference check: a thread of the bench reads marketbox's stdout (JSON lines) 1 MiB at a
+//! time and takes each orderbook line's `update_id` from the end of the line without parsing
+//! the rest. The generator records the `u` of every diff, in order, and for each diff whose
+//! `u` is a multiple of [`SAMPLE_IDS`] (about one in 1,000) the top 20 levels of each side as
+//! the venue's text. At the end the generator stops and the bench waits until the last book
+//! is at the last `u` generated. Then, from the first book on, the books' update ids must be
+//! exactly the generated `u`s: each diff one book, none missing, none twice, none at an id
+//! never generated; the sampled books and the last one, parsed (serde_json), must hold
+//! exactly the reference levels. Books missing across a REST snapshot (marketbox resynced:
+//! silent, not wrong) are counted apart from the others and shown with the resync reasons
+//! and marketbox's warnings.
+//!
+//! Saturation: at full speed the generator outruns marketbox, so the socket always holds
+//! megabytes of diffs (a few thousand) that marketbox has not read: every snapshot it asks
+//! for is that far ahead of its live book. The smoke pass runs at [`SMOKE_RATE`], which the
+//! debug binary keeps up with; `-- rate N` does the same for a timed run.
 //!
 //! A second figure, `steady`, is the resident memory of `marketbox run` with the default
 //! config's feeds pointed at the exchange simulators (`tests/sim`) after it has run a while.
 //!
-//! Run: `cargo bench --bench firehose` (both), `-- firehose [secs]` or `-- steady [secs]`;
-//! `MARKETBOX_BENCH_BIN=path` measures another build of the binary.
-//! Under `cargo test` a short smoke pass runs the debug binary through the same path.
+//! Run: `cargo bench --bench firehose` (both), `-- firehose [secs] [rate N]` or
+//! `-- steady [secs]`; `MARKETBOX_BENCH_BIN=path` measures another build of the binary,
+//! `MARKETBOX_BENCH_LOG=file` keeps its log. Under `cargo test` a short smoke pass runs the
+//! debug binary through the same path, the target walking a tick every [`WALK_SMOKE`] diffs,
+//! and asserts the reference check clean: 0 wrong, missing or repeated books after the first,
+//! 0 spool drops. The timed run asserts that no book is wrong.
 
 #[path = "../tests/common/brokers.rs"]
 mod brokers;
@@ -38,8 +65,10 @@ mod sim;
 #[path = "../tests/common/tmp.rs"]
 mod tmp;
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -56,18 +85,41 @@ fn timed() -> bool {
 // ---------------------------------------------------------------------------------------------
 // The generated market
 
-/// Price ticks the book can use; the mid starts in the middle and reverts towards it.
+/// Price ticks the book can use; the mid starts in the middle and follows a walking target.
 const TICKS: usize = 1 << 16;
 const CENTER: usize = TICKS / 2;
+/// `set` refuses levels this close to either end of the grid.
+const EDGE: usize = 4000;
 /// The price of tick `CENTER`, in cents (87,000.00).
 const CENTER_CENTS: u64 = 8_700_000;
 /// Quantities are lots of 0.00001 (1,000 units of 10^-8).
 const LOT_UNITS: u64 = 1_000;
 /// Level changes per diff (bids and asks together).
 const CHANGES: usize = 25;
+/// The target the mid reverts to walks between `CENTER - WALK_AMP` and `CENTER + WALK_AMP`:
+/// legs of 5,000 ticks, more than twice what a 1000-level snapshot covers (about 1,800 ticks
+/// a side), so every leg thins the known range at least once.
+const WALK_AMP: usize = 2500;
+/// Diffs per tick of the target's walk, timed (about 1,000 ticks a second at 150,000 diffs/s:
+/// a deepening every second or two, within the spot weight budget) and in the smoke pass
+/// (500 ticks a second at [`SMOKE_RATE`]: two or three deepenings in its three seconds).
+const WALK_TIMED: u64 = 150;
+const WALK_SMOKE: u64 = 10;
+/// Diffs a second in the smoke pass: the debug binary reads 15,000 to 30,000 a second, so
+/// it is not saturated (see the module doc on saturation).
+const SMOKE_RATE: u64 = 5000;
+/// The published depth (the config's `[book] depth`).
+const DEPTH: usize = 20;
+/// Diffs whose `u` is a multiple of this get their top levels recorded for the reference
+/// check: about one diff in this many (`u` moves by 1 to 24 per diff).
+const SAMPLE_IDS: u64 = 1000;
+
+/// One side's top levels as the venue writes them: `[price, qty]` text pairs, best first.
+type Levels = Vec<[String; 2]>;
 
 /// One symbol's book on a flat tick grid: `qty[i]` lots at tick `i`; every tick at or below
-/// `bid` is a bid, at or above `ask` an ask, nothing in between.
+/// `bid` is a bid, at or above `ask` an ask, nothing in between. It also keeps what the
+/// reference check needs: every diff's `u` in order, and the sampled books.
 struct Book {
     qty: Vec<u32>,
     bid: usize,
@@ -75,6 +127,14 @@ struct Book {
     last_id: u64,
     rng: fastrand::Rng,
     diffs: u64,
+    /// Where the mid reverts to, and which way it walks, one tick every `walk` diffs.
+    target: usize,
+    down: bool,
+    walk: u64,
+    /// The `u` of every diff generated, in order (strictly increasing).
+    ids: Vec<u64>,
+    /// `(u, bids, asks)` of the diffs whose `u` is a multiple of [`SAMPLE_IDS`].
+    refs: Vec<(u64, Levels, Levels)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -84,17 +144,15 @@ enum Side {
 }
 
 impl Book {
-    fn new(seed: u64) -> Book {
+    fn new(seed: u64, walk: u64) -> Book {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut qty = vec![0u32; TICKS];
-        // Dense near the top, sparser deeper, 2,000 ticks each way.
-        for d in 1..2000usize {
-            let p = if d < 50 { 85 } else { 45 };
-            if rng.u8(..100) < p {
-                qty[CENTER - d] = 1 + rng.u32(..2000);
-            }
-            if rng.u8(..100) < p {
-                qty[CENTER + d] = 1 + rng.u32(..2000);
+        // Dense near the top, half the ticks deeper, over the whole grid: wherever the price
+        // walks, a deeper snapshot has levels to show.
+        for (i, q) in qty.iter_mut().enumerate().take(TICKS - EDGE).skip(EDGE) {
+            let p = if i.abs_diff(CENTER) < 50 { 85 } else { 50 };
+            if i != CENTER && rng.u8(..100) < p {
+                *q = 1 + rng.u32(..2000);
             }
         }
         qty[CENTER - 1] = 500;
@@ -106,6 +164,11 @@ impl Book {
             last_id: 1_000_000_000,
             rng,
             diffs: 0,
+            target: CENTER,
+            down: true,
+            walk: walk.max(1),
+            ids: Vec::with_capacity(1 << 21),
+            refs: Vec::new(),
         }
     }
 
@@ -117,11 +180,25 @@ impl Book {
         }
     }
 
-    /// The side whose sweep pulls the mid back towards the centre (a sweep of the bids
+    /// Moves the target one tick every `walk` diffs, turning at `CENTER ± WALK_AMP`.
+    fn walk(&mut self) {
+        if self.diffs % self.walk != 0 {
+            return;
+        }
+        if self.down {
+            self.target -= 1;
+            self.down = self.target > CENTER - WALK_AMP;
+        } else {
+            self.target += 1;
+            self.down = self.target >= CENTER + WALK_AMP;
+        }
+    }
+
+    /// The side whose sweep pulls the mid back towards the target (a sweep of the bids
     /// lowers it); an improvement is made on the other side.
     fn reverting_sweep(&mut self) -> Side {
         let mid = (self.bid + self.ask) / 2;
-        let off = mid as f64 - CENTER as f64;
+        let off = mid as f64 - self.target as f64;
         // Off by 100 ticks: 75 % of the sweeps pull back.
         let p_bid = (0.5 + (off / 400.0).clamp(-0.45, 0.45)) * 100.0;
         if f64::from(self.rng.u8(..100)) < p_bid {
@@ -134,7 +211,7 @@ impl Book {
     /// Sets tick `i` and keeps `bid`/`ask` the best levels. Refuses (returns `false`) what
     /// would leave a side empty near the top or reach the grid's edge.
     fn set(&mut self, side: Side, i: usize, lots: u32) -> bool {
-        if !(4000..TICKS - 4000).contains(&i) {
+        if !(EDGE..TICKS - EDGE).contains(&i) {
             return false;
         }
         match side {
@@ -173,6 +250,7 @@ impl Book {
     /// One diff of [`CHANGES`] level changes (each price at most once), written as the
     /// combined-stream frame of `stream` into `out` (cleared first).
     fn step(&mut self, stream: &str, symbol: &str, out: &mut Vec<u8>) {
+        self.walk();
         let mut changed: [(Side, usize, u32); CHANGES] = [(Side::Bid, 0, 0); CHANGES];
         let mut n = 0;
         let mut tries = 0;
@@ -245,6 +323,11 @@ impl Book {
         let first = self.last_id + 1;
         self.last_id = first + self.rng.u64(..24);
         self.diffs += 1;
+        self.ids.push(self.last_id);
+        if self.last_id % SAMPLE_IDS == 0 {
+            let (bids, asks) = self.top(DEPTH);
+            self.refs.push((self.last_id, bids, asks));
+        }
         let changed = &mut changed[..n];
         // Best first on each side, as the venue writes them.
         changed.sort_unstable_by_key(|c| match c.0 {
@@ -306,12 +389,44 @@ impl Book {
         out.extend_from_slice(b"]}");
         String::from_utf8(out).expect("ASCII")
     }
+
+    /// The top `n` levels of each side, as the venue's text: what a book published now must
+    /// show.
+    fn top(&self, n: usize) -> (Levels, Levels) {
+        let bids = (0..=self.bid)
+            .rev()
+            .filter(|&i| self.qty[i] > 0)
+            .take(n)
+            .map(|i| level_text(i, self.qty[i]))
+            .collect();
+        let asks = (self.ask..TICKS)
+            .filter(|&i| self.qty[i] > 0)
+            .take(n)
+            .map(|i| level_text(i, self.qty[i]))
+            .collect();
+        (bids, asks)
+    }
 }
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `hh:mm:ss.mmm` UTC, to set beside marketbox's log.
+fn clock(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
 }
 
 fn push_u64(out: &mut Vec<u8>, v: u64) {
@@ -328,17 +443,36 @@ fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
 
 /// `["87012.34000000","0.51200000"]`: Binance spot BTCUSDT's 8 decimals on both.
 fn push_level(out: &mut Vec<u8>, tick: usize, lots: u32) {
-    let cents = CENTER_CENTS + tick as u64 - CENTER as u64;
     out.extend_from_slice(b"[\"");
+    push_price(out, tick);
+    out.extend_from_slice(b"\",\"");
+    push_qty(out, lots);
+    out.extend_from_slice(b"\"]");
+}
+
+/// `87012.34000000`: the price of `tick`.
+fn push_price(out: &mut Vec<u8>, tick: usize) {
+    let cents = CENTER_CENTS + tick as u64 - CENTER as u64;
     push_u64(out, cents / 100);
     out.push(b'.');
     push_padded(out, cents % 100, 2);
-    out.extend_from_slice(b"000000\",\"");
+    out.extend_from_slice(b"000000");
+}
+
+/// `0.51200000`: `lots` lots.
+fn push_qty(out: &mut Vec<u8>, lots: u32) {
     let units = u64::from(lots) * LOT_UNITS;
     push_u64(out, units / 100_000_000);
     out.push(b'.');
     push_padded(out, units % 100_000_000, 8);
-    out.extend_from_slice(b"\"]");
+}
+
+/// One level as the venue's text, for the reference.
+fn level_text(tick: usize, lots: u32) -> [String; 2] {
+    let (mut p, mut q) = (Vec::with_capacity(16), Vec::with_capacity(16));
+    push_price(&mut p, tick);
+    push_qty(&mut q, lots);
+    [p, q].map(|b| String::from_utf8(b).expect("ASCII"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,13 +481,35 @@ fn push_level(out: &mut Vec<u8>, tick: usize, lots: u32) {
 /// The market the WebSocket writes and REST reads, and the switch from paced to firehose.
 struct Market {
     book: Mutex<Book>,
+    /// Past the first book: diffs at `rate` a second (0: as fast as marketbox reads them).
     firehose: AtomicBool,
+    rate: AtomicU64,
+    /// No more diffs (what was generated is flushed): the end of the run.
+    pause: AtomicBool,
     stop: AtomicBool,
     sent: AtomicU64,
     bytes: AtomicU64,
     snapshots: AtomicU64,
     connections: AtomicU64,
+    /// The update id of the last book marketbox wrote to stdout (0 before the first).
+    last_book: AtomicU64,
+    /// Each REST snapshot served, in order.
+    rest_log: Mutex<Vec<Served>>,
 }
+
+/// A REST snapshot served.
+#[derive(Clone, Copy)]
+struct Served {
+    at: SystemTime,
+    limit: usize,
+    /// Its `lastUpdateId`.
+    last_id: u64,
+    /// Diffs generated beyond marketbox's last book (`None` before the first book).
+    ahead: Option<usize>,
+}
+
+/// Diffs a second until the first book.
+const PACED: u64 = 1000;
 
 const STREAM: &str = "btcusdt@depth@100ms";
 const SYMBOL: &str = "BTCUSDT";
@@ -398,24 +554,47 @@ fn ws_connection(
     m.connections.fetch_add(1, Ordering::SeqCst);
     let mut frame = Vec::with_capacity(2048);
     let mut since_flush = 0;
+    // The schedule: `sent` diffs since `since` at `rate` a second (0: as fast as it goes).
+    let (mut rate, mut since, mut sent) = (u64::MAX, Instant::now(), 0u64);
     while !m.stop.load(Ordering::Relaxed) {
         let firehose = m.firehose.load(Ordering::Relaxed);
-        {
+        let want = if firehose {
+            m.rate.load(Ordering::Relaxed)
+        } else {
+            PACED
+        };
+        if want != rate {
+            (rate, since, sent) = (want, Instant::now(), 0);
+        }
+        let due = rate == 0 || sent <= (since.elapsed().as_secs_f64() * rate as f64) as u64;
+        let stepped = due && {
+            // Read under the lock: once the bench has set `pause` and then held the lock, no
+            // diff follows the last one it saw.
             let mut book = m.book.lock().unwrap_or_else(|e| e.into_inner());
-            book.step(STREAM, SYMBOL, &mut frame);
+            let go = !m.pause.load(Ordering::SeqCst);
+            if go {
+                book.step(STREAM, SYMBOL, &mut frame);
+            }
+            go
+        };
+        if !stepped {
+            if since_flush > 0 {
+                ws.flush()?;
+                since_flush = 0;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
         }
         m.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
         let text = String::from_utf8(std::mem::take(&mut frame))?;
         frame = Vec::with_capacity(2048);
         ws.write(tungstenite::Message::text(text))?;
         m.sent.fetch_add(1, Ordering::Relaxed);
+        sent += 1;
         since_flush += 1;
         if !firehose || since_flush >= 32 {
             ws.flush()?;
             since_flush = 0;
-        }
-        if !firehose {
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
     Ok(())
@@ -458,6 +637,19 @@ fn serve_rest(l: TcpListener, tls: Arc<ServerConfig>, m: Arc<Market>) {
                             let (status, body) = if ok {
                                 m.snapshots.fetch_add(1, Ordering::SeqCst);
                                 let book = m.book.lock().unwrap_or_else(|e| e.into_inner());
+                                let last = m.last_book.load(Ordering::SeqCst);
+                                let ahead = (last > 0).then(|| {
+                                    book.ids.len() - book.ids.partition_point(|&u| u <= last)
+                                });
+                                m.rest_log
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(Served {
+                                        at: SystemTime::now(),
+                                        limit,
+                                        last_id: book.last_id,
+                                        ahead,
+                                    });
                                 (200, book.snapshot(limit))
                             } else {
                                 (404, "{\"code\":-1,\"msg\":\"not here\"}".to_owned())
@@ -489,18 +681,23 @@ struct Firehose {
 }
 
 impl Firehose {
-    fn start() -> Firehose {
+    /// The servers of a market whose target walks a tick every `walk` diffs.
+    fn start(walk: u64) -> Firehose {
         let (tls, ca_pem) = sim::make_tls();
         let ca = brokers::TempDir::new("firehose");
         std::fs::write(ca.path().join("ca.pem"), ca_pem).expect("write the CA");
         let market = Arc::new(Market {
-            book: Mutex::new(Book::new(7)),
+            book: Mutex::new(Book::new(7, walk)),
             firehose: AtomicBool::new(false),
+            rate: AtomicU64::new(0),
+            pause: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            last_book: AtomicU64::new(0),
+            rest_log: Mutex::new(Vec::new()),
         });
         let (lw, lr) = (bind(), bind());
         let (ws, rest) = (
@@ -532,7 +729,7 @@ impl Firehose {
             r#"[budget]
 max_connections = 4
 [book]
-depth = 20
+depth = {DEPTH}
 [upstream]
 kind = "stdout"
 format = "json"
@@ -653,8 +850,6 @@ struct Sample {
     diffs: f64,
     books: f64,
     resyncs: f64,
-    dropped: f64,
-    scrape: String,
 }
 
 fn sample(pid: u32, metrics: SocketAddr) -> Sample {
@@ -675,8 +870,274 @@ fn sample(pid: u32, metrics: SocketAddr) -> Sample {
             &[("channel", "orderbook")],
         ),
         resyncs: metric(&scrape, "marketbox_book_resyncs_total", &[]),
-        dropped: metric(&scrape, "marketbox_spool_dropped_total", &[]),
-        scrape,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// marketbox's output against the reference
+
+/// What the stdout reader saw.
+#[derive(Default)]
+struct Seen {
+    /// The update id of every orderbook line, in order.
+    ids: Vec<u64>,
+    /// The lines whose update id is a multiple of [`SAMPLE_IDS`], with it.
+    samples: Vec<(u64, Vec<u8>)>,
+    /// The last orderbook line.
+    last: Vec<u8>,
+    /// Lines that are not an orderbook message ending in an update id, and the first of them
+    /// (cut short) for the report.
+    unreadable: u64,
+    first_unreadable: Option<String>,
+}
+
+/// The update id ending an orderbook line, `…,"update_id":123}}` (`src/encode.rs` writes it
+/// last in `data`, and `data` last in the message), found without parsing the rest.
+fn update_id(line: &[u8]) -> Option<u64> {
+    let body = line.strip_suffix(b"}}")?;
+    let digits = body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let (head, id) = body.split_at(body.len() - digits);
+    if digits == 0 || !head.ends_with(b",\"update_id\":") {
+        return None;
+    }
+    std::str::from_utf8(id).ok()?.parse().ok()
+}
+
+/// Reads marketbox's stdout (JSON lines) until it closes, 1 MiB at a time, keeping what the
+/// reference check needs and each book's update id in `last` as it goes.
+fn read_books(out: impl Read, last: &AtomicU64) -> Seen {
+    let mut r = BufReader::with_capacity(1 << 20, out);
+    let mut seen = Seen {
+        ids: Vec::with_capacity(1 << 21),
+        ..Seen::default()
+    };
+    let mut line = Vec::with_capacity(4096);
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        let Some(id) = update_id(&line) else {
+            seen.unreadable += 1;
+            if seen.first_unreadable.is_none() {
+                let head = &line[..line.len().min(200)];
+                seen.first_unreadable = Some(String::from_utf8_lossy(head).into_owned());
+            }
+            continue;
+        };
+        seen.ids.push(id);
+        last.store(id, Ordering::SeqCst);
+        if id % SAMPLE_IDS == 0 {
+            seen.samples.push((id, line.clone()));
+        }
+        // The line becomes `last` (its buffer is reused for the next read).
+        std::mem::swap(&mut line, &mut seen.last);
+    }
+    seen
+}
+
+/// An orderbook line of marketbox's stdout, as far as the check reads it.
+#[derive(serde::Deserialize)]
+struct OutLine {
+    channel: String,
+    symbol: String,
+    data: OutBook,
+}
+
+#[derive(serde::Deserialize)]
+struct OutBook {
+    bids: Levels,
+    asks: Levels,
+    update_id: u64,
+}
+
+/// Whether `line` is the book at `u` with exactly these levels; the first difference when not.
+fn same_book(line: &[u8], u: u64, bids: &Levels, asks: &Levels) -> Result<(), String> {
+    let out: OutLine = serde_json::from_slice(line).map_err(|e| {
+        let head = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+        format!("not an orderbook line ({e}): {head}")
+    })?;
+    if out.channel != "orderbook" || out.symbol != "BTC-USDT" || out.data.update_id != u {
+        return Err(format!(
+            "{} {} at {} where the book at {u} was expected",
+            out.channel, out.symbol, out.data.update_id
+        ));
+    }
+    for (name, got, want) in [
+        ("bids", &out.data.bids, bids),
+        ("asks", &out.data.asks, asks),
+    ] {
+        if let Some(k) = (0..got.len().max(want.len())).find(|&k| got.get(k) != want.get(k)) {
+            return Err(format!(
+                "book at {u}: {name}[{k}] is {:?}, the reference {:?} ({} levels, {} expected)",
+                got.get(k),
+                want.get(k),
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The reference check's figures.
+#[derive(Default)]
+struct Check {
+    /// Diffs generated, and the position among them of the first book's.
+    generated: usize,
+    first_at: Option<usize>,
+    /// Books at the next generated `u` (the first book counts).
+    in_order: u64,
+    /// Generated diffs after the first book that got no book, and the runs they form; of
+    /// those, the ones a REST snapshot was served in (from the last book before to the first
+    /// after: a resync, honest silence) and the diffs at the end that never got a book.
+    missing: u64,
+    gaps: u64,
+    resync_missing: u64,
+    resync_gaps: u64,
+    tail_missing: u64,
+    /// Books at an id not after the previous book's (twice, or going back).
+    repeated: u64,
+    /// Books at an id never generated.
+    unknown: u64,
+    /// Books compared in full with the reference (the sampled ones and the last), and those
+    /// that differ.
+    compared: u64,
+    mismatches: u64,
+    /// Whether the last book was at the last diff generated and compared.
+    last_compared: bool,
+    unreadable: u64,
+    /// The first few differences, for the report.
+    notes: Vec<String>,
+}
+
+impl Check {
+    fn note(&mut self, s: String) {
+        if self.notes.len() < 5 {
+            self.notes.push(s);
+        }
+    }
+
+    /// Whether every diff after the first book yielded exactly one book, all of them right.
+    fn clean(&self) -> bool {
+        self.first_at.is_some()
+            && self.missing == 0
+            && self.repeated == 0
+            && self.unknown == 0
+            && self.mismatches == 0
+            && self.unreadable == 0
+            && self.last_compared
+    }
+}
+
+/// Checks what marketbox wrote against the generator's record: `ids` the `u` of every diff
+/// in order, `refs` the sampled books, `last` the book at the last diff, `snapshots` the
+/// `lastUpdateId` of every REST snapshot served, in order.
+fn check(
+    ids: &[u64],
+    refs: &[(u64, Levels, Levels)],
+    last: &(u64, Levels, Levels),
+    snapshots: &[u64],
+    seen: &Seen,
+) -> Check {
+    let mut c = Check {
+        generated: ids.len(),
+        unreadable: seen.unreadable,
+        ..Check::default()
+    };
+    if let Some(l) = &seen.first_unreadable {
+        c.note(format!("unreadable line: {l}"));
+    }
+    let Some(&first) = seen.ids.first() else {
+        c.note("no book at all".into());
+        return c;
+    };
+    let Ok(start) = ids.binary_search(&first) else {
+        c.unknown = 1;
+        c.note(format!(
+            "the first book is at {first}, an id never generated"
+        ));
+        return c;
+    };
+    c.first_at = Some(start);
+    // `next`: the position of the diff the next book should be at.
+    let mut next = start;
+    for &b in &seen.ids {
+        if ids.get(next) == Some(&b) {
+            c.in_order += 1;
+            next += 1;
+        } else if next > 0 && b <= ids[next - 1] {
+            c.repeated += 1;
+            c.note(format!("a book at {b} after the book at {}", ids[next - 1]));
+        } else {
+            match ids.binary_search(&b) {
+                Ok(k) => {
+                    let n = (k - next) as u64;
+                    c.missing += n;
+                    c.gaps += 1;
+                    // A snapshot at or after the last book and before this one: the book
+                    // resynced in between.
+                    let prev = ids[next - 1];
+                    let i = snapshots.partition_point(|&l| l < prev);
+                    if snapshots.get(i).is_some_and(|&l| l < b) {
+                        c.resync_missing += n;
+                        c.resync_gaps += 1;
+                    } else {
+                        c.note(format!(
+                            "{n} diffs after the book at {prev} got no book, and no snapshot was served meanwhile"
+                        ));
+                    }
+                    c.in_order += 1;
+                    next = k + 1;
+                }
+                Err(_) => {
+                    c.unknown += 1;
+                    c.note(format!("a book at {b}, an id never generated"));
+                }
+            }
+        }
+    }
+    // Diffs at the end that got no book (the wait for the last one timed out).
+    c.tail_missing = (ids.len() - next) as u64;
+    c.missing += c.tail_missing;
+    for (u, line) in &seen.samples {
+        let Ok(k) = refs.binary_search_by_key(u, |r| r.0) else {
+            continue;
+        };
+        c.compared += 1;
+        if let Err(e) = same_book(line, *u, &refs[k].1, &refs[k].2) {
+            c.mismatches += 1;
+            c.note(e);
+        }
+    }
+    if seen.ids.last() == Some(&last.0) {
+        c.compared += 1;
+        c.last_compared = true;
+        if let Err(e) = same_book(&seen.last, last.0, &last.1, &last.2) {
+            c.mismatches += 1;
+            c.note(format!("the last book: {e}"));
+        }
+    } else {
+        c.note(format!(
+            "the last book is at {:?}, the last diff generated at {}",
+            seen.ids.last(),
+            last.0
+        ));
+    }
+    c
+}
+
+/// Request weight of a spot depth snapshot of `limit` levels (Binance's table).
+fn spot_weight(limit: usize) -> u64 {
+    match limit {
+        0..=100 => 5,
+        101..=500 => 25,
+        501..=1000 => 50,
+        _ => 250,
     }
 }
 
@@ -688,47 +1149,48 @@ struct Figures {
     resyncs: f64,
     books_per_diff: f64,
     spool_dropped: f64,
+    check: Check,
 }
 
 /// `marketbox run --config <config>`: this build, or `MARKETBOX_BENCH_BIN` (another build to
-/// compare with).
-fn start(config: &Path) -> brokers::Marketbox {
-    match std::env::var_os("MARKETBOX_BENCH_BIN") {
-        Some(bin) => brokers::Marketbox::start_bin(Path::new(&bin), config, None),
-        None => brokers::Marketbox::start(config, None),
-    }
+/// compare with), its stdout sent to `stdout`.
+fn start(config: &Path, stdout: Stdio) -> brokers::Marketbox {
+    let bin = std::env::var_os("MARKETBOX_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_marketbox")),
+        PathBuf::from,
+    );
+    brokers::Marketbox::start_bin_with_stdout(&bin, config, None, stdout)
 }
 
-/// Runs marketbox against the firehose for `secs` after its first book.
-fn firehose(secs: u64) -> Figures {
-    let fh = Firehose::start();
+/// Runs marketbox against the firehose for `secs` after its first book, at `rate` diffs a
+/// second (0: as fast as it reads them), the target walking a tick every `walk` diffs; then
+/// checks every book it wrote against the generator's.
+fn firehose(secs: u64, walk: u64, rate: u64) -> Figures {
+    let fh = Firehose::start(walk);
     let port = brokers::free_port();
     let dir = brokers::TempDir::new("firehose-cfg");
     let path = dir.path().join("marketbox.toml");
     std::fs::write(&path, fh.config(port)).expect("write the config");
-    let mut mb = start(&path);
+    let mut mb = start(&path, Stdio::piped());
+    let out = mb.take_stdout().expect("marketbox's stdout is piped");
+    let reader = {
+        let m = fh.market.clone();
+        std::thread::spawn(move || read_books(out, &m.last_book))
+    };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let pid = mb.pid();
     // Paced until the first book: the measured part starts synced.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    while fh.market.last_book.load(Ordering::SeqCst) == 0 {
         assert!(mb.is_running(), "marketbox exited:\n{}", mb.log());
         assert!(
             Instant::now() < deadline,
             "no book within 60 s:\n{}",
             mb.log()
         );
-        if let Ok(a) = prom::get(addr, "/metrics", &[])
-            && metric(
-                &a.text(),
-                "marketbox_messages_total",
-                &[("channel", "orderbook")],
-            ) > 0.0
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    fh.market.rate.store(rate, Ordering::SeqCst);
     fh.market.firehose.store(true, Ordering::SeqCst);
     // A second to reach full speed, then the measured window.
     std::thread::sleep(Duration::from_secs(1));
@@ -738,6 +1200,43 @@ fn firehose(secs: u64) -> Figures {
     assert!(mb.is_running(), "marketbox exited:\n{}", mb.log());
     let peak = status_kb(pid, "VmHWM:");
     let rss = status_kb(pid, "VmRSS:");
+    // The end: no diff after this one; wait for its book.
+    fh.market.pause.store(true, Ordering::SeqCst);
+    let stopped = Instant::now();
+    let last_ref = {
+        let book = fh.market.book.lock().unwrap_or_else(|e| e.into_inner());
+        let (bids, asks) = book.top(DEPTH);
+        (book.last_id, bids, asks)
+    };
+    let deadline = stopped + Duration::from_secs(30);
+    while fh.market.last_book.load(Ordering::SeqCst) != last_ref.0
+        && Instant::now() < deadline
+        && mb.is_running()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let drained = stopped.elapsed();
+    let end = prom::get(addr, "/metrics", &[])
+        .expect("/metrics answers")
+        .text();
+    mb.kill();
+    let seen = reader.join().expect("the stdout reader");
+    let (ids, refs) = {
+        let mut book = fh.market.book.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            std::mem::take(&mut book.ids),
+            std::mem::take(&mut book.refs),
+        )
+    };
+    let rest = fh
+        .market
+        .rest_log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let snapshots: Vec<u64> = rest.iter().map(|r| r.last_id).collect();
+    let check = check(&ids, &refs, &last_ref, &snapshots, &seen);
+
     let secs = (b.at - a.at).as_secs_f64();
     let diffs = b.diffs - a.diffs;
     let f = Figures {
@@ -746,13 +1245,20 @@ fn firehose(secs: u64) -> Figures {
         msgs_per_s: diffs / secs,
         resyncs: b.resyncs - a.resyncs,
         books_per_diff: (b.books - a.books) / diffs.max(1.0),
-        spool_dropped: b.dropped,
+        spool_dropped: metric(&end, "marketbox_spool_dropped_total", &[]),
+        check,
     };
+    let resyncs_run = metric(&end, "marketbox_book_resyncs_total", &[]);
     let sent = fh.market.sent.load(Ordering::SeqCst);
     let bytes = fh.market.bytes.load(Ordering::SeqCst);
     println!(
-        "firehose: {diffs:.0} Binance spot depth diffs (25 levels, {:.0} B on average) in {secs:.1} s",
-        bytes as f64 / sent.max(1) as f64
+        "firehose: {diffs:.0} Binance spot depth diffs (25 levels, {:.0} B on average) in {secs:.1} s, {}; the target walking a tick every {walk} diffs",
+        bytes as f64 / sent.max(1) as f64,
+        if rate == 0 {
+            "as fast as marketbox reads them".to_owned()
+        } else {
+            format!("paced at {rate} a second")
+        }
     );
     println!(
         "firehose: CPU {:.2} µs per message (utime + stime {:.2} s), {:.0} messages/s",
@@ -765,15 +1271,45 @@ fn firehose(secs: u64) -> Figures {
         peak as f64 / 1024.0,
         rss as f64 / 1024.0
     );
+    let mut by_limit: Vec<(usize, u64)> = Vec::new();
+    for &Served { limit, .. } in &rest {
+        match by_limit.iter_mut().find(|(l, _)| *l == limit) {
+            Some((_, n)) => *n += 1,
+            None => by_limit.push((limit, 1)),
+        }
+    }
+    by_limit.sort_unstable();
+    let weight: u64 = rest.iter().map(|r| spot_weight(r.limit)).sum();
     println!(
-        "firehose: books published per diff {:.3}; resyncs in the window {:.0} (whole run {:.0}); deepenings {:.0}; REST snapshots {}; spool drops {:.0}; WebSocket connections {}",
+        "firehose: books published per diff {:.3}; resyncs in the window {:.0} (whole run {resyncs_run:.0}); deepenings {:.0}; REST snapshots {} ({}; weight {weight}); spool drops {:.0}; WebSocket connections {}",
         f.books_per_diff,
         f.resyncs,
-        b.resyncs,
-        metric(&b.scrape, "marketbox_book_deepenings_total", &[]),
-        fh.market.snapshots.load(Ordering::SeqCst),
-        b.dropped,
+        metric(&end, "marketbox_book_deepenings_total", &[]),
+        rest.len(),
+        by_limit
+            .iter()
+            .map(|(l, n)| format!("limit {l} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        f.spool_dropped,
         fh.market.connections.load(Ordering::SeqCst),
+    );
+    let leads: Vec<String> = rest
+        .iter()
+        .take(16)
+        .map(|r| match r.ahead {
+            Some(n) => format!("{} {}/{n}", clock(r.at), r.limit),
+            None => format!("{} {}/-", clock(r.at), r.limit),
+        })
+        .collect();
+    println!(
+        "firehose: REST snapshots served (UTC, limit/diffs generated beyond marketbox's last book): {}{}",
+        leads.join(", "),
+        if rest.len() > 16 {
+            format!(" … ({} more)", rest.len() - 16)
+        } else {
+            String::new()
+        }
     );
     let per_thread: Vec<String> = b
         .threads
@@ -791,10 +1327,44 @@ fn firehose(secs: u64) -> Figures {
         "firehose: µs per message by thread: {}",
         per_thread.join(", ")
     );
-    for l in nonzero(&b.scrape, "marketbox_book_resyncs_total") {
+    let c = &f.check;
+    println!(
+        "firehose: reference check: {} books compared (incl. the last: {}), {} mismatches; {} books in order from the first (diff {} of {} generated), {} missing in {} gaps ({} in {} gaps across a resync snapshot, {} never delivered), {} repeated, {} at unknown ids, {} unreadable lines; the last book {:.0} ms after the generator stopped",
+        c.compared,
+        if c.last_compared { "yes" } else { "NO" },
+        c.mismatches,
+        c.in_order,
+        c.first_at.map_or(0, |p| p + 1),
+        c.generated,
+        c.missing,
+        c.gaps,
+        c.resync_missing,
+        c.resync_gaps,
+        c.tail_missing,
+        c.repeated,
+        c.unknown,
+        c.unreadable,
+        drained.as_secs_f64() * 1e3,
+    );
+    for n in &c.notes {
+        println!("firehose:   {n}");
+    }
+    for l in nonzero(&end, "marketbox_book_resyncs_total") {
         println!("firehose:   {l}");
     }
-    mb.kill();
+    if let Some(p) = std::env::var_os("MARKETBOX_BENCH_LOG") {
+        std::fs::write(&p, mb.log()).expect("write marketbox's log");
+    }
+    if resyncs_run > 0.0 || !c.clean() {
+        let log = mb.log();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(12)
+        {
+            println!("firehose:   log: {l}");
+        }
+    }
     f
 }
 
@@ -817,7 +1387,7 @@ fn steady(secs: u64) -> (u64, u64) {
         sim::default_config_on(&bin, &okx, &ca, &format!("127.0.0.1:{port}")),
     )
     .expect("write the config");
-    let mut mb = start(&path);
+    let mut mb = start(&path, Stdio::null());
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     std::thread::sleep(Duration::from_secs(secs));
     assert!(mb.is_running(), "{}", mb.log());
@@ -848,18 +1418,33 @@ fn main() {
             .unwrap_or(default)
     };
     if !timed() {
-        // `cargo test`: the debug binary through the same path, briefly; it must sync and
-        // publish under the firehose without dropping anything in the spool.
-        let f = firehose(2);
+        // `cargo test`: the debug binary through the same path, briefly, at a rate it keeps
+        // up with, the target walking faster so that it deepens too; it must sync and then
+        // publish exactly one right book per diff without dropping anything in the spool.
+        let f = firehose(2, WALK_SMOKE, SMOKE_RATE);
         assert!(f.diffs > 0.0, "no diffs read in the window");
         assert!(f.books_per_diff > 0.0, "no books published in the window");
         assert_eq!(f.spool_dropped, 0.0, "the spool dropped messages");
+        assert!(
+            f.check.clean(),
+            "the books on stdout are not exactly one right book per diff after the first (see the reference check above)"
+        );
         return;
     }
     let only_firehose = args.iter().any(|a| a == "firehose");
     let only_steady = args.iter().any(|a| a == "steady");
     if !only_steady {
-        firehose(secs_after("firehose", 10));
+        let f = firehose(
+            secs_after("firehose", 10),
+            WALK_TIMED,
+            secs_after("rate", 0),
+        );
+        // A wrong book is a bug, whatever the speed.
+        assert_eq!(
+            (f.check.mismatches, f.check.unknown),
+            (0, 0),
+            "books differ from the reference (see the reference check above)"
+        );
     }
     if !only_firehose {
         steady(secs_after("steady", 20));

@@ -375,6 +375,17 @@ impl Marketbox {
 
     /// [`Marketbox::start`] with another build of the binary (a benchmark comparing builds).
     pub fn start_bin(bin: &Path, config: &Path, wrap: Option<&str>) -> Marketbox {
+        Self::start_bin_with_stdout(bin, config, wrap, Stdio::null())
+    }
+
+    /// [`Marketbox::start_bin`] with marketbox's stdout sent to `stdout` (`Stdio::piped()`:
+    /// read it from [`Marketbox::take_stdout`], and keep reading, or marketbox blocks).
+    pub fn start_bin_with_stdout(
+        bin: &Path,
+        config: &Path,
+        wrap: Option<&str>,
+        stdout: Stdio,
+    ) -> Marketbox {
         let mut cmd = match wrap {
             None => {
                 let mut c = Command::new(bin);
@@ -392,7 +403,7 @@ impl Marketbox {
         };
         let mut child = cmd
             .env("MARKETBOX_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("marketbox starts");
@@ -434,6 +445,11 @@ impl Marketbox {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The piped stdout of [`Marketbox::start_bin_with_stdout`], once.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
+use futures_util::future::Either;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use smol::{Executor, Task, Timer};
@@ -596,6 +597,7 @@ impl Runner<'_> {
         let mut connecting: Option<Connecting> = None;
         let mut old: Option<(Live, Instant)> = None;
         let mut logged_drop = false;
+        let mut turn = false;
         loop {
             let now = Instant::now();
             let probe_due = live.probe_sent.is_none()
@@ -655,7 +657,19 @@ impl Runner<'_> {
             if let Some(t) = rotate_at {
                 wake = wake.min(t);
             }
-            let event = {
+            // A socket that always has a frame ready must not starve the rest: REST answers,
+            // due timers and plan changes are taken before the sockets are polled, the replacement's
+            // handshake is polled first, and the two sockets of a rotation take turns.
+            turn = !turn;
+            let event = if let Ok(done) = self.rest.1.try_recv() {
+                Event::Rest(done)
+            } else if now >= wake {
+                // A plan change waits at most for the next tick.
+                match self.plan.try_changed() {
+                    Some(p) => Event::Plan(p),
+                    None => Event::Tick,
+                }
+            } else {
                 let (cur, old_conn, conn_fut, rx, plan, publisher) = (
                     &mut live.conn,
                     old.as_mut(),
@@ -664,37 +678,43 @@ impl Runner<'_> {
                     &mut *self.plan,
                     &mut *self.publisher,
                 );
-                async { Event::Frame(cur.next().await) }
-                    .or(async {
-                        match old_conn {
-                            Some((o, _)) => Event::OldFrame(o.conn.next().await),
-                            None => std::future::pending().await,
-                        }
-                    })
-                    .or(async {
-                        match conn_fut {
-                            Some(f) => Event::Replacement(Box::new(f.await)),
-                            None => std::future::pending().await,
-                        }
-                    })
-                    .or(async {
-                        match rx.recv().await {
-                            Ok(done) => Event::Rest(done),
-                            Err(_) => std::future::pending().await,
-                        }
-                    })
-                    .or(async { Event::Plan(plan.changed().await) })
-                    .or(async {
-                        Timer::at(wake).await;
-                        Event::Tick
-                    })
-                    .or(async {
-                        // Polled only when nothing above is ready: the loop is about to wait,
-                        // so the burst it published goes upstream now.
-                        publisher.flush();
-                        std::future::pending().await
-                    })
-                    .await
+                let cur_next = async { Event::Frame(cur.next().await) };
+                let old_next = async {
+                    match old_conn {
+                        Some((o, _)) => Event::OldFrame(o.conn.next().await),
+                        None => std::future::pending().await,
+                    }
+                };
+                let frames = if turn {
+                    Either::Left(cur_next.or(old_next))
+                } else {
+                    Either::Right(old_next.or(cur_next))
+                };
+                async {
+                    match conn_fut {
+                        Some(f) => Event::Replacement(Box::new(f.await)),
+                        None => std::future::pending().await,
+                    }
+                }
+                .or(frames)
+                .or(async {
+                    match rx.recv().await {
+                        Ok(done) => Event::Rest(done),
+                        Err(_) => std::future::pending().await,
+                    }
+                })
+                .or(async { Event::Plan(plan.changed().await) })
+                .or(async {
+                    Timer::at(wake).await;
+                    Event::Tick
+                })
+                .or(async {
+                    // Polled only when nothing above is ready: the loop is about to wait,
+                    // so the burst it published goes upstream now.
+                    publisher.flush();
+                    std::future::pending().await
+                })
+                .await
             };
             let now = Instant::now();
             let mut io = Io {

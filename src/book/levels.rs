@@ -561,6 +561,30 @@ impl<const N: usize> Book<N> {
         self.side(side).known_through.is_some()
     }
 
+    /// Whether `price` lies in the range `side` knows (all of it when the side is not cut).
+    pub fn knows(&self, side: BookSide, price: Decimal) -> bool {
+        let s = self.side(side);
+        s.known_through.is_none_or(|b| key(side, price) <= b)
+    }
+
+    /// Whether this book knows `side` at least as far as `other` does (a side that is not cut
+    /// is known furthest).
+    pub fn knows_as_far(&self, other: &Self, side: BookSide) -> bool {
+        match (
+            self.side(side).known_through,
+            other.side(side).known_through,
+        ) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a >= b,
+        }
+    }
+
+    /// Exchanges one side with `other`'s (levels, bound and all).
+    pub fn swap_side(&mut self, other: &mut Self, side: BookSide) {
+        std::mem::swap(self.side_mut(side), other.side_mut(side));
+    }
+
     /// Levels dropped by full sides since creation.
     pub fn dropped_levels(&self) -> u64 {
         self.dropped

@@ -237,11 +237,21 @@ impl BookCore {
         self.updates_dropped += n;
     }
 
-    /// Swaps in a book built elsewhere (a deeper snapshot brought up to date, after
-    /// [`agrees`] said it matches this one).
-    pub fn replace_book(&mut self, book: Box<Book<BOOK_CAPACITY>>) {
+    /// Swaps in a book built elsewhere.
+    fn replace_book(&mut self, book: Box<Book<BOOK_CAPACITY>>) {
         self.book = book;
         self.levels_dropped_seen = self.book.dropped_levels();
+    }
+
+    /// Replaces the book with `deeper`, which [`agrees`] with it, keeping each side from
+    /// whichever of the two knows it further.
+    pub fn splice(&mut self, mut deeper: Box<Book<BOOK_CAPACITY>>) {
+        for side in [BookSide::Bid, BookSide::Ask] {
+            if !deeper.knows_as_far(&self.book, side) {
+                deeper.swap_side(&mut self.book, side);
+            }
+        }
+        self.replace_book(deeper);
     }
 
     /// Whether a side is cut (bounded) and holds fewer than `levels`: its known range is
@@ -270,18 +280,24 @@ impl BookCore {
 }
 
 /// Whether `deeper` (a deeper snapshot brought up to the live book's update) agrees with
-/// `live` everywhere `live` knows the book: the same levels, in order, as far as `live` goes
-/// on each side, and nothing more where `live` knows the whole side. The cross-check that
-/// lets a deeper book replace a live one without going unverified.
+/// `live` wherever both know the book: on each side, the levels of the book that knows less
+/// far are exactly the other's levels in that range, in order. The cross-check that lets a
+/// deeper book replace a live one without going unverified ([`BookCore::splice`]). A deeper
+/// side may know less than the live one: after a trend, the side the price moved towards
+/// holds more levels than a snapshot's limit.
 pub fn agrees<const N: usize>(live: &Book<N>, deeper: &Book<N>) -> bool {
     [BookSide::Bid, BookSide::Ask].into_iter().all(|side| {
-        let n = live.len(side);
-        if deeper.len(side) < n || (!live.is_bounded(side) && deeper.len(side) != n) {
-            return false;
-        }
-        live.levels(side)
-            .zip(deeper.levels(side))
-            .all(|(a, b)| a.price == b.price && a.qty == b.qty)
+        let (short, long) = if deeper.knows_as_far(live, side) {
+            (live, deeper)
+        } else {
+            (deeper, live)
+        };
+        let mut long_levels = long.levels(side).take_while(|l| short.knows(side, l.price));
+        short.levels(side).all(|a| {
+            long_levels
+                .next()
+                .is_some_and(|b| a.price == b.price && a.qty == b.qty)
+        }) && long_levels.next().is_none()
     })
 }
 

@@ -59,6 +59,9 @@ struct SymbolState {
     deep_limit: u32,
     /// When the book was last deepened.
     deepened_at: Option<Instant>,
+    /// The book's loss of sync was logged; retries until it is synced again are only
+    /// counted (a firehose can overflow the buffer thousands of times before a snapshot).
+    unsync_logged: bool,
     deepenings: Counter,
     last_depth: Instant,
 }
@@ -230,6 +233,7 @@ impl BinanceProtocol {
                                 deep: Snapshots::default(),
                                 deep_limit: DEEP_LIMITS[1],
                                 deepened_at: None,
+                                unsync_logged: false,
                                 deepenings: self
                                     .metrics
                                     .book_deepenings
@@ -384,11 +388,16 @@ impl BinanceProtocol {
         match ev {
             SyncEvent::Applied { .. } => {
                 self.symbols[i].snapshots.succeeded();
+                self.symbols[i].unsync_logged = false;
                 self.publish_book(i, ts_ms, io, now);
             }
             SyncEvent::NeedSnapshot => self.symbols[i].snapshots.want(now),
             SyncEvent::Resync(reason) => {
-                tracing::warn!(symbol = %self.symbols[i].symbol, market = %self.exchange_market, ?reason, "book unsynced; fetching a new snapshot");
+                if std::mem::replace(&mut self.symbols[i].unsync_logged, true) {
+                    tracing::debug!(symbol = %self.symbols[i].symbol, market = %self.exchange_market, ?reason, "book still unsynced; fetching a new snapshot");
+                } else {
+                    tracing::warn!(symbol = %self.symbols[i].symbol, market = %self.exchange_market, ?reason, "book unsynced; fetching a new snapshot (until it is synced again, further reasons are only counted in marketbox_book_resyncs_total)");
+                }
                 self.count_resync(i, reason);
                 let st = &mut self.symbols[i];
                 if reason == ResyncReason::StaleSnapshot {
@@ -435,6 +444,14 @@ impl BinanceProtocol {
                 return;
             }
         };
+        self.on_deep_outcome(i, outcome, now, io);
+        self.update_health(i, now);
+    }
+
+    /// How a deepening of symbol `i` went, from its REST answer or from the diffs that
+    /// brought the live book up to its snapshot.
+    fn on_deep_outcome(&mut self, i: usize, outcome: Deepened, now: Instant, io: &mut Io<'_>) {
+        let st = &mut self.symbols[i];
         match outcome {
             Deepened::Spliced => {
                 st.deep.succeeded();
@@ -455,14 +472,15 @@ impl BinanceProtocol {
             }
             Deepened::Waiting | Deepened::Ignored => {}
             Deepened::Stale => {
-                sync.cancel_deepening();
+                if let Some(sync) = st.sync.as_mut() {
+                    sync.cancel_deepening();
+                }
                 st.deep.retry_later(now, None);
             }
             Deepened::Resync(r) => {
                 self.on_sync_event(i, SyncEvent::Resync(r), 0, now, io);
             }
         }
-        self.update_health(i, now);
     }
 
     /// Shows symbol `i`'s book state in the metrics.
@@ -580,6 +598,13 @@ impl BinanceProtocol {
                     Some(sync) => sync.on_diff(&d),
                     None => return (FrameKind::Unknown, Control::Continue),
                 };
+                let deep = self.symbols[i]
+                    .sync
+                    .as_mut()
+                    .and_then(|s| s.take_deep_outcome());
+                if let Some(outcome) = deep {
+                    self.on_deep_outcome(i, outcome, now, io);
+                }
                 let kind = self.on_sync_event(i, ev, d.event_time, now, io);
                 self.update_health(i, now);
                 (kind, Control::Continue)

@@ -125,6 +125,9 @@ pub struct BookSync {
     state: State,
     core: BookCore,
     deepening: Option<Deepening>,
+    /// How a deepening ended while diffs were applied (spliced once the live book reached
+    /// the snapshot, or given up), for the feed to take: [`BookSync::take_deep_outcome`].
+    deep_outcome: Option<Deepened>,
 }
 
 impl BookSync {
@@ -139,6 +142,7 @@ impl BookSync {
             state: State::AwaitingFirstDiff,
             core: BookCore::new(levels_dropped),
             deepening: None,
+            deep_outcome: None,
         }
     }
 
@@ -147,6 +151,7 @@ impl BookSync {
         self.state = State::AwaitingFirstDiff;
         self.core.clear();
         self.deepening = None;
+        self.deep_outcome = None;
     }
 
     /// Marks the book unsynced (after a resync reason found outside, e.g. truncation).
@@ -156,6 +161,7 @@ impl BookSync {
         };
         self.core.clear();
         self.deepening = None;
+        self.deep_outcome = None;
     }
 
     /// Whether the synced book's known range is thin: a cut side holds fewer than `levels`
@@ -181,6 +187,13 @@ impl BookSync {
             pending: None,
         });
         true
+    }
+
+    /// How the deepening under way ended while diffs were applied, once: `Spliced` (the live
+    /// book reached the waiting snapshot and they agreed) or `Stale` (its log overflowed, or
+    /// did not continue the snapshot). A resync is the diff's own event.
+    pub fn take_deep_outcome(&mut self) -> Option<Deepened> {
+        self.deep_outcome.take()
     }
 
     /// Whether a deepening is under way (it stops by itself when its log overflows).
@@ -277,7 +290,7 @@ impl BookSync {
         if at != last_id || !agrees(self.core.book(), &book) {
             return Some(Err(ResyncReason::CrossCheck));
         }
-        self.core.replace_book(book);
+        self.core.splice(book);
         Some(Ok(()))
     }
 
@@ -454,12 +467,20 @@ impl BookSync {
                         last: d.last_id,
                         prev: d.prev_last_id,
                     };
-                    if deep.log.push(ids, d.bids(), d.asks(), None).is_err() {
+                    // A diff the pending snapshot already holds needs no replay.
+                    let held = deep.pending.as_ref().is_some_and(|(l, _)| d.last_id <= *l);
+                    if !held && deep.log.push(ids, d.bids(), d.asks(), None).is_err() {
                         // Too many diffs while the snapshot is out: give this one up.
                         self.deepening = None;
-                    } else if let Some(Err(r)) = self.try_splice() {
-                        if r != ResyncReason::StaleSnapshot {
-                            return self.fail(r);
+                        self.deep_outcome = Some(Deepened::Stale);
+                    } else {
+                        match self.try_splice() {
+                            Some(Ok(())) => self.deep_outcome = Some(Deepened::Spliced),
+                            Some(Err(ResyncReason::StaleSnapshot)) => {
+                                self.deep_outcome = Some(Deepened::Stale);
+                            }
+                            Some(Err(r)) => return self.fail(r),
+                            None => {}
                         }
                     }
                 }
@@ -1067,9 +1088,74 @@ mod tests {
         assert_eq!(deep(&mut s, 12, &bids, 6), Deepened::Waiting);
         assert_eq!(feed(&mut s, 11, 11, None, "6"), applied(11));
         assert!(s.is_deepening());
-        // The stream reaches 12: spliced there.
+        // The stream reaches 12: spliced there, and the feed is told (it counts deepenings).
+        assert_eq!(s.take_deep_outcome(), None);
         assert_eq!(feed(&mut s, 12, 12, None, "7"), applied(12));
         assert!(!s.is_deepening());
+        assert_eq!(s.take_deep_outcome(), Some(Deepened::Spliced));
+        assert_eq!(s.take_deep_outcome(), None, "told once");
         assert_eq!(s.book().map(|b| b.len(BookSide::Bid)), Some(6));
+    }
+
+    #[test]
+    fn a_deeper_snapshot_far_ahead_is_reached_without_logging_what_it_holds() {
+        // The snapshot is more diffs ahead of the live book than the log may hold (a socket
+        // with thousands of frames unread): the diffs it already holds are not logged.
+        let mut s = thin_book();
+        assert!(s.start_deepening());
+        let l = 10 + MAX_BUFFERED as u64 + 500;
+        let bids = [("5", "1"), ("4", "1"), ("3", "1"), ("2", "1"), ("1", "1")];
+        assert_eq!(deep(&mut s, l, &bids, 5), Deepened::Waiting);
+        for id in 11..l {
+            assert_eq!(feed(&mut s, id, id, None, "5"), applied(id));
+            assert!(s.is_deepening(), "still waiting at {id}");
+        }
+        assert_eq!(feed(&mut s, l, l, None, "5"), applied(l));
+        assert_eq!(s.take_deep_outcome(), Some(Deepened::Spliced));
+        assert_eq!(s.book().map(|b| b.len(BookSide::Bid)), Some(5));
+    }
+
+    #[test]
+    fn a_deepening_whose_log_overflows_is_given_up_and_the_feed_is_told() {
+        let mut s = thin_book();
+        assert!(s.start_deepening());
+        // No answer yet: every diff is logged, and the log is bounded.
+        let mut id = 11;
+        while s.is_deepening() {
+            assert_eq!(feed(&mut s, id, id, None, "5"), applied(id));
+            id += 1;
+            assert!(id <= 12 + MAX_BUFFERED as u64, "the log is bounded");
+        }
+        assert_eq!(s.take_deep_outcome(), Some(Deepened::Stale));
+        assert!(s.is_synced(), "the live book stays verified");
+    }
+
+    #[test]
+    fn a_deeper_side_cut_short_of_the_live_one_is_spliced_keeping_the_longer_side() {
+        // The live asks know 100, 150, 160 (cut at 160); the deeper snapshot, asked for 2
+        // levels a side, is cut at 150 on the asks: shorter than the live side. Where both know (through 150) they agree,
+        // so the splice goes ahead: the deeper bids, the live asks.
+        let mut s = thin_book();
+        assert!(s.start_deepening());
+        let bids = [("5", "1"), ("4", "1"), ("3", "1"), ("2", "1"), ("1", "1")];
+        let t = depth_snap(10, &bids, &[("100", "1"), ("150", "1")]);
+        let snap = DepthSnapshot::parse(t.as_bytes()).expect("the snapshot parses");
+        assert_eq!(s.on_deep_snapshot(&snap, 2), Deepened::Spliced);
+        let book = s.book().expect("synced");
+        assert_eq!(book.len(BookSide::Bid), 5);
+        let asks: Vec<String> = book
+            .levels(BookSide::Ask)
+            .map(|l| l.price.to_string())
+            .collect();
+        assert_eq!(asks, ["100", "150", "160"]);
+        // TC1: the same, but where both know the asks the deeper one differs: resync.
+        let mut s = thin_book();
+        assert!(s.start_deepening());
+        let t = depth_snap(10, &bids, &[("100", "1"), ("150", "2")]);
+        let snap = DepthSnapshot::parse(t.as_bytes()).expect("the snapshot parses");
+        assert_eq!(
+            s.on_deep_snapshot(&snap, 2),
+            Deepened::Resync(ResyncReason::CrossCheck)
+        );
     }
 }

@@ -447,6 +447,23 @@ impl Snapshots {
         }
     }
 
+    /// The book lost sync: ask at once after a verified stretch, after the backoff while
+    /// snapshots keep failing (each call since the last [`Snapshots::succeeded`] counts);
+    /// nothing changes while a request is wanted or out.
+    pub fn resync(&mut self, now: Instant) {
+        if self.state != SnapshotState::Idle {
+            return;
+        }
+        let d = match self.failures {
+            0 => Duration::ZERO,
+            n => snapshot_delay(n),
+        };
+        self.failures = self.failures.saturating_add(1);
+        self.state = SnapshotState::Wanted {
+            not_before: crate::time::after(now, d),
+        };
+    }
+
     /// Whether a request should be sent now.
     pub fn due(&self, now: Instant) -> bool {
         matches!(self.state, SnapshotState::Wanted { not_before } if now >= not_before)
@@ -678,7 +695,28 @@ mod tests {
         s.sent();
         s.reconnected();
         assert_eq!(s.state, SnapshotState::Idle);
-        // TC3: the labels are distinct.
+        // TC3: a lost sync asks at once after a verified stretch, then backs off while the
+        // snapshots keep failing, and does not stack requests.
+        let mut s = Snapshots::default();
+        s.resync(t0);
+        assert!(s.due(t0));
+        s.sent();
+        s.resync(t0);
+        assert_eq!(s.state, SnapshotState::InFlight, "one request at a time");
+        assert!(s.answered());
+        s.resync(t0);
+        assert!(!s.due(t0), "the second in a row waits");
+        assert!(s.due(t0 + snapshot_delay(1)));
+        s.sent();
+        assert!(s.answered());
+        s.resync(t0);
+        assert!(!s.due(t0 + snapshot_delay(1)), "and the third longer");
+        s.succeeded();
+        s.sent();
+        assert!(s.answered());
+        s.resync(t0);
+        assert!(s.due(t0), "after a success: at once again");
+        // TC4: the labels are distinct.
         let mut labels = ResyncReason::LABELS.to_vec();
         labels.sort_unstable();
         labels.dedup();

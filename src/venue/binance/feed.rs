@@ -387,7 +387,14 @@ impl BinanceProtocol {
     ) -> FrameKind {
         match ev {
             SyncEvent::Applied { .. } => {
-                self.symbols[i].snapshots.succeeded();
+                // A snapshot succeeded once the stream continues it, not when it is applied.
+                if self.symbols[i]
+                    .sync
+                    .as_ref()
+                    .is_some_and(|s| s.is_bridged())
+                {
+                    self.symbols[i].snapshots.succeeded();
+                }
                 self.symbols[i].unsync_logged = false;
                 self.publish_book(i, ts_ms, io, now);
             }
@@ -404,7 +411,9 @@ impl BinanceProtocol {
                     // Asked too early: ask again after the backoff, not at once.
                     st.snapshots.retry_later(now, None);
                 } else {
-                    st.snapshots.want(now);
+                    // At once after a verified stretch; after the backoff while snapshots
+                    // keep failing to bridge (a stream far behind them, say).
+                    st.snapshots.resync(now);
                 }
             }
             SyncEvent::Buffered | SyncEvent::Dropped | SyncEvent::Ignored => {}

@@ -113,8 +113,10 @@ enum State {
     AwaitingFirstDiff,
     /// Buffering diffs while the snapshot is fetched.
     AwaitingSnapshot { buffered: UpdateBuffer<Ids> },
-    /// Snapshot `L` applied; waiting for the diff that spans it.
-    Bridging { snapshot_id: u64 },
+    /// Snapshot `L` applied; waiting for the diff that spans it. `seen` is the newest diff
+    /// dropped meanwhile: a stream catching up to a snapshot ahead of it drops thousands of
+    /// diffs, which is progress, not a stuck book, as long as their ids advance.
+    Bridging { snapshot_id: u64, seen: u64 },
     /// Verified through `last_id`.
     Synced { last_id: u64 },
 }
@@ -303,6 +305,11 @@ impl BookSync {
         matches!(self.state, State::Synced { .. } | State::Bridging { .. })
     }
 
+    /// Whether the stream continues the snapshot (synced past the diff that spans it).
+    pub fn is_bridged(&self) -> bool {
+        matches!(self.state, State::Synced { .. })
+    }
+
     /// The verified book (for tests and status), only while synced.
     pub fn book(&self) -> Option<&Book<BOOK_CAPACITY>> {
         self.is_synced().then_some(self.core.book())
@@ -417,9 +424,15 @@ impl BookSync {
                     Err(r) => SyncEvent::Resync(r),
                 }
             }
-            State::Bridging { snapshot_id } => {
-                let l = *snapshot_id;
+            State::Bridging { snapshot_id, seen } => {
+                let (l, progress) = (*snapshot_id, last > *seen);
+                if progress {
+                    *seen = last;
+                }
                 if self.before_snapshot(l, last) {
+                    if progress {
+                        self.core.advanced();
+                    }
                     return match self.core.dropped_old() {
                         Ok(()) => SyncEvent::Dropped,
                         Err(r) => self.fail(r),
@@ -545,7 +558,10 @@ impl BookSync {
         self.state = if bridged {
             State::Synced { last_id }
         } else {
-            State::Bridging { snapshot_id: l }
+            State::Bridging {
+                snapshot_id: l,
+                seen: 0,
+            }
         };
         SyncEvent::Applied { update_id: last_id }
     }
@@ -556,7 +572,7 @@ impl BookSync {
     pub fn fill(&mut self, depth: usize, out: &mut OrderbookData) -> Result<bool, ResyncReason> {
         let update_id = match self.state {
             State::Synced { last_id } => last_id,
-            State::Bridging { snapshot_id } => snapshot_id,
+            State::Bridging { snapshot_id, .. } => snapshot_id,
             _ => return Ok(false),
         };
         match self.core.fill(depth, &mut out.bids, &mut out.asks) {
@@ -1095,6 +1111,32 @@ mod tests {
         assert_eq!(s.take_deep_outcome(), Some(Deepened::Spliced));
         assert_eq!(s.take_deep_outcome(), None, "told once");
         assert_eq!(s.book().map(|b| b.len(BookSide::Bid)), Some(6));
+    }
+
+    #[test]
+    fn a_stream_catching_up_to_a_snapshot_ahead_of_it_is_not_stuck() {
+        // TC0: the snapshot is 490 diffs ahead of the stream (thousands of frames unread):
+        // the diffs it holds are dropped while their ids advance, and the next one bridges.
+        let mut s = BookSync::new(Continuity::Spot);
+        assert_eq!(feed(&mut s, 10, 10, None, "5"), NEED);
+        assert_eq!(snap(&mut s, 500), applied(500));
+        for id in 11..=500 {
+            assert_eq!(feed(&mut s, id, id, None, "5"), SyncEvent::Dropped, "{id}");
+        }
+        assert!(!s.is_bridged());
+        assert_eq!(feed(&mut s, 501, 501, None, "5"), applied(501));
+        assert!(s.is_bridged());
+        // TC1: the same old diff over and over is stuck, bridging or not.
+        let mut s = BookSync::new(Continuity::Spot);
+        feed(&mut s, 10, 10, None, "5");
+        snap(&mut s, 500);
+        for _ in 0..crate::book::sync::MAX_DROPPED_IN_A_ROW {
+            assert_eq!(feed(&mut s, 20, 20, None, "5"), SyncEvent::Dropped);
+        }
+        assert_eq!(
+            feed(&mut s, 20, 20, None, "5"),
+            SyncEvent::Resync(ResyncReason::Stuck)
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::wire::BookData;
 pub use crate::book::sync::ResyncReason;
 use crate::book::sync::{BookCore, UpdateBuffer, check_jump};
-use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX};
+use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX, Level};
 use crate::model::OrderbookData;
 use crate::venue::json::Levels;
 
@@ -65,6 +65,116 @@ pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
     hasher.finalize() as i32
 }
 
+/// Longest `price:size` text a [`Checksummer`] keeps for reuse (longer ones, which no venue
+/// sends, are written each time).
+const SEGMENT_MAX: usize = 30;
+
+/// One level's `price:size` text as it enters the checksum, and the level it was written
+/// from; `len` 0 when it did not fit.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    level: Level,
+    len: u8,
+    text: [u8; SEGMENT_MAX],
+}
+
+impl Segment {
+    fn new(level: Level) -> Segment {
+        let mut s = Segment {
+            level,
+            len: 0,
+            text: [0; SEGMENT_MAX],
+        };
+        let p = level.price.write_ascii_at(&mut s.text);
+        if p > 0 && p < SEGMENT_MAX {
+            s.text[p] = b':';
+            let q = level.qty.write_ascii_at(&mut s.text[p + 1..]);
+            if q > 0 {
+                s.len = (p + 1 + q) as u8;
+            }
+        }
+        s
+    }
+}
+
+/// [`checksum`] for a book that changes a few levels at a time: the text of each of the top
+/// levels is kept with the level it was written from and reused while the level is the same
+/// (same digits of price and size), so an update writes only the levels it changed (a new
+/// level, a new size) instead of all 100 decimals. Levels keep their order, so the kept
+/// texts are matched to the book's levels by one walk down each side.
+#[derive(Debug, Default)]
+pub struct Checksummer {
+    kept: [heapless::Vec<Segment, CHECKSUM_LEVELS>; 2],
+    next: [heapless::Vec<Segment, CHECKSUM_LEVELS>; 2],
+}
+
+impl Checksummer {
+    pub fn checksum<const N: usize>(&mut self, book: &Book<N>) -> i32 {
+        for (i, side) in [BookSide::Bid, BookSide::Ask].into_iter().enumerate() {
+            let (kept, next) = (&self.kept[i], &mut self.next[i]);
+            next.clear();
+            let mut j = 0;
+            for l in book.levels(side).take(CHECKSUM_LEVELS) {
+                // Kept levels better than this one are gone from the book.
+                while kept.get(j).is_some_and(|k| match side {
+                    BookSide::Bid => k.level.price > l.price,
+                    BookSide::Ask => k.level.price < l.price,
+                }) {
+                    j += 1;
+                }
+                let seg = match kept.get(j) {
+                    Some(k) if k.level.price.is_identical(l.price) => {
+                        j += 1;
+                        if k.level.qty.is_identical(l.qty) {
+                            *k
+                        } else {
+                            Segment::new(l)
+                        }
+                    }
+                    _ => Segment::new(l),
+                };
+                // At most CHECKSUM_LEVELS levels: fits.
+                let _ = next.push(seg);
+            }
+        }
+        std::mem::swap(&mut self.kept, &mut self.next);
+        const CHUNK: usize = 512;
+        let mut text = [0u8; CHUNK + 2 * (DECIMAL_TEXT_MAX + 1)];
+        let mut len = 0;
+        let mut hasher = crc32fast::Hasher::new();
+        let [bids, asks] = &self.kept;
+        let mut first = true;
+        for i in 0..CHECKSUM_LEVELS {
+            for seg in [bids.get(i), asks.get(i)].into_iter().flatten() {
+                // `text` has room for a segment past `CHUNK`, so no write comes up short.
+                if !first {
+                    text[len] = b':';
+                    len += 1;
+                }
+                first = false;
+                let n = usize::from(seg.len);
+                if n > 0 {
+                    // All of it (a fixed-size copy, no call); what follows the text is
+                    // overwritten by the next segment or never hashed.
+                    text[len..len + SEGMENT_MAX].copy_from_slice(&seg.text);
+                    len += n;
+                } else {
+                    len += seg.level.price.write_ascii_at(&mut text[len..]);
+                    text[len] = b':';
+                    len += 1;
+                    len += seg.level.qty.write_ascii_at(&mut text[len..]);
+                }
+                if len >= CHUNK {
+                    hasher.update(&text[..len]);
+                    len = 0;
+                }
+            }
+        }
+        hasher.update(&text[..len]);
+        hasher.finalize() as i32
+    }
+}
+
 /// What the session must do after an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OkxEvent {
@@ -99,6 +209,7 @@ enum State {
 pub struct OkxBook {
     state: State,
     core: BookCore,
+    sums: Checksummer,
 }
 
 impl Default for OkxBook {
@@ -119,6 +230,7 @@ impl OkxBook {
                 buffered: UpdateBuffer::default(),
             },
             core: BookCore::new(levels_dropped),
+            sums: Checksummer::default(),
         }
     }
 
@@ -153,11 +265,11 @@ impl OkxBook {
 
     /// Checks the book against the venue's checksum; none, or 0 (OKX's value since it stopped
     /// computing them on 2026-06-23), checks nothing.
-    fn verify(&self, venue: Option<i64>) -> Result<(), ResyncReason> {
+    fn verify(&mut self, venue: Option<i64>) -> Result<(), ResyncReason> {
         let Some(venue) = venue.filter(|c| *c != 0) else {
             return Ok(());
         };
-        let ours = checksum(self.core.book());
+        let ours = self.sums.checksum(self.core.book());
         if i64::from(ours) != venue {
             return Err(ResyncReason::Checksum { venue, ours });
         }
@@ -369,6 +481,43 @@ mod tests {
         b.apply(BookSide::Ask, d("3368"), d("8"));
         b.apply(BookSide::Ask, d("3372"), d("8"));
         assert_eq!(checksum(&b), 831078360);
+    }
+
+    #[test]
+    fn the_checksummer_reuses_text_and_always_agrees_with_the_plain_checksum() {
+        // Random changes near the top of a book (inserts, removals, new sizes, the same
+        // price written with other digits, and levels too long to keep): after each one, the
+        // checksum from kept texts is the checksum written from scratch.
+        let mut rng = fastrand::Rng::with_seed(25);
+        let mut b = Book::<BOOK_CAPACITY>::new();
+        let mut sums = Checksummer::default();
+        let dec = |m: i64, scale: u8| Decimal::new(m, scale);
+        for step in 0..20_000 {
+            let side = if rng.bool() {
+                BookSide::Bid
+            } else {
+                BookSide::Ask
+            };
+            // Bids below 1000.0, asks above: never crossed.
+            let tick = rng.i64(0..60);
+            let px = match side {
+                BookSide::Bid => 9_990 - tick,
+                BookSide::Ask => 10_010 + tick,
+            };
+            let (price, qty) = match rng.u8(..10) {
+                // The same price with another trailing zero ("999.0" and "999.00").
+                0 => (dec(px * 10, 2), dec(rng.i64(1..50), 0)),
+                // Digits too long to keep.
+                1 => (
+                    dec(px * 100_000_000_000_000, 15),
+                    dec(rng.i64(1..1_000_000_000_000_000_000), 17),
+                ),
+                2 | 3 => (dec(px, 1), Decimal::ZERO),
+                _ => (dec(px, 1), dec(rng.i64(1..500), rng.u8(0..4))),
+            };
+            b.apply(side, price, qty);
+            assert_eq!(sums.checksum(&b), checksum(&b), "step {step}");
+        }
     }
 
     fn data(json: &str) -> BookData<'_> {

@@ -47,6 +47,21 @@ impl Encoder {
         self.format
     }
 
+    /// [`Encoder::encode`] for a book stream's message, reusing in JSON the text of the
+    /// levels that did not change since the stream's last book ([`BookTexts`]).
+    pub fn encode_book(
+        &mut self,
+        msg: &Message,
+        texts: &mut BookTexts,
+    ) -> Result<&[u8], EncodeError> {
+        if self.format != Format::Json {
+            return self.encode(msg);
+        }
+        self.buf.clear();
+        write_json_with(msg, &mut self.buf, Some(texts));
+        Ok(&self.buf)
+    }
+
     /// Encodes one message (JSON without the trailing newline).
     pub fn encode(&mut self, msg: &Message) -> Result<&[u8], EncodeError> {
         self.buf.clear();
@@ -68,6 +83,11 @@ pub fn decode_postcard(record: &[u8]) -> Result<Message, postcard::Error> {
 
 /// Appends `msg` as compact JSON to `out`: the same bytes as `serde_json::to_writer`.
 pub fn write_json(msg: &Message, out: &mut Vec<u8>) {
+    write_json_with(msg, out, None);
+}
+
+/// [`write_json`], a book's levels through `texts` when given.
+fn write_json_with(msg: &Message, out: &mut Vec<u8>, texts: Option<&mut BookTexts>) {
     out.extend_from_slice(b"{\"exchange\":\"");
     out.extend_from_slice(msg.exchange.as_str().as_bytes());
     out.extend_from_slice(b"\",\"market\":\"");
@@ -86,7 +106,7 @@ pub fn write_json(msg: &Message, out: &mut Vec<u8>) {
     string(out, msg.id.as_str());
     out.extend_from_slice(b",\"data\":");
     match &msg.data {
-        Data::Orderbook(d) => orderbook(out, d),
+        Data::Orderbook(d) => orderbook(out, d, texts),
         Data::Trade(d) => trade(out, d),
         Data::FundingRate(d) => funding_rate(out, d),
         Data::OpenInterest(d) => open_interest(out, d),
@@ -96,11 +116,22 @@ pub fn write_json(msg: &Message, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-fn orderbook(out: &mut Vec<u8>, d: &OrderbookData) {
+fn orderbook(out: &mut Vec<u8>, d: &OrderbookData, texts: Option<&mut BookTexts>) {
     out.extend_from_slice(b"{\"bids\":");
-    levels(out, &d.bids);
-    out.extend_from_slice(b",\"asks\":");
-    levels(out, &d.asks);
+    match texts {
+        Some(t) => {
+            let [(bk, bn), (ak, an)] = t.sides();
+            levels_reusing(out, &d.bids, true, bk, bn);
+            out.extend_from_slice(b",\"asks\":");
+            levels_reusing(out, &d.asks, false, ak, an);
+            t.swap();
+        }
+        None => {
+            levels(out, &d.bids);
+            out.extend_from_slice(b",\"asks\":");
+            levels(out, &d.asks);
+        }
+    }
     out.extend_from_slice(b",\"update_id\":");
     uint(out, d.update_id);
     out.push(b'}');
@@ -119,6 +150,124 @@ fn levels(out: &mut Vec<u8>, levels: &[PubLevel]) {
         out.push(b',');
         decimal(out, *qty);
         out.push(b']');
+    }
+    out.push(b']');
+}
+
+/// Longest `["price","qty"]` text [`BookTexts`] keeps (longer ones are written each time).
+const LEVEL_TEXT_MAX: usize = 40;
+
+/// A level's JSON text and the level it was written from (`len` 0: not kept, too long).
+#[derive(Debug, Clone, Copy)]
+struct LevelText {
+    price: Decimal,
+    qty: Decimal,
+    len: u8,
+    text: [u8; LEVEL_TEXT_MAX],
+}
+
+/// One book stream's level texts: those of its last book, and the ones being written. A
+/// book changes a few levels from one message to the next, so most of its levels are copied
+/// from here instead of written digit by digit; a level is reused only when its price and
+/// size have the same digits, so the text is always what [`levels`] would write, whatever
+/// happened to the book in between (a resync included).
+#[derive(Debug, Default)]
+pub struct BookTexts {
+    kept: [Vec<LevelText>; 2],
+    next: [Vec<LevelText>; 2],
+}
+
+impl LevelText {
+    /// `["price","qty"]` written in place; `len` 0 when it does not fit.
+    fn new(price: Decimal, qty: Decimal) -> LevelText {
+        let mut t = LevelText {
+            price,
+            qty,
+            len: 0,
+            text: [0; LEVEL_TEXT_MAX],
+        };
+        let b = &mut t.text;
+        b[..2].copy_from_slice(b"[\"");
+        let p = price.write_ascii_at(&mut b[2..]);
+        let at = 2 + p;
+        if p == 0 || at + 3 > LEVEL_TEXT_MAX {
+            return t;
+        }
+        b[at..at + 3].copy_from_slice(b"\",\"");
+        let q = qty.write_ascii_at(&mut b[at + 3..]);
+        let end = at + 3 + q;
+        if q == 0 || end + 2 > LEVEL_TEXT_MAX {
+            return t;
+        }
+        b[end..end + 2].copy_from_slice(b"\"]");
+        t.len = (end + 2) as u8;
+        t
+    }
+}
+
+type SideTexts<'a> = (&'a [LevelText], &'a mut Vec<LevelText>);
+
+impl BookTexts {
+    fn sides(&mut self) -> [SideTexts<'_>; 2] {
+        let [kb, ka] = &self.kept;
+        let [nb, na] = &mut self.next;
+        [(kb, nb), (ka, na)]
+    }
+
+    fn swap(&mut self) {
+        std::mem::swap(&mut self.kept, &mut self.next);
+    }
+}
+
+/// [`levels`], copying the text of each level that `kept` (the stream's last book, the same
+/// side) holds with the same digits, and recording every level's text in `next`. Both sides
+/// are sorted best first (`bids`: descending prices), so one walk matches them.
+fn levels_reusing(
+    out: &mut Vec<u8>,
+    levels: &[PubLevel],
+    bids: bool,
+    kept: &[LevelText],
+    next: &mut Vec<LevelText>,
+) {
+    next.clear();
+    out.reserve(2 + levels.len() * LEVEL_MAX);
+    out.push(b'[');
+    let mut j = 0;
+    for (i, &(price, qty)) in levels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Kept levels better than this one are gone from the book.
+        while kept.get(j).is_some_and(|k| {
+            if bids {
+                k.price > price
+            } else {
+                k.price < price
+            }
+        }) {
+            j += 1;
+        }
+        let same = match kept.get(j) {
+            Some(k) if k.price.is_identical(price) => {
+                j += 1;
+                (k.qty.is_identical(qty) && k.len > 0).then_some(*k)
+            }
+            _ => None,
+        };
+        let t = same.unwrap_or_else(|| LevelText::new(price, qty));
+        if t.len > 0 {
+            // All of the kept bytes (a fixed-size copy, no call), then back to the text's end.
+            let at = out.len();
+            out.extend_from_slice(&t.text);
+            out.truncate(at + usize::from(t.len));
+        } else {
+            out.push(b'[');
+            decimal(out, price);
+            out.push(b',');
+            decimal(out, qty);
+            out.push(b']');
+        }
+        next.push(t);
     }
     out.push(b']');
 }
@@ -417,6 +566,80 @@ mod tests {
             // And it reads back as the same message.
             let back: Message = serde_json::from_slice(&got).expect("valid JSON");
             assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn a_book_stream_writes_the_same_bytes_reusing_level_texts() {
+        // A book walked through random changes near its top (new levels, new sizes, the
+        // same price written with other digits, levels too long to keep, sides emptied),
+        // encoded through the stream's texts after each: exactly what the plain writer
+        // writes, and so what serde writes. A second stream's texts start empty.
+        let mut rng = fastrand::Rng::with_seed(20);
+        let mut e = Encoder::new(Format::Json);
+        let mut texts = BookTexts::default();
+        let mut bids: Vec<(i64, u8)> = Vec::new();
+        let mut asks: Vec<(i64, u8)> = Vec::new();
+        let qty = |rng: &mut fastrand::Rng| match rng.u8(..8) {
+            0 => Decimal::new(rng.i64(1..1_000_000_000_000_000_000), 18),
+            _ => Decimal::new(rng.i64(1..5000), rng.u8(0..4)),
+        };
+        let mut sizes: std::collections::BTreeMap<(bool, (i64, u8)), Decimal> =
+            std::collections::BTreeMap::new();
+        for step in 0..5000 {
+            for _ in 0..rng.usize(1..6) {
+                // Prices in tenths: bids below 1000, asks above; the digits of a price
+                // change now and then ("999.5" and "999.50").
+                let bid = rng.bool();
+                let tick = rng.i64(0..40);
+                let px = if bid { 9_995 - tick } else { 10_005 + tick };
+                let digits = if rng.u8(..6) == 0 {
+                    (px * 10, 2)
+                } else {
+                    (px, 1)
+                };
+                let side = if bid { &mut bids } else { &mut asks };
+                side.retain(|p| Decimal::new(p.0, p.1) != Decimal::new(digits.0, digits.1));
+                if rng.u8(..3) > 0 {
+                    side.push(digits);
+                    // Now and then the same size with another trailing zero ("5" and "5.0").
+                    let q = match sizes.get(&(bid, digits)) {
+                        Some(old) if rng.u8(..3) == 0 => old
+                            .mantissa()
+                            .checked_mul(10)
+                            .map_or(*old, |m| Decimal::new(m, old.scale() + 1)),
+                        _ => qty(&mut rng),
+                    };
+                    sizes.insert((bid, digits), q);
+                }
+            }
+            bids.sort_by(|a, b| Decimal::new(b.0, b.1).cmp(&Decimal::new(a.0, a.1)));
+            asks.sort_by(|a, b| Decimal::new(a.0, a.1).cmp(&Decimal::new(b.0, b.1)));
+            let side = |v: &[(i64, u8)], bid: bool| {
+                let mut out = heapless::Vec::new();
+                for p in v.iter().take(20) {
+                    let q = sizes.get(&(bid, *p)).copied().unwrap_or(Decimal::ZERO);
+                    out.push((Decimal::new(p.0, p.1), q)).expect("room");
+                }
+                out
+            };
+            let m = base(
+                Channel::Orderbook,
+                Data::Orderbook(OrderbookData {
+                    bids: side(&bids, true),
+                    asks: side(&asks, false),
+                    update_id: step,
+                }),
+            );
+            let want = String::from_utf8_lossy(&ours(&m)).into_owned();
+            let got = e.encode_book(&m, &mut texts).expect("encodes").to_vec();
+            assert_eq!(String::from_utf8_lossy(&got), want, "step {step}");
+            if step % 1000 == 0 {
+                assert_eq!(ours(&m), serde(&m), "step {step}");
+                let mut fresh = BookTexts::default();
+                let got = e.encode_book(&m, &mut fresh).expect("encodes").to_vec();
+                assert_eq!(String::from_utf8_lossy(&got), want, "a fresh stream");
+            }
         }
     }
 

@@ -244,6 +244,8 @@ struct StreamState {
     recent: Box<[u64]>,
     recent_next: usize,
     recent_len: usize,
+    /// A book stream's level texts, reused from one message to the next (JSON).
+    texts: crate::encode::BookTexts,
 }
 
 impl StreamState {
@@ -274,6 +276,7 @@ impl StreamState {
             recent: vec![0; recent_ids(key.channel)].into_boxed_slice(),
             recent_next: 0,
             recent_len: 0,
+            texts: Default::default(),
         }
     }
 
@@ -288,6 +291,7 @@ impl StreamState {
             recent: vec![0; self.recent.len()].into_boxed_slice(),
             recent_next: 0,
             recent_len: 0,
+            texts: Default::default(),
         }
     }
 
@@ -520,7 +524,7 @@ impl Publisher {
         h.seq = m.seq;
         h.id.clone_from(&m.id);
         h.ts_local_ns = m.ts_local_ns;
-        match self.encoder.encode(m) {
+        match self.encoder.encode_book(m, &mut st.texts) {
             Ok(bytes) if self.defer => {
                 let pushed = self.spool.push_deferred(h, bytes);
                 self.owed = match self.owed {

@@ -209,6 +209,12 @@ type SideTexts<'a> = (&'a [LevelText], &'a mut Vec<LevelText>);
 
 impl BookTexts {
     fn sides(&mut self) -> [SideTexts<'_>; 2] {
+        // Room for the deepest book at the first one, so no later message allocates.
+        for v in self.kept.iter_mut().chain(self.next.iter_mut()) {
+            if v.capacity() < crate::model::MAX_DEPTH {
+                v.reserve_exact(crate::model::MAX_DEPTH - v.len());
+            }
+        }
         let [kb, ka] = &self.kept;
         let [nb, na] = &mut self.next;
         [(kb, nb), (ka, na)]

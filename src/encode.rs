@@ -14,6 +14,8 @@
 //!
 //! Owns: the byte form of `model::Message`. Must not touch: where bytes go.
 
+use crate::book::BookSide;
+use crate::book::texts::{LevelText, reuse};
 use crate::config::Format;
 use crate::decimal::Decimal;
 use crate::model::{
@@ -120,11 +122,17 @@ fn orderbook(out: &mut Vec<u8>, d: &OrderbookData, texts: Option<&mut BookTexts>
     out.extend_from_slice(b"{\"bids\":");
     match texts {
         Some(t) => {
-            let [(bk, bn), (ak, an)] = t.sides();
-            levels_reusing(out, &d.bids, true, bk, bn);
+            // Room for the deepest book at the first one, so no later message allocates.
+            for v in t.kept.iter_mut().chain(t.next.iter_mut()) {
+                if v.capacity() < crate::model::MAX_DEPTH {
+                    v.reserve_exact(crate::model::MAX_DEPTH - v.len());
+                }
+            }
+            let ([kb, ka], [nb, na]) = (&t.kept, &mut t.next);
+            levels_reusing(out, &d.bids, BookSide::Bid, kb, nb);
             out.extend_from_slice(b",\"asks\":");
-            levels_reusing(out, &d.asks, false, ak, an);
-            t.swap();
+            levels_reusing(out, &d.asks, BookSide::Ask, ka, na);
+            std::mem::swap(&mut t.kept, &mut t.next);
         }
         None => {
             levels(out, &d.bids);
@@ -145,95 +153,44 @@ fn levels(out: &mut Vec<u8>, levels: &[PubLevel]) {
         if i > 0 {
             out.push(b',');
         }
-        out.push(b'[');
-        decimal(out, *price);
-        out.push(b',');
-        decimal(out, *qty);
-        out.push(b']');
+        level(out, *price, *qty);
     }
+    out.push(b']');
+}
+
+/// `["price","qty"]`, each decimal written in place.
+fn level(out: &mut Vec<u8>, price: Decimal, qty: Decimal) {
+    out.push(b'[');
+    decimal(out, price);
+    out.push(b',');
+    decimal(out, qty);
     out.push(b']');
 }
 
 /// Longest `["price","qty"]` text [`BookTexts`] keeps (longer ones are written each time).
 const LEVEL_TEXT_MAX: usize = 40;
 
-/// A level's JSON text and the level it was written from (`len` 0: not kept, too long).
-#[derive(Debug, Clone, Copy)]
-struct LevelText {
-    price: Decimal,
-    qty: Decimal,
-    len: u8,
-    text: [u8; LEVEL_TEXT_MAX],
-}
+/// How a level is written: `["price","qty"]`.
+const LEVEL_FRAME: [&[u8]; 3] = [b"[\"", b"\",\"", b"\"]"];
 
-/// One book stream's level texts: those of its last book, and the ones being written. A
-/// book changes a few levels from one message to the next, so most of its levels are copied
-/// from here instead of written digit by digit; a level is reused only when its price and
-/// size have the same digits, so the text is always what [`levels`] would write, whatever
-/// happened to the book in between (a resync included).
+type KeptLevel = LevelText<LEVEL_TEXT_MAX>;
+
+/// One book stream's level texts ([`crate::book::texts`]): those of its last book, and the
+/// ones being written, bids then asks.
 #[derive(Debug, Default)]
 pub struct BookTexts {
-    kept: [Vec<LevelText>; 2],
-    next: [Vec<LevelText>; 2],
-}
-
-impl LevelText {
-    /// `["price","qty"]` written in place; `len` 0 when it does not fit.
-    fn new(price: Decimal, qty: Decimal) -> LevelText {
-        let mut t = LevelText {
-            price,
-            qty,
-            len: 0,
-            text: [0; LEVEL_TEXT_MAX],
-        };
-        let b = &mut t.text;
-        b[..2].copy_from_slice(b"[\"");
-        let p = price.write_ascii_at(&mut b[2..]);
-        let at = 2 + p;
-        if p == 0 || at + 3 > LEVEL_TEXT_MAX {
-            return t;
-        }
-        b[at..at + 3].copy_from_slice(b"\",\"");
-        let q = qty.write_ascii_at(&mut b[at + 3..]);
-        let end = at + 3 + q;
-        if q == 0 || end + 2 > LEVEL_TEXT_MAX {
-            return t;
-        }
-        b[end..end + 2].copy_from_slice(b"\"]");
-        t.len = (end + 2) as u8;
-        t
-    }
-}
-
-type SideTexts<'a> = (&'a [LevelText], &'a mut Vec<LevelText>);
-
-impl BookTexts {
-    fn sides(&mut self) -> [SideTexts<'_>; 2] {
-        // Room for the deepest book at the first one, so no later message allocates.
-        for v in self.kept.iter_mut().chain(self.next.iter_mut()) {
-            if v.capacity() < crate::model::MAX_DEPTH {
-                v.reserve_exact(crate::model::MAX_DEPTH - v.len());
-            }
-        }
-        let [kb, ka] = &self.kept;
-        let [nb, na] = &mut self.next;
-        [(kb, nb), (ka, na)]
-    }
-
-    fn swap(&mut self) {
-        std::mem::swap(&mut self.kept, &mut self.next);
-    }
+    kept: [Vec<KeptLevel>; 2],
+    next: [Vec<KeptLevel>; 2],
 }
 
 /// [`levels`], copying the text of each level that `kept` (the stream's last book, the same
-/// side) holds with the same digits, and recording every level's text in `next`. Both sides
-/// are sorted best first (`bids`: descending prices), so one walk matches them.
+/// side) holds with the same digits, and recording every level's text in `next`.
 fn levels_reusing(
     out: &mut Vec<u8>,
     levels: &[PubLevel],
-    bids: bool,
-    kept: &[LevelText],
-    next: &mut Vec<LevelText>,
+    side: BookSide,
+    kept: &[KeptLevel],
+    next: &mut Vec<KeptLevel>,
 ) {
     next.clear();
     out.reserve(2 + levels.len() * LEVEL_MAX);
@@ -243,35 +200,17 @@ fn levels_reusing(
         if i > 0 {
             out.push(b',');
         }
-        // Kept levels better than this one are gone from the book.
-        while kept.get(j).is_some_and(|k| {
-            if bids {
-                k.price > price
-            } else {
-                k.price < price
+        let t = reuse(kept, &mut j, side, price, qty)
+            .copied()
+            .unwrap_or_else(|| KeptLevel::new(price, qty, LEVEL_FRAME));
+        match t.padded() {
+            Some((bytes, n)) => {
+                // All of it (a fixed-size copy, no call), then back to the text's end.
+                let at = out.len();
+                out.extend_from_slice(bytes);
+                out.truncate(at + n);
             }
-        }) {
-            j += 1;
-        }
-        let same = match kept.get(j) {
-            Some(k) if k.price.is_identical(price) => {
-                j += 1;
-                (k.qty.is_identical(qty) && k.len > 0).then_some(*k)
-            }
-            _ => None,
-        };
-        let t = same.unwrap_or_else(|| LevelText::new(price, qty));
-        if t.len > 0 {
-            // All of the kept bytes (a fixed-size copy, no call), then back to the text's end.
-            let at = out.len();
-            out.extend_from_slice(&t.text);
-            out.truncate(at + usize::from(t.len));
-        } else {
-            out.push(b'[');
-            decimal(out, price);
-            out.push(b',');
-            decimal(out, qty);
-            out.push(b']');
+            None => level(out, price, qty),
         }
         next.push(t);
     }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// one stream at most, never the process.
 pub const MAX_VENUE_DELAY: Duration = Duration::from_secs(3600);
 
-/// `now + d`, saturating at about a year ahead instead of overflowing.
+/// `now` moved on by `d` with `checked_add`, never panicking: `d` is capped at about a year,
+/// a day is taken if that overflows, and `now` itself if even that does.
 pub fn after(now: Instant, d: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     now.checked_add(d.min(FAR))

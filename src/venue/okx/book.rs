@@ -23,17 +23,18 @@ use prometheus_client::metrics::counter::Counter;
 use super::wire::BookData;
 pub use crate::book::sync::ResyncReason;
 use crate::book::sync::{BookCore, UpdateBuffer, check_jump};
-use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX, Level};
+use crate::book::texts::{LevelText, reuse};
+use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX};
 use crate::model::OrderbookData;
 use crate::venue::json::Levels;
 
 /// Levels per side that enter the checksum.
 pub const CHECKSUM_LEVELS: usize = 25;
 
-/// OKX's checksum of a book: signed CRC32 over the top 25 levels interleaved
-/// (`bid_px:bid_sz:ask_px:ask_sz:…`, one side continuing alone when the other runs out). The
-/// text is assembled in a stack buffer and hashed in one call.
-pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
+/// OKX's checksum of a book, every decimal written afresh: the reference the [`Checksummer`]
+/// is tested against.
+#[cfg(test)]
+fn checksum<const N: usize>(book: &Book<N>) -> i32 {
     // The text goes to the hasher in chunks of about `CHUNK` bytes (long enough for its
     // vectorised path), from a small buffer that is never cleared.
     const CHUNK: usize = 512;
@@ -69,39 +70,16 @@ pub fn checksum<const N: usize>(book: &Book<N>) -> i32 {
 /// sends, are written each time).
 const SEGMENT_MAX: usize = 30;
 
-/// One level's `price:size` text as it enters the checksum, and the level it was written
-/// from; `len` 0 when it did not fit.
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    level: Level,
-    len: u8,
-    text: [u8; SEGMENT_MAX],
-}
+/// How a level enters the checksum: `price:size`.
+const SEGMENT: [&[u8]; 3] = [b"", b":", b""];
 
-impl Segment {
-    fn new(level: Level) -> Segment {
-        let mut s = Segment {
-            level,
-            len: 0,
-            text: [0; SEGMENT_MAX],
-        };
-        let p = level.price.write_ascii_at(&mut s.text);
-        if p > 0 && p < SEGMENT_MAX {
-            s.text[p] = b':';
-            let q = level.qty.write_ascii_at(&mut s.text[p + 1..]);
-            if q > 0 {
-                s.len = (p + 1 + q) as u8;
-            }
-        }
-        s
-    }
-}
+type Segment = LevelText<SEGMENT_MAX>;
 
-/// [`checksum`] for a book that changes a few levels at a time: the text of each of the top
-/// levels is kept with the level it was written from and reused while the level is the same
-/// (same digits of price and size), so an update writes only the levels it changed (a new
-/// level, a new size) instead of all 100 decimals. Levels keep their order, so the kept
-/// texts are matched to the book's levels by one walk down each side.
+/// OKX's checksum of a book (signed CRC32 over the top 25 levels interleaved
+/// `bid_px:bid_sz:ask_px:ask_sz:…`, one side continuing alone when the other runs out) for a
+/// book that changes a few levels at a time: each level's text is kept
+/// ([`crate::book::texts`]) and written again only when its digits changed. The text goes to
+/// the hasher in chunks of about `CHUNK` bytes (long enough for its vectorised path).
 #[derive(Debug, Default)]
 pub struct Checksummer {
     kept: [heapless::Vec<Segment, CHECKSUM_LEVELS>; 2],
@@ -115,24 +93,9 @@ impl Checksummer {
             next.clear();
             let mut j = 0;
             for l in book.levels(side).take(CHECKSUM_LEVELS) {
-                // Kept levels better than this one are gone from the book.
-                while kept.get(j).is_some_and(|k| match side {
-                    BookSide::Bid => k.level.price > l.price,
-                    BookSide::Ask => k.level.price < l.price,
-                }) {
-                    j += 1;
-                }
-                let seg = match kept.get(j) {
-                    Some(k) if k.level.price.is_identical(l.price) => {
-                        j += 1;
-                        if k.level.qty.is_identical(l.qty) {
-                            *k
-                        } else {
-                            Segment::new(l)
-                        }
-                    }
-                    _ => Segment::new(l),
-                };
+                let seg = reuse(kept, &mut j, side, l.price, l.qty)
+                    .copied()
+                    .unwrap_or_else(|| Segment::new(l.price, l.qty, SEGMENT));
                 // At most CHECKSUM_LEVELS levels: fits.
                 let _ = next.push(seg);
             }
@@ -152,17 +115,16 @@ impl Checksummer {
                     len += 1;
                 }
                 first = false;
-                let n = usize::from(seg.len);
-                if n > 0 {
-                    // All of it (a fixed-size copy, no call); what follows the text is
-                    // overwritten by the next segment or never hashed.
-                    text[len..len + SEGMENT_MAX].copy_from_slice(&seg.text);
+                if let Some((bytes, n)) = seg.padded() {
+                    // All of it (a fixed-size copy); what follows the text is overwritten by
+                    // the next segment or never hashed.
+                    text[len..len + SEGMENT_MAX].copy_from_slice(bytes);
                     len += n;
                 } else {
-                    len += seg.level.price.write_ascii_at(&mut text[len..]);
+                    len += seg.price().write_ascii_at(&mut text[len..]);
                     text[len] = b':';
                     len += 1;
-                    len += seg.level.qty.write_ascii_at(&mut text[len..]);
+                    len += seg.qty().write_ascii_at(&mut text[len..]);
                 }
                 if len >= CHUNK {
                     hasher.update(&text[..len]);

@@ -100,10 +100,26 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// One malloc arena for the whole process (glibc gives each thread that allocates its own, up
+/// to eight per core). The data path allocates nothing once running, so the threads never
+/// wait on each other for it; what it saves is the arenas' resident pages: 0.4 MB of the
+/// default config's 11.7 MB in the steady-state bench. `MALLOC_ARENA_MAX` in the environment
+/// still decides when set.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
+            one_malloc_arena();
             let log = init_logs();
             let (cfg, text) = match Config::read_text(&config)
                 .and_then(|text| Config::from_text(&text, &config).map(|c| (c, text)))

@@ -29,7 +29,7 @@ use marketbox::session::{Io, Protocol};
 use marketbox::upstream::spool::Spool;
 use marketbox::upstream::{Publisher, StreamKey};
 use marketbox::venue::okx::book::{OkxBook, OkxEvent};
-use marketbox::venue::okx::feed::{OkxProtocol, parse_books_push};
+use marketbox::venue::okx::feed::{LevelBuf, OkxProtocol, parse_books_push};
 
 /// The raw frames: (snapshots, updates), in capture order.
 fn load() -> Option<(Vec<String>, Vec<String>)> {
@@ -80,8 +80,9 @@ fn production_shaped(snaps: &[String], updates: &[String]) -> (Vec<String>, Vec<
 /// One machine per instrument, synced on its snapshot.
 fn synced(snaps: &[String]) -> HashMap<String, OkxBook> {
     let mut books = HashMap::new();
+    let mut buf = LevelBuf::new();
     for s in snaps {
-        let p = parse_books_push(s).expect("snapshot parses");
+        let p = parse_books_push(s, &mut buf).expect("snapshot parses");
         let mut b = OkxBook::new();
         assert!(matches!(
             b.on_ws_snapshot(&p.entries[0]),
@@ -100,8 +101,9 @@ fn pass(
     out: &mut OrderbookData,
 ) -> u64 {
     let mut applied = 0;
+    let mut buf = LevelBuf::new();
     for f in updates {
-        let Ok(p) = parse_books_push(black_box(f)) else {
+        let Ok(p) = parse_books_push(black_box(f), &mut buf) else {
             continue;
         };
         let Some(b) = books.get_mut(p.inst_id) else {
@@ -243,9 +245,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("parse", |b| {
+        let mut buf = LevelBuf::new();
         b.iter(|| {
             for f in &updates {
-                let _ = black_box(parse_books_push(black_box(f)));
+                let _ = black_box(parse_books_push(black_box(f), &mut buf));
             }
         })
     });
@@ -279,15 +282,11 @@ fn bench(c: &mut Criterion) {
         n,
     );
     let parse = per(
-        time_pass(
-            budget,
-            || (),
-            |_| {
-                for f in &updates {
-                    let _ = black_box(parse_books_push(black_box(f)));
-                }
-            },
-        ),
+        time_pass(budget, LevelBuf::new, |buf: &mut LevelBuf| {
+            for f in &updates {
+                let _ = black_box(parse_books_push(black_box(f), buf));
+            }
+        }),
         n,
     );
     let apply = per(

@@ -124,10 +124,12 @@ pub fn binance_frame(data: &[u8]) {
     let _ = crate::venue::binance::poll::parse_ratio(data, "5m");
 }
 
-/// OKX frames and REST bodies: parsing never panics.
+/// OKX frames and REST bodies: parsing never panics, and a push's levels read with the
+/// envelope are exactly its raw arrays walked as the book walks them.
 pub fn okx_frame(data: &[u8]) {
+    use crate::book::sync::read_level;
     use crate::venue::json::Levels;
-    use crate::venue::okx::wire::{BookData, Frame, parse_entries, rest_books};
+    use crate::venue::okx::wire::{BookData, Frame, LevelBuf, parse_entries, rest_books};
     let Some(s) = text(data) else { return };
     if let Ok(f) = Frame::parse(s)
         && let Some(raw) = f.data
@@ -136,6 +138,24 @@ pub fn okx_frame(data: &[u8]) {
         for d in &entries {
             let walked: BookData<'_> = *d;
             let _ = Levels::new(walked.bids).count() + Levels::new(walked.asks).count();
+        }
+    }
+    let mut buf = LevelBuf::new();
+    let one = Frame::parse_reading(s, &mut buf);
+    assert_eq!(
+        Frame::parse(s).err(),
+        one.as_ref().err().copied(),
+        "the two reads differ"
+    );
+    let walk = |raw| -> Option<Vec<(Decimal, Decimal)>> {
+        Levels::new(raw)
+            .map(|lv| lv.ok().and_then(|(p, q)| read_level(p, q).ok()))
+            .collect()
+    };
+    for d in one.iter().flat_map(|f| f.books.iter().flatten()) {
+        if let Some(r) = d.read {
+            assert_eq!(Some(r.bids.to_vec()), walk(d.bids), "bids read otherwise");
+            assert_eq!(Some(r.asks.to_vec()), walk(d.asks), "asks read otherwise");
         }
     }
     let _ = rest_books(s);

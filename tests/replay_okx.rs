@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use marketbox::book::BookSide;
 use marketbox::venue::okx::book::{OkxBook, OkxEvent, ResyncReason as OkxResync};
-use marketbox::venue::okx::feed::parse_books_push;
+use marketbox::venue::okx::feed::{LevelBuf, parse_books_push};
 
 /// (bids, asks) of (price, size) strings, best first.
 type TextBook = (Vec<(String, String)>, Vec<(String, String)>);
@@ -91,7 +91,8 @@ fn replay(corrupt: Corrupt<'_>) -> Option<Replay> {
             Some((at, f)) if at == i => f(raw),
             _ => raw.clone(),
         };
-        let push = parse_books_push(&raw).expect("a books push");
+        let mut buf = LevelBuf::new();
+        let push = parse_books_push(&raw, &mut buf).expect("a books push");
         let inst = push.inst_id.to_owned();
         let value: serde_json::Value = serde_json::from_str(&raw).unwrap();
         let reference = refs.entry(inst.clone()).or_default();

@@ -3,7 +3,8 @@
 //! Design: both venues send book levels as arrays of string arrays (`[["0.0015","100.5"],…]`,
 //! or `[["3366.1","7","0","2"],…]` where only the first two strings matter). The parsers keep
 //! such arrays as raw slices of the frame and walk them with [`Levels`] while applying them, so
-//! applying a diff builds no intermediate `Vec`. [`Object`] walks the members of one JSON
+//! applying a diff builds no intermediate `Vec`, or read them in the envelope's pass by the
+//! same rules ([`Scanner::read_levels`]) into a fixed buffer of their own. [`Object`] walks the members of one JSON
 //! object as `(key, raw value)` slices, which lets a parser read a frame's envelope and its
 //! event without `serde_json`: skipping a nested value in `serde_json` pushes onto a scratch
 //! `Vec` (one heap allocation per deserializer), and the steady state allocates nothing.
@@ -427,6 +428,44 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
+    }
+}
+
+impl<'a> Scanner<'a> {
+    /// Reads the array of levels at the scanner in one pass, by the rules of [`Levels`],
+    /// handing each entry's first two strings to `each`, and returns the array's raw text.
+    /// `None`, with the scanner left where it was, when the array is not one [`Levels`] would
+    /// walk to its end or `each` refuses an entry (`false`): the caller then skips it with
+    /// [`Scanner::array_raw`] and walks it later, meeting the same error at the same entry.
+    pub fn read_levels(
+        &mut self,
+        mut each: impl FnMut(&'a str, &'a str) -> bool,
+    ) -> Option<&'a str> {
+        self.skip_ws();
+        let start = self.pos;
+        let mut lv = Levels {
+            cur: self.clone(),
+            scan: Scan::Start,
+        };
+        // The steps of `Levels::step`, without its check that nothing follows the array.
+        lv.cur.expect(b'[', "expected '['").ok()?;
+        if !lv.cur.eat(b']') {
+            loop {
+                let (first, second) = lv.entry().ok()?;
+                if !each(first, second) {
+                    return None;
+                }
+                if lv.cur.eat(b']') {
+                    break;
+                }
+                lv.cur
+                    .expect(b',', "expected ',' or ']' between levels")
+                    .ok()?;
+            }
+        }
+        let raw = self.text.get(start..lv.cur.pos)?;
+        self.pos = lv.cur.pos;
+        Some(raw)
     }
 }
 

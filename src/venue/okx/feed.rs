@@ -47,7 +47,7 @@ use crate::session::rest::{RateSpec, RestRequest};
 use crate::session::{ConnectLimit, Connected, Control, FrameKind, Io, Probe, Protocol};
 
 pub use super::subs::ACK_WAIT;
-pub use super::wire::{BooksPush, parse_books_push};
+pub use super::wire::{BooksPush, LevelBuf, parse_books_push};
 
 /// The venue closes a socket that received nothing for 30 s: the session probes (the text
 /// `ping`) after at most this long without a frame.
@@ -627,7 +627,10 @@ impl Protocol for OkxProtocol {
         if text == "pong" {
             return (FrameKind::Control, Control::Continue);
         }
-        let result = Frame::parse(text).and_then(|f| self.handle(f, now, io));
+        // The levels of a books push are read here with the envelope (no heap: a fixed
+        // array on the stack, untouched until filled).
+        let mut levels = LevelBuf::new();
+        let result = Frame::parse_reading(text, &mut levels).and_then(|f| self.handle(f, now, io));
         match result {
             Ok(r) => r,
             Err(why) => {

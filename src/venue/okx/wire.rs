@@ -3,9 +3,15 @@
 //! Design: a WebSocket frame is an event (`{"event":"subscribe"|"error"|"notice",…}`) or a
 //! push (`{"arg":{"channel","instId"|"instType"},"action"?,"data":[…]}`). The envelope is read
 //! in one pass by the zero-copy scanner ([`Frame::parse`]); `data` stays raw and is read by
-//! the channel's own parser: `books` entries by [`BookData::parse`] (levels stay raw slices,
-//! walked when applied), the flat channels by borrowed serde rows. Channels, events, actions
-//! and ops are enums, never compared strings.
+//! the channel's own parser: `books` entries by [`BookData::parse`], the flat channels by
+//! borrowed serde rows. Channels, events, actions and ops are enums, never compared strings.
+//!
+//! A `books` push on the socket is read once ([`Frame::parse_reading`]): each level's price
+//! and size are read into a fixed-capacity [`LevelBuf`] the caller owns, in the same pass as
+//! the envelope, and applied from there. Whatever that pass does not read to the end (a level
+//! the book would refuse, more levels than the buffer holds) is kept raw and walked when
+//! applied, as every level was before: the error, and where it stops the book, are the same
+//! whichever way a level arrives, and no level is ever dropped.
 //!
 //! Numbers are typed: a field that must be a number and is not is a [`WireError`] (counted as
 //! malformed by the feed), never a default value: an unreadable trade id must not become 0
@@ -15,8 +21,12 @@
 //!
 //! Owns: every OKX field name. Must not touch: book state, subscriptions or publishing.
 
+use std::ops::Range;
+
 use serde::Deserialize;
 
+use crate::book::sync::read_level;
+use crate::decimal::Decimal;
 use crate::venue::json::{JsonError, Object, Scanner, as_plain_str, as_u64};
 
 /// Why a frame or body could not be used.
@@ -167,7 +177,8 @@ impl<'a> Arg<'a> {
 
 /// A frame's envelope, read in one pass without allocating. A `books` push (its `arg` comes
 /// before its `data`, as OKX writes them) has its entries read in the same pass into
-/// [`Frame::books`], their level arrays kept as raw slices for the book to walk once.
+/// [`Frame::books`], their levels read too when a [`LevelBuf`] is given
+/// ([`Frame::parse_reading`]), else kept as raw slices for the book to walk once.
 #[derive(Debug, Default)]
 pub struct Frame<'a> {
     /// The request id an event answers.
@@ -209,13 +220,58 @@ fn read_arg<'a>(sc: &mut Scanner<'a>) -> Result<Arg<'a>, WireError> {
     Ok(a)
 }
 
-/// Reads one `books` entry object at the scanner; the level arrays are skipped (brackets and
-/// strings matched) and kept raw.
-fn read_entry<'a>(sc: &mut Scanner<'a>) -> Result<BookData<'a>, WireError> {
+/// Most levels the entries of one push are read into in the envelope pass: both sides of
+/// OKX's deepest `books` snapshot (400 a side). A push with more keeps the rest raw.
+pub const READ_LEVELS: usize = 800;
+
+/// A level as read: price and size, neither negative ([`read_level`]).
+pub type ReadLevel = (Decimal, Decimal);
+
+/// Where the envelope pass reads levels to: owned by the caller, filled afresh by each
+/// [`Frame::parse_reading`] (no heap; [`READ_LEVELS`] of 32 bytes).
+pub type LevelBuf = heapless::Vec<ReadLevel, READ_LEVELS>;
+
+/// Both sides of an entry as read in the envelope pass (each exactly what walking its raw
+/// array with [`crate::venue::json::Levels`] and [`read_level`] gives).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLevels<'a> {
+    pub bids: &'a [ReadLevel],
+    pub asks: &'a [ReadLevel],
+}
+
+/// Where an entry's sides sit in the [`LevelBuf`] (bids, asks), when both were read.
+type ReadRanges = Option<[Range<usize>; 2]>;
+
+/// The level array at the scanner: read into `buf` when there is one and every level is one
+/// the book takes and fits (`Some(range)`), else skipped raw (`None`). Returns its raw text.
+fn read_side<'a>(
+    sc: &mut Scanner<'a>,
+    buf: Option<&mut LevelBuf>,
+    field: &'static str,
+) -> Result<(&'a str, Option<Range<usize>>), WireError> {
+    if let Some(buf) = buf {
+        let from = buf.len();
+        let read = sc.read_levels(|p, q| read_level(p, q).is_ok_and(|l| buf.push(l).is_ok()));
+        if let Some(raw) = read {
+            return Ok((raw, Some(from..buf.len())));
+        }
+        buf.truncate(from);
+    }
+    let raw = sc.array_raw().map_err(|_| WireError::Invalid(field))?;
+    Ok((raw, None))
+}
+
+/// Reads one `books` entry object at the scanner; the level arrays are read into `buf` when
+/// there is one ([`read_side`]), else skipped (brackets and strings matched) and kept raw.
+fn read_entry<'a>(
+    sc: &mut Scanner<'a>,
+    mut buf: Option<&mut LevelBuf>,
+) -> Result<(BookData<'a>, ReadRanges), WireError> {
     let (mut asks, mut bids) = (None, None);
     let mut d = BookData {
         asks: "[]",
         bids: "[]",
+        read: None,
         ts: None,
         checksum: None,
         seq_id: None,
@@ -225,8 +281,8 @@ fn read_entry<'a>(sc: &mut Scanner<'a>) -> Result<BookData<'a>, WireError> {
     let mut first = true;
     while let Some(k) = sc.next_key(&mut first)? {
         match k {
-            "asks" => asks = Some(sc.array_raw().map_err(|_| WireError::Invalid("asks"))?),
-            "bids" => bids = Some(sc.array_raw().map_err(|_| WireError::Invalid("bids"))?),
+            "asks" => asks = Some(read_side(sc, buf.as_deref_mut(), "asks")?),
+            "bids" => bids = Some(read_side(sc, buf.as_deref_mut(), "bids")?),
             "ts" => d.ts = Some(sc.string().map_err(|_| WireError::Invalid("ts"))?),
             "checksum" => {
                 d.checksum = sc
@@ -244,25 +300,50 @@ fn read_entry<'a>(sc: &mut Scanner<'a>) -> Result<BookData<'a>, WireError> {
             }
         }
     }
-    d.asks = asks.ok_or(WireError::Missing("asks"))?;
-    d.bids = bids.ok_or(WireError::Missing("bids"))?;
-    Ok(d)
+    let (asks, asks_read) = asks.ok_or(WireError::Missing("asks"))?;
+    let (bids, bids_read) = bids.ok_or(WireError::Missing("bids"))?;
+    d.asks = asks;
+    d.bids = bids;
+    Ok((d, bids_read.zip(asks_read).map(|(b, a)| [b, a])))
 }
 
-/// Reads a `data` array of `books` entries at the scanner, in place.
-fn read_entries<'a>(sc: &mut Scanner<'a>) -> Result<Entries<'a>, WireError> {
+/// Reads a `data` array of `books` entries at the scanner, in place, their levels into `buf`
+/// when there is one.
+fn read_entries<'a>(
+    sc: &mut Scanner<'a>,
+    mut buf: Option<&mut LevelBuf>,
+) -> Result<(Entries<'a>, [ReadRanges; MAX_ENTRIES]), WireError> {
     let mut out = Entries::new();
+    let mut ranges: [ReadRanges; MAX_ENTRIES] = Default::default();
     sc.begin_array()?;
     let mut first = true;
     while sc.next_element(&mut first)? {
-        out.push(read_entry(sc)?).map_err(|_| WireError::TooMany)?;
+        let (d, r) = read_entry(sc, buf.as_deref_mut())?;
+        // `ranges` has a slot for every entry `out` takes.
+        if let Some(slot) = ranges.get_mut(out.len()) {
+            *slot = r;
+        }
+        out.push(d).map_err(|_| WireError::TooMany)?;
     }
-    Ok(out)
+    Ok((out, ranges))
 }
 
 impl<'a> Frame<'a> {
+    /// Reads a frame, the levels of a `books` push left raw (walked when applied).
     pub fn parse(text: &'a str) -> Result<Self, WireError> {
+        Frame::parse_into(text, None)
+    }
+
+    /// Reads a frame as the socket does: the levels of a `books` push are read into `buf` in
+    /// the same pass ([`BookData::read`]); what does not fit or would be refused stays raw.
+    pub fn parse_reading(text: &'a str, buf: &'a mut LevelBuf) -> Result<Self, WireError> {
+        buf.clear();
+        Frame::parse_into(text, Some(buf))
+    }
+
+    fn parse_into(text: &'a str, mut buf: Option<&'a mut LevelBuf>) -> Result<Self, WireError> {
         let mut f = Frame::default();
+        let mut ranges: [ReadRanges; MAX_ENTRIES] = Default::default();
         let mut sc = Scanner::new(text);
         sc.begin_object()?;
         let mut first = true;
@@ -303,9 +384,10 @@ impl<'a> Frame<'a> {
                     let books = f.arg.is_some_and(|a| a.channel == Some(OkxChannel::Books));
                     if books && sc.peek_token() == Some(b'[') {
                         let from = sc.position();
-                        let entries = read_entries(&mut sc)?;
+                        let (entries, read) = read_entries(&mut sc, buf.as_deref_mut())?;
                         f.data = sc.slice(from, sc.position());
                         f.books = Some(entries);
+                        ranges = read;
                     } else {
                         f.data = Some(sc.value()?);
                     }
@@ -319,16 +401,29 @@ impl<'a> Frame<'a> {
         if f.event.is_none() && (f.arg.is_none() || f.data.is_none()) {
             return Err(WireError::NotAFrame);
         }
+        if let (Some(buf), Some(books)) = (buf, f.books.as_mut()) {
+            let buf: &'a LevelBuf = buf;
+            for (d, r) in books.iter_mut().zip(ranges) {
+                d.read = r.and_then(|[b, a]| {
+                    Some(ReadLevels {
+                        bids: buf.get(b)?,
+                        asks: buf.get(a)?,
+                    })
+                });
+            }
+        }
         Ok(f)
     }
 }
 
 /// One `books` data entry (snapshot or update), borrowed from the frame. `asks` and `bids`
-/// are the raw level arrays, walked only when applied.
+/// are the raw level arrays; `read`, when the envelope pass read both, their levels.
 #[derive(Debug, Clone, Copy)]
 pub struct BookData<'a> {
     pub asks: &'a str,
     pub bids: &'a str,
+    /// Both sides read by [`Frame::parse_reading`]; `None` when they are to be walked raw.
+    pub read: Option<ReadLevels<'a>>,
     pub ts: Option<&'a str>,
     pub checksum: Option<i64>,
     pub seq_id: Option<i64>,
@@ -340,7 +435,7 @@ impl<'a> BookData<'a> {
     /// Unknown members are skipped.
     pub fn parse(raw: &'a str) -> Result<Self, WireError> {
         let mut sc = Scanner::new(raw);
-        let d = read_entry(&mut sc)?;
+        let (d, _) = read_entry(&mut sc, None)?;
         sc.end()?;
         Ok(d)
     }
@@ -361,7 +456,7 @@ pub type Entries<'a> = heapless::Vec<BookData<'a>, MAX_ENTRIES>;
 /// Parses the raw `data` array of a `books` push (or of a REST books answer).
 pub fn parse_entries(raw: &str) -> Result<Entries<'_>, WireError> {
     let mut sc = Scanner::new(raw);
-    let out = read_entries(&mut sc)?;
+    let (out, _) = read_entries(&mut sc, None)?;
     sc.end()?;
     Ok(out)
 }
@@ -373,9 +468,13 @@ pub struct BooksPush<'a> {
     pub entries: Entries<'a>,
 }
 
-/// Parses a `books` push the way the feed does (for benchmarks and tools).
-pub fn parse_books_push(text: &str) -> Result<BooksPush<'_>, WireError> {
-    let f = Frame::parse(text)?;
+/// Parses a `books` push the way the feed does, levels read into `buf` (for benchmarks and
+/// tools).
+pub fn parse_books_push<'a>(
+    text: &'a str,
+    buf: &'a mut LevelBuf,
+) -> Result<BooksPush<'a>, WireError> {
+    let f = Frame::parse_reading(text, buf)?;
     let (Some(arg), Some(data)) = (f.arg, f.data) else {
         return Err(WireError::NotAFrame);
     };
@@ -611,6 +710,194 @@ mod tests {
             ..a
         };
         assert_ne!(x.id("I"), y.id("I"));
+    }
+
+    /// Walks a raw level array as the book does when levels are left raw.
+    fn walk(raw: &str) -> Result<Vec<ReadLevel>, ()> {
+        crate::venue::json::Levels::new(raw)
+            .map(|lv| {
+                lv.map_err(drop)
+                    .and_then(|(p, q)| read_level(p, q).map_err(drop))
+            })
+            .collect()
+    }
+
+    /// Reads `text` both ways and checks they agree: the same error, or the same envelope and
+    /// entries, whose read levels are exactly the raw arrays walked; an entry is left raw
+    /// only when a walk fails or the push has more levels than the buffer holds. Returns how
+    /// many entries were read in one pass.
+    fn agree(text: &str) -> usize {
+        let mut buf = LevelBuf::new();
+        let (raw, one) = (Frame::parse(text), Frame::parse_reading(text, &mut buf));
+        let (raw, one) = match (raw, one) {
+            (Err(a), Err(b)) => {
+                assert_eq!(a, b, "{text}");
+                return 0;
+            }
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => panic!("{text}: raw {:?}, one pass {:?}", a.err(), b.err()),
+        };
+        assert_eq!(
+            (raw.id, raw.event, raw.code, raw.msg, raw.action, raw.data),
+            (one.id, one.event, one.code, one.msg, one.action, one.data),
+            "{text}"
+        );
+        let (raw, one) = (raw.books.unwrap_or_default(), one.books.unwrap_or_default());
+        assert_eq!(raw.len(), one.len(), "{text}");
+        let levels: usize = raw
+            .iter()
+            .map(|d| walk(d.bids).map_or(0, |l| l.len()) + walk(d.asks).map_or(0, |l| l.len()))
+            .sum();
+        let mut read = 0;
+        for (a, b) in raw.iter().zip(&one) {
+            assert!(a.read.is_none(), "{text}");
+            assert_eq!(
+                (a.bids, a.asks, a.ts, a.checksum, a.seq_id, a.prev_seq_id),
+                (b.bids, b.asks, b.ts, b.checksum, b.seq_id, b.prev_seq_id),
+                "{text}"
+            );
+            match b.read {
+                Some(r) => {
+                    assert_eq!(Ok(r.bids.to_vec()), walk(b.bids), "bids of {text}");
+                    assert_eq!(Ok(r.asks.to_vec()), walk(b.asks), "asks of {text}");
+                    read += 1;
+                }
+                None => assert!(
+                    walk(b.bids).is_err() || walk(b.asks).is_err() || levels > READ_LEVELS,
+                    "left raw for no reason: {text}"
+                ),
+            }
+        }
+        read
+    }
+
+    #[test]
+    fn the_one_pass_reader_agrees_with_the_raw_walk_on_every_captured_frame_and_its_prefixes() {
+        let dir = std::env::var_os("MARKETBOX_FIXTURES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+            })
+            .join("okx");
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            eprintln!(
+                "\n!!! SKIPPED: OKX captures not found at {} (set MARKETBOX_FIXTURES) !!!\n",
+                dir.display()
+            );
+            return;
+        };
+        let (mut frames, mut read) = (0, 0);
+        for file in files.flatten() {
+            let text = std::fs::read_to_string(file.path()).expect("a readable capture");
+            for line in text.lines().filter(|l| l.starts_with('{')) {
+                let v: serde_json::Value = serde_json::from_str(line).expect("a JSON row");
+                let Some(raw) = v["raw"].as_str() else {
+                    continue;
+                };
+                frames += 1;
+                read += agree(raw);
+                // Every prefix of some books updates: truncated anywhere, the same error
+                // both ways.
+                if raw.contains(r#""action":"update""#) && frames % 8 == 0 {
+                    for cut in 0..raw.len() {
+                        assert_eq!(agree(&raw[..cut]), 0);
+                    }
+                }
+            }
+        }
+        // The books capture: 3 snapshots (the deepest 400 a side) and 287 updates, all read.
+        assert!(frames > 300, "{frames} frames");
+        assert_eq!(read, 290);
+    }
+
+    #[test]
+    fn the_one_pass_reader_leaves_raw_what_it_cannot_read_and_agrees_on_malformed_frames() {
+        let push = |asks: &str, bids: &str| {
+            format!(
+                r#"{{"arg":{{"channel":"books","instId":"BTC-USDT"}},"action":"update","data":[{{"asks":{asks},"bids":{bids},"ts":"1","checksum":0,"seqId":2,"prevSeqId":1}}]}}"#
+            )
+        };
+        let ok = r#"[["3366.1","7","0","2"]]"#;
+        let cases: [(&str, &str, usize); 22] = [
+            // TC0: read, with whitespace, pairs and longer entries.
+            (ok, r#" [ ["1" , "2"] ,["0.5","3","0","1","x"] ] "#, 1),
+            // TC1: empty sides.
+            ("[]", "[]", 1),
+            // TC2..: wrong types inside a level: left raw (the book finds the error).
+            (ok, r#"[["1",2,"0","1"]]"#, 0),
+            (ok, r#"[["1","2",0,"1"]]"#, 0),
+            (ok, r#"[[1,"2"]]"#, 0),
+            (ok, r#"[null]"#, 0),
+            (ok, r#"[{"px":"1"}]"#, 0),
+            (ok, r#"[["1"]]"#, 0),
+            (ok, r#"[[]]"#, 0),
+            (ok, r#"[["1"","2"]]"#, 0),
+            (ok, r#"[["1","2"],]"#, 0),
+            // TC11..: decimals the book refuses: negative, exponent, empty, too long.
+            (ok, r#"[["1","-2","0","1"]]"#, 0),
+            (r#"[["-1","2","0","1"]]"#, ok, 0),
+            (ok, r#"[["1e5","2"]]"#, 0),
+            (ok, r#"[["","2"]]"#, 0),
+            (ok, r#"[["1","1234567890123456789"]]"#, 0),
+            // TC16: a bracket mismatch the raw skip lets through (`}` closes the array).
+            (ok, r#"[["1","2"]}"#, 0),
+            // TC17..: not arrays, unterminated: the frame is refused both ways.
+            (ok, r#"{}"#, 0),
+            (ok, r#""[]""#, 0),
+            (ok, r#"[["1","2"]"#, 0),
+            (ok, r#"[["1","2"#, 0),
+            (ok, "[[\"1\n\",\"2\"]]", 0),
+        ];
+        for (i, (asks, bids, want)) in cases.iter().enumerate() {
+            let text = push(asks, bids);
+            assert_eq!(agree(&text), *want, "TC{i}: {text}");
+        }
+        // TC22: a repeated key: the last one counts, both ways.
+        let twice = push(ok, r#"[["1","2"]],"bids":[["5","6"]]"#);
+        assert_eq!(agree(&twice), 1);
+        let mut buf = LevelBuf::new();
+        {
+            let f = Frame::parse_reading(&twice, &mut buf).expect("a push");
+            let read = f.books.and_then(|b| b.first().and_then(|d| d.read));
+            assert_eq!(
+                read.map(|r| r.bids.to_vec()),
+                Some(vec![(Decimal::new(5, 0), Decimal::new(6, 0))])
+            );
+        }
+        // TC23: more levels than the buffer holds: left raw, never cut; a push that fits
+        // after another entry took the room is read.
+        let many = |n: usize| {
+            let l: Vec<String> = (1..=n).map(|i| format!(r#"["{i}","1","0","1"]"#)).collect();
+            format!("[{}]", l.join(","))
+        };
+        assert_eq!(
+            agree(&push(&many(READ_LEVELS / 2), &many(READ_LEVELS / 2))),
+            1
+        );
+        let over = push(&many(READ_LEVELS / 2), &many(READ_LEVELS / 2 + 1));
+        assert_eq!(agree(&over), 0);
+        {
+            let f = Frame::parse_reading(&over, &mut buf).expect("a push");
+            let d = f.books.and_then(|b| b.first().copied()).expect("an entry");
+            assert!(d.read.is_none());
+            assert_eq!(walk(d.bids).map(|l| l.len()), Ok(READ_LEVELS / 2 + 1));
+        }
+        let entry = |n: usize| format!(r#"{{"asks":{},"bids":[]}}"#, many(n));
+        let two = format!(
+            r#"{{"arg":{{"channel":"books","instId":"X"}},"action":"update","data":[{},{}]}}"#,
+            entry(READ_LEVELS - 1),
+            entry(2)
+        );
+        assert_eq!(
+            agree(&two),
+            1,
+            "the first entry is read, the second left raw"
+        );
+        // TC24: the buffer is refilled by each frame, whatever the last one left in it.
+        let small = push(ok, "[]");
+        let f = Frame::parse_reading(&small, &mut buf).expect("a push");
+        let read = f.books.and_then(|b| b.first().and_then(|d| d.read));
+        assert_eq!(read.map(|r| (r.asks.len(), r.bids.len())), Some((1, 0)));
     }
 
     #[test]

@@ -19,7 +19,8 @@ use common::{DEPTH, fixtures, out, time_pass};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use marketbox::model::OrderbookData;
 use marketbox::venue::binance::sync::{BookSync, Continuity, SyncEvent};
-use marketbox::venue::binance::wire::{DepthSnapshot, Frame, parse_frame};
+use marketbox::venue::binance::wire::{DepthSnapshot, Frame, parse_frame, parse_frame_reading};
+use marketbox::venue::json::LevelBuf;
 
 /// The snapshot body and the raw diff frames.
 fn load() -> Option<(String, Vec<String>)> {
@@ -46,11 +47,13 @@ fn synced(snap: &str, first: &str) -> BookSync {
     s
 }
 
-/// One pass: every live frame parsed and applied, and the depth filled when `fill`.
+/// One pass: every live frame parsed as the socket does (levels read with the envelope) and
+/// applied, and the depth filled when `fill`.
 fn pass(s: &mut BookSync, live: &[String], fill: bool, out: &mut OrderbookData) -> u64 {
     let mut applied = 0;
+    let mut buf = LevelBuf::new();
     for f in live {
-        if let Ok(Frame::Depth(d)) = parse_frame(black_box(f))
+        if let Ok(Frame::Depth(d)) = parse_frame_reading(black_box(f), &mut buf)
             && let SyncEvent::Applied { .. } = s.on_diff(&d)
         {
             applied += 1;
@@ -99,9 +102,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("parse_frame", |b| {
+        let mut buf = LevelBuf::new();
         b.iter(|| {
             for f in live {
-                let _ = black_box(parse_frame(black_box(f)));
+                let _ = black_box(parse_frame_reading(black_box(f), &mut buf));
             }
         })
     });
@@ -128,15 +132,11 @@ fn bench(c: &mut Criterion) {
             }
         },
     ));
-    let parse = per_msg(time_pass(
-        budget,
-        || (),
-        |_| {
-            for f in live {
-                let _ = black_box(parse_frame(black_box(f)));
-            }
-        },
-    ));
+    let parse = per_msg(time_pass(budget, LevelBuf::new, |buf: &mut LevelBuf| {
+        for f in live {
+            let _ = black_box(parse_frame_reading(black_box(f), buf));
+        }
+    }));
     let apply = per_msg(time_pass(
         budget,
         || synced(&snap, first),
@@ -160,7 +160,7 @@ fn bench(c: &mut Criterion) {
         "message",
         floor,
         &[
-            ("parse_frame", parse),
+            ("parse_frame (levels read)", parse),
             ("parse + apply", apply),
             ("parse + apply + fill", fill),
         ],

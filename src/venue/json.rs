@@ -16,6 +16,11 @@
 //! validated; callers parse the values they use. Nesting is limited to [`MAX_NESTING`].
 //! This file names no venue.
 
+use std::ops::Range;
+
+use crate::book::sync::read_level;
+use crate::decimal::Decimal;
+
 /// Deepest nesting of arrays and objects [`Object`] skips over.
 pub const MAX_NESTING: usize = 32;
 
@@ -466,6 +471,47 @@ impl<'a> Scanner<'a> {
         let raw = self.text.get(start..lv.cur.pos)?;
         self.pos = lv.cur.pos;
         Some(raw)
+    }
+}
+
+/// Most levels one frame's arrays are read into in the envelope pass: both sides of the
+/// deepest book a venue pushes over a socket (400 a side), more than a diff carries but
+/// rarely. Arrays beyond it stay raw (walked when applied).
+pub const READ_LEVELS: usize = 800;
+
+/// A level as read: price and size, neither negative ([`read_level`]).
+pub type ReadLevel = (Decimal, Decimal);
+
+/// Where the envelope pass reads levels to: owned by the caller, filled afresh for each frame
+/// (no heap; [`READ_LEVELS`] of 32 bytes, untouched until filled).
+pub type LevelBuf = heapless::Vec<ReadLevel, READ_LEVELS>;
+
+/// Both sides of a book update as read in the envelope pass (each exactly what walking its
+/// raw array with [`Levels`] and [`read_level`] gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLevels<'a> {
+    pub bids: &'a [ReadLevel],
+    pub asks: &'a [ReadLevel],
+}
+
+impl<'a> Scanner<'a> {
+    /// The level array at the scanner, read into `buf` when there is one and every level is
+    /// one a book takes and fits (`Some(range)` of `buf`), else skipped raw (`None`): whoever
+    /// applies it walks it then and meets the same error at the same level. Returns the raw
+    /// text either way.
+    pub fn levels_into(
+        &mut self,
+        buf: Option<&mut LevelBuf>,
+    ) -> Result<(&'a str, Option<Range<usize>>), JsonError> {
+        if let Some(buf) = buf {
+            let from = buf.len();
+            let read = self.read_levels(|p, q| read_level(p, q).is_ok_and(|l| buf.push(l).is_ok()));
+            if let Some(raw) = read {
+                return Ok((raw, Some(from..buf.len())));
+            }
+            buf.truncate(from);
+        }
+        Ok((self.array_raw()?, None))
     }
 }
 

@@ -36,6 +36,7 @@ use crate::net::http::{RestError, RestResponse};
 use crate::plan::SocketPlan;
 use crate::session::rest::{RateSpec, RestRequest};
 use crate::session::{ConnectLimit, Connected, Control, FrameKind, Io, Protocol};
+use crate::venue::json::LevelBuf;
 
 struct SymbolState {
     /// Stable for the symbol's life on this protocol: REST answers find their symbol by it
@@ -773,7 +774,10 @@ impl Protocol for BinanceProtocol {
     }
 
     fn on_text(&mut self, text: &str, now: Instant, io: &mut Io<'_>) -> (FrameKind, Control) {
-        match wire::parse_frame(text) {
+        // A depth update's levels are read here with the envelope (no heap: a fixed array on
+        // the stack, untouched until filled).
+        let mut levels = LevelBuf::new();
+        match wire::parse_frame_reading(text, &mut levels) {
             Ok(frame) => self.handle_frame(frame, now, io),
             Err(err) => {
                 let kind = match err {

@@ -6,9 +6,12 @@
 //! envelope (`serverShutdown`, a raw `/ws` stream, replies to `SUBSCRIBE`, errors) are
 //! recognised by their keys.
 //!
-//! `depthUpdate` — the only high-rate frame that nests — is read by hand: its `b`/`a` level
-//! arrays stay raw slices of the frame and are walked by [`Levels`] while the book applies
-//! them. Going through `serde_json` there would cost a heap allocation per frame (keeping or
+//! `depthUpdate` — the only high-rate frame that nests — is read by hand, in one pass: on the
+//! socket ([`parse_frame_reading`]) each level's price and size are read into a fixed
+//! [`LevelBuf`] the caller owns, with the envelope, and applied from there; whatever that pass
+//! cannot read to the end (a level a book would refuse, more levels than the buffer holds)
+//! stays a raw slice of the frame, walked by [`Levels`] when applied, so the error and where
+//! it stops the book are the same either way. Going through `serde_json` there would cost a heap allocation per frame (keeping or
 //! skipping a nested value pushes onto the deserializer's scratch `Vec`), and the steady state
 //! must allocate nothing. The flat events (`trade`, `aggTrade`, `markPriceUpdate`,
 //! `forceOrder`) use borrowed serde structs, which allocate nothing either. The REST depth
@@ -29,7 +32,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::model::Symbol;
-use crate::venue::json::{self, JsonError, Levels, Object, Scanner};
+use crate::venue::json::{self, JsonError, LevelBuf, Levels, Object, ReadLevels, Scanner};
+use std::ops::Range;
 
 /// `depthUpdate`: spot `e,E,s,U,u,b,a`; USD-M adds `T` and `pu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub struct DepthUpdate<'a> {
     pub bids: &'a str,
     /// `a`: the raw JSON array of `[price, qty]` string pairs.
     pub asks: &'a str,
+    /// Both sides as read with the envelope ([`parse_frame_reading`]); `None`: walk the raw
+    /// arrays.
+    pub read: Option<ReadLevels<'a>>,
 }
 
 impl<'a> DepthUpdate<'a> {
@@ -287,11 +294,15 @@ struct DepthFields<'a> {
     prev_last_id: Option<u64>,
     bids: Option<&'a str>,
     asks: Option<&'a str>,
+    /// Where `b` and `a` sit in the caller's [`LevelBuf`], when read.
+    bids_read: Option<Range<usize>>,
+    asks_read: Option<Range<usize>>,
 }
 
 impl<'a> DepthFields<'a> {
-    /// Reads one object at the scanner, typed values in place, unknown members skipped.
-    fn read(sc: &mut Scanner<'a>) -> Result<Self, WireError> {
+    /// Reads one object at the scanner, typed values in place, unknown members skipped; the
+    /// level arrays into `buf` when there is one ([`Scanner::levels_into`]).
+    fn read(sc: &mut Scanner<'a>, mut buf: Option<&mut LevelBuf>) -> Result<Self, WireError> {
         let mut f = DepthFields::default();
         sc.begin_object()?;
         let mut first = true;
@@ -304,9 +315,17 @@ impl<'a> DepthFields<'a> {
                 "U" => set(&mut f.first_id, Some(sc.u64()?), "U")?,
                 "u" => set(&mut f.last_id, Some(sc.u64()?), "u")?,
                 "pu" => set(&mut f.prev_last_id, Some(sc.u64()?), "pu")?,
-                // Walked (and checked) by `Levels` when applied.
-                "b" => set(&mut f.bids, Some(sc.array_raw()?), "b")?,
-                "a" => set(&mut f.asks, Some(sc.array_raw()?), "a")?,
+                // Read now, or walked (and checked) by `Levels` when applied.
+                "b" => {
+                    let (raw, read) = sc.levels_into(buf.as_deref_mut())?;
+                    set(&mut f.bids, Some(raw), "b")?;
+                    f.bids_read = read;
+                }
+                "a" => {
+                    let (raw, read) = sc.levels_into(buf.as_deref_mut())?;
+                    set(&mut f.asks, Some(raw), "a")?;
+                    f.asks_read = read;
+                }
                 _ => {
                     sc.value()?;
                 }
@@ -319,11 +338,22 @@ impl<'a> DepthFields<'a> {
         self.e == Some("depthUpdate")
     }
 
-    fn build(self) -> Result<DepthUpdate<'a>, WireError> {
+    /// The update, its levels as read taken from `buf` when both sides were.
+    fn build(self, buf: Option<&'a LevelBuf>) -> Result<DepthUpdate<'a>, WireError> {
         if !self.is_depth() {
             return Err(field("e"));
         }
+        let read = buf
+            .zip(self.bids_read)
+            .zip(self.asks_read)
+            .and_then(|((buf, b), a)| {
+                Some(ReadLevels {
+                    bids: buf.get(b)?,
+                    asks: buf.get(a)?,
+                })
+            });
         Ok(DepthUpdate {
+            read,
             event_time: self.event_time.ok_or(field("E"))?,
             transact_time: self.transact_time,
             symbol: self.symbol.ok_or(field("s"))?,
@@ -339,9 +369,9 @@ impl<'a> DepthFields<'a> {
 /// A whole `depthUpdate` object.
 fn parse_depth(raw: &str) -> Result<DepthUpdate<'_>, WireError> {
     let mut sc = Scanner::new(raw);
-    let f = DepthFields::read(&mut sc)?;
+    let f = DepthFields::read(&mut sc, None)?;
     sc.end()?;
-    f.build()
+    f.build(None)
 }
 
 /// The event type `e` of an event object (`None` when it has none).
@@ -387,11 +417,29 @@ fn parse_data<'a>(stream: Option<&str>, data: &'a str) -> Result<Frame<'a>, Wire
     }
 }
 
-/// Parses one text frame from a Binance market-data socket. Never panics.
-///
+/// Parses one text frame from a Binance market-data socket, a depth update's levels left raw
+/// (walked when applied). Never panics.
+pub fn parse_frame(text: &str) -> Result<Frame<'_>, WireError> {
+    parse_frame_into(text, None)
+}
+
+/// Parses one text frame as the socket does: a depth update's levels are read into `buf`
+/// (emptied first) in the same pass as the envelope; what does not fit or would be refused
+/// stays raw. Never panics.
+pub fn parse_frame_reading<'a>(
+    text: &'a str,
+    buf: &'a mut LevelBuf,
+) -> Result<Frame<'a>, WireError> {
+    buf.clear();
+    parse_frame_into(text, Some(buf))
+}
+
 /// A depth frame is read in one pass: `stream` comes first in Binance's envelopes, and when it
 /// names a depth stream `data` is read in place into a [`DepthUpdate`].
-pub fn parse_frame(text: &str) -> Result<Frame<'_>, WireError> {
+fn parse_frame_into<'a>(
+    text: &'a str,
+    mut buf: Option<&'a mut LevelBuf>,
+) -> Result<Frame<'a>, WireError> {
     let mut sc = Scanner::new(text);
     sc.begin_object()?;
     let mut first = true;
@@ -411,7 +459,7 @@ pub fn parse_frame(text: &str) -> Result<Frame<'_>, WireError> {
                 let depth_stream = stream.is_some_and(|s: &str| s.contains("@depth"));
                 if depth_stream && sc.peek_token() == Some(b'{') {
                     let from = sc.position();
-                    let fields = DepthFields::read(&mut sc)?;
+                    let fields = DepthFields::read(&mut sc, buf.as_deref_mut())?;
                     set(&mut data, sc.slice(from, sc.position()), "data")?;
                     depth = Some(fields);
                 } else {
@@ -436,7 +484,8 @@ pub fn parse_frame(text: &str) -> Result<Frame<'_>, WireError> {
     if let Some(d) = depth
         && d.is_depth()
     {
-        return d.build().map(Frame::Depth);
+        let buf: Option<&'a LevelBuf> = buf.map(|b| &*b);
+        return d.build(buf).map(Frame::Depth);
     }
     if let Some(data) = data {
         return parse_data(stream, data);
@@ -710,6 +759,121 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Walks a raw level array as the book does when levels are left raw.
+    fn walk(raw: &str) -> Result<Vec<json::ReadLevel>, ()> {
+        Levels::new(raw)
+            .map(|lv| {
+                lv.map_err(drop)
+                    .and_then(|(p, q)| crate::book::sync::read_level(p, q).map_err(drop))
+            })
+            .collect()
+    }
+
+    /// Reads `text` both ways and checks they agree: the same error, or the same frame, whose
+    /// read levels are exactly the raw arrays walked; a depth update is left raw only when a
+    /// walk fails or it has more levels than the buffer holds. Whether it was read.
+    fn agree(text: &str) -> bool {
+        let mut buf = LevelBuf::new();
+        match (parse_frame(text), parse_frame_reading(text, &mut buf)) {
+            (Ok(Frame::Depth(raw)), Ok(Frame::Depth(one))) => {
+                assert!(raw.read.is_none(), "{text}");
+                assert_eq!(DepthUpdate { read: None, ..one }, raw, "{text}");
+                match one.read {
+                    Some(r) => {
+                        assert_eq!(Ok(r.bids.to_vec()), walk(one.bids), "bids of {text}");
+                        assert_eq!(Ok(r.asks.to_vec()), walk(one.asks), "asks of {text}");
+                        true
+                    }
+                    None => {
+                        let n = walk(one.bids).map(|l| l.len()).unwrap_or(0)
+                            + walk(one.asks).map(|l| l.len()).unwrap_or(0);
+                        assert!(
+                            walk(one.bids).is_err()
+                                || walk(one.asks).is_err()
+                                || n > json::READ_LEVELS,
+                            "left raw for no reason: {text}"
+                        );
+                        false
+                    }
+                }
+            }
+            (a, b) => {
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{text}");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_depth_reader_agrees_with_the_raw_walk() {
+        let one = |b: &str, a: &str| {
+            format!(
+                r#"{{"stream":"btcusdt@depth@100ms","data":{{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,"u":7,"b":{b},"a":{a}}}}}"#
+            )
+        };
+        // TC0: every captured diff, read in one pass, and every prefix of a few.
+        if let Some(dir) = fixtures() {
+            for file in [
+                "binance_spot/NKNUSDT_depth100ms_diffs.jsonl",
+                "binance_perpetual/SUSHIUSDT_depth100ms_diffs.jsonl",
+            ] {
+                let rows = rows(dir.join(file));
+                let read = rows.iter().filter(|(_, raw)| agree(raw)).count();
+                assert_eq!(read, rows.len(), "{file}");
+                for (_, raw) in rows.iter().take(5) {
+                    for cut in 0..raw.len() {
+                        if let Some(prefix) = raw.get(..cut) {
+                            agree(prefix);
+                        }
+                    }
+                }
+            }
+        }
+        // TC1: well-formed levels are read; an empty side too.
+        assert!(agree(&one(r#"[["1.5","2"],["1.4","0"]]"#, "[]")));
+        assert!(agree(&one(
+            r#" [ [ "1.5" , "2" ] ] "#,
+            r#"[["2","1","x"]]"#
+        )));
+        // TC2: levels a book refuses or arrays a walk fails on stay raw, with the same error
+        // when the frame itself is malformed.
+        for bad in [
+            r#"[["-1","2"]]"#,
+            r#"[["1","-2"]]"#,
+            r#"[["x","2"]]"#,
+            r#"[["1"]]"#,
+            r#"[[1,"2"]]"#,
+            r#"[["1","2"],]"#,
+            r#"[["1","2"]"#,
+            r#"[["1"","2"]]"#,
+            r#"[["1","2"]]]"#,
+            r#"{}"#,
+            r#"[[]]"#,
+            r#"[["1","2"] ["3","4"]]"#,
+        ] {
+            assert!(!agree(&one(bad, "[]")), "{bad}");
+            assert!(!agree(&one("[]", bad)), "{bad}");
+        }
+        // TC3: a repeated side is malformed both ways.
+        let twice = one(r#"[["1","2"]],"b":[["3","4"]]"#, "[]");
+        assert!(matches!(parse_frame(&twice), Err(WireError::Malformed(_))));
+        assert!(!agree(&twice));
+        // TC4: more levels than the buffer holds: the rest stays raw, nothing dropped.
+        let many = |n: usize| {
+            let v: Vec<String> = (1..=n).map(|i| format!(r#"["{i}","1"]"#)).collect();
+            format!("[{}]", v.join(","))
+        };
+        let half = json::READ_LEVELS / 2;
+        assert!(agree(&one(&many(half), &many(half))));
+        let over = one(&many(half), &many(half + 1));
+        assert!(!agree(&over));
+        let mut buf = LevelBuf::new();
+        let Ok(Frame::Depth(d)) = parse_frame_reading(&over, &mut buf) else {
+            panic!("over capacity still parses")
+        };
+        assert_eq!(walk(d.asks).map(|l| l.len()), Ok(half + 1));
     }
 
     #[test]

@@ -25,8 +25,6 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
-use crate::book::sync::read_level;
-use crate::decimal::Decimal;
 use crate::venue::json::{JsonError, Object, Scanner, as_plain_str, as_u64};
 
 /// Why a frame or body could not be used.
@@ -220,45 +218,19 @@ fn read_arg<'a>(sc: &mut Scanner<'a>) -> Result<Arg<'a>, WireError> {
     Ok(a)
 }
 
-/// Most levels the entries of one push are read into in the envelope pass: both sides of
-/// OKX's deepest `books` snapshot (400 a side). A push with more keeps the rest raw.
-pub const READ_LEVELS: usize = 800;
-
-/// A level as read: price and size, neither negative ([`read_level`]).
-pub type ReadLevel = (Decimal, Decimal);
-
-/// Where the envelope pass reads levels to: owned by the caller, filled afresh by each
-/// [`Frame::parse_reading`] (no heap; [`READ_LEVELS`] of 32 bytes).
-pub type LevelBuf = heapless::Vec<ReadLevel, READ_LEVELS>;
-
-/// Both sides of an entry as read in the envelope pass (each exactly what walking its raw
-/// array with [`crate::venue::json::Levels`] and [`read_level`] gives).
-#[derive(Debug, Clone, Copy)]
-pub struct ReadLevels<'a> {
-    pub bids: &'a [ReadLevel],
-    pub asks: &'a [ReadLevel],
-}
+pub use crate::venue::json::{LevelBuf, READ_LEVELS, ReadLevel, ReadLevels};
 
 /// Where an entry's sides sit in the [`LevelBuf`] (bids, asks), when both were read.
 type ReadRanges = Option<[Range<usize>; 2]>;
 
-/// The level array at the scanner: read into `buf` when there is one and every level is one
-/// the book takes and fits (`Some(range)`), else skipped raw (`None`). Returns its raw text.
+/// The level array at the scanner, read into `buf` when there is one
+/// ([`Scanner::levels_into`]), else skipped raw.
 fn read_side<'a>(
     sc: &mut Scanner<'a>,
     buf: Option<&mut LevelBuf>,
     field: &'static str,
 ) -> Result<(&'a str, Option<Range<usize>>), WireError> {
-    if let Some(buf) = buf {
-        let from = buf.len();
-        let read = sc.read_levels(|p, q| read_level(p, q).is_ok_and(|l| buf.push(l).is_ok()));
-        if let Some(raw) = read {
-            return Ok((raw, Some(from..buf.len())));
-        }
-        buf.truncate(from);
-    }
-    let raw = sc.array_raw().map_err(|_| WireError::Invalid(field))?;
-    Ok((raw, None))
+    sc.levels_into(buf).map_err(|_| WireError::Invalid(field))
 }
 
 /// Reads one `books` entry object at the scanner; the level arrays are read into `buf` when
@@ -632,6 +604,8 @@ pub struct Liq<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book::sync::read_level;
+    use crate::decimal::Decimal;
 
     #[test]
     fn envelopes_are_typed() {

@@ -108,14 +108,36 @@ pub fn retry_after(data: &[u8]) {
     }
 }
 
-/// Binance frames and REST bodies: parsing never panics; depth levels can be walked.
+/// Binance frames and REST bodies: parsing never panics; depth levels can be walked, and a
+/// depth update's levels read with the envelope are exactly its raw arrays walked.
 pub fn binance_frame(data: &[u8]) {
-    use crate::venue::binance::wire::{DepthSnapshot, Frame, parse_frame};
+    use crate::book::sync::read_level;
+    use crate::venue::binance::wire::{DepthSnapshot, Frame, parse_frame, parse_frame_reading};
+    use crate::venue::json::LevelBuf;
     let Some(s) = text(data) else { return };
-    if let Ok(Frame::Depth(d)) = parse_frame(s) {
+    let raw = parse_frame(s);
+    if let Ok(Frame::Depth(d)) = &raw {
         for (p, q) in d.bids().chain(d.asks()).flatten() {
-            let _ = crate::book::sync::read_level(p, q);
+            let _ = read_level(p, q);
         }
+    }
+    let mut buf = LevelBuf::new();
+    let one = parse_frame_reading(s, &mut buf);
+    assert_eq!(
+        raw.as_ref().err().map(|e| e.to_string()),
+        one.as_ref().err().map(|e| e.to_string()),
+        "the two reads differ"
+    );
+    if let Ok(Frame::Depth(d)) = &one
+        && let Some(r) = d.read
+    {
+        let walk = |raw| -> Option<Vec<(Decimal, Decimal)>> {
+            crate::venue::json::Levels::new(raw)
+                .map(|lv| lv.ok().and_then(|(p, q)| read_level(p, q).ok()))
+                .collect()
+        };
+        assert_eq!(Some(r.bids.to_vec()), walk(d.bids), "bids read otherwise");
+        assert_eq!(Some(r.asks.to_vec()), walk(d.asks), "asks read otherwise");
     }
     if let Ok(snap) = DepthSnapshot::parse_str(s) {
         let _ = snap.bids().count() + snap.asks().count();

@@ -299,14 +299,28 @@ impl OkxProtocol {
         });
     }
 
-    fn on_book_event(&mut self, i: usize, ev: OkxEvent, ts_ms: u64, now: Instant, io: &mut Io<'_>) {
+    /// What a book machine said about an update (`live`: one that continued a synced book) or
+    /// a snapshot.
+    fn on_book_event(
+        &mut self,
+        i: usize,
+        ev: OkxEvent,
+        live: bool,
+        ts_ms: u64,
+        now: Instant,
+        io: &mut Io<'_>,
+    ) {
         match ev {
             OkxEvent::Applied { .. } => {
                 let depth = self.depth;
                 let Some(b) = self.insts[i].book.as_mut() else {
                     return;
                 };
-                b.snapshots.succeeded();
+                if live {
+                    // A live update verified on top of the snapshot: the resync worked, so
+                    // the next loss of sync asks at once again.
+                    b.snapshots.succeeded();
+                }
                 match b.book.fill(depth, io.publisher.book_scratch()) {
                     Ok(true) => {
                         // The seqId; books of captures from before seqId existed (update_id
@@ -366,6 +380,11 @@ impl OkxProtocol {
             b.source = Source::WsSnapshot {
                 until: crate::time::after(now, WS_SNAPSHOT_WAIT),
             };
+        } else {
+            // Over REST: at once after a verified stretch, after a growing backoff while the
+            // books that snapshots bring keep failing before a live update verifies (a venue
+            // that misbehaves gets spaced requests, not one per failure).
+            b.snapshots.resync(now);
         }
     }
 
@@ -422,13 +441,14 @@ impl OkxProtocol {
             let Some(b) = self.insts[i].book.as_mut() else {
                 return Err(WireError::Invalid("arg.channel"));
             };
+            let live = !snapshot && b.book.is_synced();
             let ev = if snapshot {
                 b.source = Source::Rest;
                 b.book.on_ws_snapshot(d)
             } else {
                 b.book.on_update(d)
             };
-            self.on_book_event(i, ev, d.ts_ms(), now, io);
+            self.on_book_event(i, ev, live, d.ts_ms(), now, io);
         }
         Ok(())
     }
@@ -564,7 +584,7 @@ impl OkxProtocol {
             return;
         };
         let ev = b.book.on_rest_snapshot(&d);
-        self.on_book_event(i, ev, d.ts_ms(), now, io);
+        self.on_book_event(i, ev, false, d.ts_ms(), now, io);
     }
 }
 
@@ -850,6 +870,88 @@ mod tests {
         assert_eq!(
             metrics.sum("marketbox_book_verified", &[("symbol", "SOL-USDT")]),
             1
+        );
+    }
+
+    /// A venue whose books keep failing right after each REST snapshot gets snapshot requests
+    /// spaced by a growing backoff, not one per failure; a live update verified on top of a
+    /// snapshot makes the next loss of sync ask at once again.
+    #[test]
+    fn rest_resyncs_back_off_until_a_live_update_verifies() {
+        let metrics = Arc::new(Metrics::new());
+        let (cfg, socket) = okx(&["BTC-USDT"], &[]);
+        let mut proto = OkxProtocol::new(&socket, &cfg, metrics);
+        let spool = Spool::new(1 << 16, Default::default());
+        let template = Publisher::new(spool, Format::Json, &StreamKey::for_socket(&socket), None);
+        let mut publisher = template.fork();
+        let (mut send, mut rest) = (Vec::new(), Vec::new());
+        let t0 = Instant::now();
+        let mut io = Io {
+            send: &mut send,
+            rest: &mut rest,
+            publisher: &mut publisher,
+        };
+        proto.on_connected(t0, &mut io, Connected::Fresh);
+        let update = |seq: i64, prev: i64| {
+            format!(
+                r#"{{"arg":{{"channel":"books","instId":"BTC-USDT"}},"action":"update","data":[{{"asks":[],"bids":[["1","{seq}","0","1"]],"ts":"1","checksum":0,"seqId":{seq},"prevSeqId":{prev}}}]}}"#
+            )
+        };
+        let answer = |proto: &mut OkxProtocol, io: &mut Io<'_>, seq: i64, now: Instant| {
+            let tag = io.rest.last().expect("a snapshot request").tag;
+            let body = format!(
+                r#"{{"code":"0","msg":"","data":[{{"asks":[["10","1","0","1"]],"bids":[["0.5","1","0","1"]],"ts":"1","seqId":{seq}}}]}}"#
+            );
+            let resp = RestResponse {
+                status: 200,
+                retry_after: None,
+                used_weight: None,
+                body: body.into_bytes(),
+            };
+            proto.on_rest(tag, Ok(resp), now, io);
+            assert!(
+                proto.insts[0]
+                    .book
+                    .as_ref()
+                    .is_some_and(|b| b.book.is_synced())
+            );
+        };
+        // TC0: the first update asks for a snapshot; it syncs the book.
+        proto.on_text(&update(10, 9), t0, &mut io);
+        assert_eq!(io.rest.len(), 1);
+        answer(&mut proto, &mut io, 10, t0);
+        // TC1: a gap: resynced at once (the first failure); the snapshot syncs, but no live
+        // update verifies before the next gap.
+        proto.on_text(&update(12, 11), t0, &mut io);
+        proto.on_text(&update(13, 12), t0, &mut io);
+        assert_eq!(io.rest.len(), 2, "the first resync asks at once");
+        answer(&mut proto, &mut io, 13, t0);
+        proto.on_text(&update(15, 14), t0, &mut io);
+        proto.on_text(&update(16, 15), t0, &mut io);
+        assert_eq!(io.rest.len(), 2, "a second failure in a row waits");
+        proto.on_tick(t0 + Duration::from_millis(999), &mut io);
+        assert_eq!(io.rest.len(), 2);
+        let t1 = t0 + Duration::from_secs(1);
+        proto.on_tick(t1, &mut io);
+        assert_eq!(io.rest.len(), 3, "asked after the 1 s backoff");
+        answer(&mut proto, &mut io, 16, t1);
+        // TC2: the third failure in a row waits 2 s.
+        proto.on_text(&update(18, 17), t1, &mut io);
+        proto.on_text(&update(19, 18), t1, &mut io);
+        proto.on_tick(t1 + Duration::from_millis(1999), &mut io);
+        assert_eq!(io.rest.len(), 3);
+        let t2 = t1 + Duration::from_secs(2);
+        proto.on_tick(t2, &mut io);
+        assert_eq!(io.rest.len(), 4);
+        answer(&mut proto, &mut io, 19, t2);
+        // TC3: a live update verifies on the snapshot: the next gap asks at once again.
+        proto.on_text(&update(20, 19), t2, &mut io);
+        proto.on_text(&update(22, 21), t2, &mut io);
+        proto.on_text(&update(23, 22), t2, &mut io);
+        assert_eq!(
+            io.rest.len(),
+            5,
+            "a resync after a verified stretch asks at once"
         );
     }
 

@@ -449,6 +449,19 @@ mod tests {
         b.apply(BookSide::Ask, d("3368"), d("8"));
         b.apply(BookSide::Ask, d("3372"), d("8"));
         assert_eq!(checksum(&b), 831078360);
+        // TC4: one side only, or none: no separator before the first level.
+        let mut sums = Checksummer::default();
+        let mut b = Book::<8>::new();
+        assert_eq!(sums.checksum(&b), crc(""));
+        b.apply(BookSide::Ask, d("3366.8"), d("9"));
+        b.apply(BookSide::Ask, d("3368"), d("8"));
+        assert_eq!(checksum(&b), crc("3366.8:9:3368:8"));
+        assert_eq!(sums.checksum(&b), crc("3366.8:9:3368:8"));
+        let mut b = Book::<8>::new();
+        b.apply(BookSide::Bid, d("3366.1"), d("7"));
+        b.apply(BookSide::Bid, d("3366"), d("6"));
+        assert_eq!(sums.checksum(&b), crc("3366.1:7:3366:6"));
+        assert_eq!(checksum(&b), crc("3366.1:7:3366:6"));
     }
 
     #[test]

@@ -251,7 +251,7 @@ fn read_side<'a>(
 ) -> Result<(&'a str, Option<Range<usize>>), WireError> {
     if let Some(buf) = buf {
         let from = buf.len();
-        let read = sc.read_levels(|p, q| read_level(p, q).is_ok_and(|l| buf.push(l).is_ok()));
+        let read = sc.read_decimal_levels(|p, q| read_level(p, q).ok(), |l| buf.push(l).is_ok());
         if let Some(raw) = read {
             return Ok((raw, Some(from..buf.len())));
         }

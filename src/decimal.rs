@@ -135,6 +135,52 @@ impl Decimal {
         })
     }
 
+    /// The plain unsigned decimal at `b[from..]` (digits, then optionally `.` and digits)
+    /// closed by a `"`, read where it lies, and the index of that quote; `None` for anything
+    /// else, longer than 19 bytes included, so that whenever it answers [`Decimal::parse`]
+    /// of the same bytes answers the same. For scanners that read decimals out of JSON
+    /// strings in the pass that finds their end.
+    #[inline]
+    pub fn parse_quoted(b: &[u8], from: usize) -> Option<(Decimal, usize)> {
+        let digit = |i: usize| b.get(i).map(|c| c.wrapping_sub(b'0')).filter(|d| *d <= 9);
+        let mut m: u64 = 0;
+        let mut i = from;
+        // Wrapping: past 19 digits the value is refused below anyway.
+        while let Some(d) = digit(i) {
+            m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        if i == from {
+            return None;
+        }
+        let mut scale = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let frac = i;
+            while let Some(d) = digit(i) {
+                m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+                i += 1;
+            }
+            if i == frac {
+                return None;
+            }
+            scale = i - frac;
+        }
+        // At most 19 bytes: no overflow, and the digit limit is `m < 10^18`, as in
+        // `parse_short`.
+        if b.get(i) != Some(&b'"') || i - from > 19 || m >= 1_000_000_000_000_000_000 {
+            return None;
+        }
+        // Below 10^18 and at most 17 places: both fit.
+        Some((
+            Decimal {
+                mantissa: m as i64,
+                scale: scale as u8,
+            },
+            i,
+        ))
+    }
+
     pub const fn mantissa(self) -> i64 {
         self.mantissa
     }
@@ -310,6 +356,54 @@ impl<'de> serde::Deserialize<'de> for Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn parse_quoted_answers_as_parse_does_or_not_at_all() {
+        // Random short strings of digits, points, signs and the odd letter, each closed by a
+        // quote: whenever `parse_quoted` reads one, `parse` reads the same digits; every
+        // plain unsigned decimal of up to 19 bytes and 18 digits is read.
+        let mut rng = fastrand::Rng::with_seed(19);
+        let pool = b"0123456789.-+eE x";
+        let mut read = 0;
+        for _ in 0..200_000 {
+            let n = rng.usize(0..24);
+            let mut s: Vec<u8> = (0..n)
+                .map(|_| {
+                    if rng.u8(..4) == 0 {
+                        pool[rng.usize(..pool.len())]
+                    } else {
+                        b'0' + rng.u8(..10)
+                    }
+                })
+                .collect();
+            let text = String::from_utf8(s.clone()).expect("ASCII");
+            s.push(b'"');
+            s.extend_from_slice(b",\"9\"");
+            let want = Decimal::parse(&text);
+            match Decimal::parse_quoted(&s, 0) {
+                Some((d, end)) => {
+                    assert_eq!(end, n, "{text}");
+                    let w = want.expect("parse reads what parse_quoted reads");
+                    assert!(d.is_identical(w), "{text}: {d} against {w}");
+                    read += 1;
+                }
+                None => {
+                    let plain = text.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+                        && text.bytes().filter(|c| *c == b'.').count() <= 1
+                        && !text.starts_with('.')
+                        && !text.ends_with('.')
+                        && !text.is_empty()
+                        && n <= 19;
+                    assert!(!plain || want.is_err(), "{text} not read");
+                }
+            }
+        }
+        assert!(read > 10_000, "{read}");
+        // TC0: the quote must close it; an offset is honoured.
+        assert_eq!(Decimal::parse_quoted(b"12", 0), None);
+        assert_eq!(Decimal::parse_quoted(b"12x\"", 0), None);
+        let (d, end) = Decimal::parse_quoted(b"[\"0.00100\"]", 2).expect("a decimal");
+        assert!(d.is_identical(Decimal::new(100, 5)) && end == 9);
+    }
 
     fn d(s: &str) -> Decimal {
         Decimal::parse(s).expect("a valid decimal")

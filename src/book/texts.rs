@@ -85,16 +85,24 @@ pub fn reuse<'a, const N: usize>(
     price: Decimal,
     qty: Decimal,
 ) -> Option<&'a LevelText<N>> {
-    // Kept levels better than this one are gone from the book.
-    while kept.get(*j).is_some_and(|k| match side {
-        BookSide::Bid => k.price > price,
-        BookSide::Ask => k.price < price,
-    }) {
+    loop {
+        let k = kept.get(*j)?;
+        // The same digits first: the common case, and cheaper than ordering two decimals
+        // written with different numbers of places.
+        if k.price.is_identical(price) {
+            *j += 1;
+            return (k.qty.is_identical(qty) && k.len > 0).then_some(k);
+        }
+        // Kept levels better than this one are gone from the book.
+        let gone = match side {
+            BookSide::Bid => k.price > price,
+            BookSide::Ask => k.price < price,
+        };
+        if !gone {
+            return None;
+        }
         *j += 1;
     }
-    let k = kept.get(*j).filter(|k| k.price.is_identical(price))?;
-    *j += 1;
-    (k.qty.is_identical(qty) && k.len > 0).then_some(k)
 }
 
 #[cfg(test)]

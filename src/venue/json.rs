@@ -4,7 +4,7 @@
 //! or `[["3366.1","7","0","2"],…]` where only the first two strings matter). The parsers keep
 //! such arrays as raw slices of the frame and walk them with [`Levels`] while applying them, so
 //! applying a diff builds no intermediate `Vec`, or read them in the envelope's pass by the
-//! same rules ([`Scanner::read_levels`]) into a fixed buffer of their own. [`Object`] walks the members of one JSON
+//! same rules ([`Scanner::read_decimal_levels`]) into a fixed buffer of their own. [`Object`] walks the members of one JSON
 //! object as `(key, raw value)` slices, which lets a parser read a frame's envelope and its
 //! event without `serde_json`: skipping a nested value in `serde_json` pushes onto a scratch
 //! `Vec` (one heap allocation per deserializer), and the steady state allocates nothing.
@@ -437,14 +437,38 @@ impl<'a> Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
-    /// Reads the array of levels at the scanner in one pass, by the rules of [`Levels`],
-    /// handing each entry's first two strings to `each`, and returns the array's raw text.
-    /// `None`, with the scanner left where it was, when the array is not one [`Levels`] would
-    /// walk to its end or `each` refuses an entry (`false`): the caller then skips it with
-    /// [`Scanner::array_raw`] and walks it later, meeting the same error at the same entry.
-    pub fn read_levels(
+    /// Reads the array of levels at the scanner in one pass, by the rules of [`Levels`], as
+    /// two decimals each, and returns the array's raw text. An entry of the common shape
+    /// whose first two strings are plain unsigned decimals is read straight into them
+    /// ([`Decimal::parse_quoted`], one pass over the digits); any other entry's two strings go
+    /// to `read`, which gives the decimals or refuses (`None`); `each` takes each level or
+    /// refuses it (`false`). `None`, with the scanner left where it was, when the array is not
+    /// one [`Levels`] would walk to its end or a level is refused: the caller then skips it
+    /// with [`Scanner::array_raw`] and walks it later, meeting the same error at the same
+    /// entry.
+    pub fn read_decimal_levels(
         &mut self,
-        mut each: impl FnMut(&'a str, &'a str) -> bool,
+        read: impl Fn(&'a str, &'a str) -> Option<(Decimal, Decimal)>,
+        mut each: impl FnMut((Decimal, Decimal)) -> bool,
+    ) -> Option<&'a str> {
+        self.walk_levels(|lv| {
+            lv.cur.skip_ws();
+            let level = match lv.entry_decimals() {
+                Some(level) => level,
+                None => {
+                    let (first, second) = lv.entry().ok()?;
+                    read(first, second)?
+                }
+            };
+            each(level).then_some(())
+        })
+    }
+
+    /// The steps of `Levels::step` over the array at the scanner, without its check that
+    /// nothing follows the array; `entry` reads one entry (`None` stops the walk).
+    fn walk_levels(
+        &mut self,
+        mut entry: impl FnMut(&mut Levels<'a>) -> Option<()>,
     ) -> Option<&'a str> {
         self.skip_ws();
         let start = self.pos;
@@ -452,14 +476,10 @@ impl<'a> Scanner<'a> {
             cur: self.clone(),
             scan: Scan::Start,
         };
-        // The steps of `Levels::step`, without its check that nothing follows the array.
         lv.cur.expect(b'[', "expected '['").ok()?;
         if !lv.cur.eat(b']') {
             loop {
-                let (first, second) = lv.entry().ok()?;
-                if !each(first, second) {
-                    return None;
-                }
+                entry(&mut lv)?;
                 if lv.cur.eat(b']') {
                     break;
                 }
@@ -505,7 +525,8 @@ impl<'a> Scanner<'a> {
     ) -> Result<(&'a str, Option<Range<usize>>), JsonError> {
         if let Some(buf) = buf {
             let from = buf.len();
-            let read = self.read_levels(|p, q| read_level(p, q).is_ok_and(|l| buf.push(l).is_ok()));
+            let read =
+                self.read_decimal_levels(|p, q| read_level(p, q).ok(), |l| buf.push(l).is_ok());
             if let Some(raw) = read {
                 return Ok((raw, Some(from..buf.len())));
             }
@@ -513,6 +534,14 @@ impl<'a> Scanner<'a> {
         }
         Ok((self.array_raw()?, None))
     }
+}
+
+/// The index of the quote that closes a string whose contents start at `from`, when nothing
+/// in between needs a closer look (an escape or a control character).
+#[inline]
+fn plain_string_end(b: &[u8], from: usize) -> Option<usize> {
+    let at = string_stop(b, from)?;
+    (b[at] == b'"').then_some(at)
 }
 
 /// Where a [`Levels`] or [`Object`] scan is.
@@ -551,32 +580,49 @@ impl<'a> Levels<'a> {
     fn entry_fast(&mut self) -> Option<(&'a str, &'a str)> {
         let (text, start) = (self.cur.text, self.cur.pos);
         let b = text.as_bytes();
-        let string_end = |from: usize| {
-            let at = string_stop(b, from)?;
-            (b[at] == b'"').then_some(at)
-        };
         if b.get(start..start + 2)? != b"[\"" {
             return None;
         }
-        let e1 = string_end(start + 2)?;
+        let e1 = plain_string_end(b, start + 2)?;
         if b.get(e1 + 1..e1 + 3)? != b",\"" {
             return None;
         }
-        let e2 = string_end(e1 + 3)?;
-        let mut end = e2 + 1;
-        while b.get(end) == Some(&b',') {
-            if b.get(end + 1) != Some(&b'"') {
-                return None;
-            }
-            end = string_end(end + 2)? + 1;
-        }
-        if b.get(end) != Some(&b']') {
-            return None;
-        }
+        let e2 = plain_string_end(b, e1 + 3)?;
+        let end = Self::rest_of_entry(b, e2 + 1)?;
         // Every index sits next to an ASCII quote: char boundaries.
         let pair = (text.get(start + 2..e1)?, text.get(e1 + 3..e2)?);
-        self.cur.pos = end + 1;
+        self.cur.pos = end;
         Some(pair)
+    }
+
+    /// [`Levels::entry_fast`] for two plain unsigned decimals, read as decimals
+    /// ([`Decimal::parse_quoted`]); `None` sends the entry down the general path.
+    #[inline]
+    fn entry_decimals(&mut self) -> Option<(Decimal, Decimal)> {
+        let (b, start) = (self.cur.text.as_bytes(), self.cur.pos);
+        if b.get(start..start + 2)? != b"[\"" {
+            return None;
+        }
+        let (first, e1) = Decimal::parse_quoted(b, start + 2)?;
+        if b.get(e1 + 1..e1 + 3)? != b",\"" {
+            return None;
+        }
+        let (second, e2) = Decimal::parse_quoted(b, e1 + 3)?;
+        self.cur.pos = Self::rest_of_entry(b, e2 + 1)?;
+        Some((first, second))
+    }
+
+    /// After an entry's second string (at `at`): more plain strings, then `]`; the index
+    /// past the `]`.
+    #[inline]
+    fn rest_of_entry(b: &[u8], mut at: usize) -> Option<usize> {
+        while b.get(at) == Some(&b',') {
+            if b.get(at + 1) != Some(&b'"') {
+                return None;
+            }
+            at = plain_string_end(b, at + 2)? + 1;
+        }
+        (b.get(at) == Some(&b']')).then_some(at + 1)
     }
 
     fn entry(&mut self) -> Result<(&'a str, &'a str), JsonError> {

@@ -82,14 +82,22 @@ type Segment = LevelText<SEGMENT_MAX>;
 /// the hasher in chunks of about `CHUNK` bytes (long enough for its vectorised path).
 #[derive(Debug, Default)]
 pub struct Checksummer {
-    kept: [heapless::Vec<Segment, CHECKSUM_LEVELS>; 2],
-    next: [heapless::Vec<Segment, CHECKSUM_LEVELS>; 2],
+    /// Two sets of texts, bids then asks, used in turn: the last book's is `texts[kept]`
+    /// (no copy from one set to the other).
+    texts: [[heapless::Vec<Segment, CHECKSUM_LEVELS>; 2]; 2],
+    kept: usize,
 }
 
 impl Checksummer {
     pub fn checksum<const N: usize>(&mut self, book: &Book<N>) -> i32 {
+        let [a, b] = &mut self.texts;
+        let (last, this) = match self.kept {
+            0 => (&*a, b),
+            _ => (&*b, a),
+        };
+        self.kept ^= 1;
         for (i, side) in [BookSide::Bid, BookSide::Ask].into_iter().enumerate() {
-            let (kept, next) = (&self.kept[i], &mut self.next[i]);
+            let (kept, next) = (&last[i], &mut this[i]);
             next.clear();
             let mut j = 0;
             for l in book.levels(side).take(CHECKSUM_LEVELS) {
@@ -100,12 +108,11 @@ impl Checksummer {
                 let _ = next.push(seg);
             }
         }
-        std::mem::swap(&mut self.kept, &mut self.next);
         const CHUNK: usize = 512;
         let mut text = [0u8; CHUNK + 2 * (DECIMAL_TEXT_MAX + 1)];
         let mut len = 0;
         let mut hasher = crc32fast::Hasher::new();
-        let [bids, asks] = &self.kept;
+        let [bids, asks] = &*this;
         let mut first = true;
         for i in 0..CHECKSUM_LEVELS {
             for seg in [bids.get(i), asks.get(i)].into_iter().flatten() {
@@ -449,6 +456,19 @@ mod tests {
         b.apply(BookSide::Ask, d("3368"), d("8"));
         b.apply(BookSide::Ask, d("3372"), d("8"));
         assert_eq!(checksum(&b), 831078360);
+        // TC4: one side only, or none: no separator before the first level.
+        let mut sums = Checksummer::default();
+        let mut b = Book::<8>::new();
+        assert_eq!(sums.checksum(&b), crc(""));
+        b.apply(BookSide::Ask, d("3366.8"), d("9"));
+        b.apply(BookSide::Ask, d("3368"), d("8"));
+        assert_eq!(checksum(&b), crc("3366.8:9:3368:8"));
+        assert_eq!(sums.checksum(&b), crc("3366.8:9:3368:8"));
+        let mut b = Book::<8>::new();
+        b.apply(BookSide::Bid, d("3366.1"), d("7"));
+        b.apply(BookSide::Bid, d("3366"), d("6"));
+        assert_eq!(sums.checksum(&b), crc("3366.1:7:3366:6"));
+        assert_eq!(checksum(&b), crc("3366.1:7:3366:6"));
     }
 
     #[test]

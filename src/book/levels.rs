@@ -11,9 +11,7 @@
 //! integer key beside the venue's digits: its value scaled to 19 decimal places as an `i128`,
 //! sign-flipped for bids, so every comparison is one integer comparison whatever digits the
 //! venue wrote (`"3366"` and `"3366.1"` on OKX), while the digits themselves are kept for
-//! output and for OKX's checksum. Nothing here allocates after construction: a side takes room
-//! for its whole pool at start but writes a block only when it first needs one, so the memory a
-//! book keeps resident follows its depth (a 100-level side touches about 6 of the 64 blocks).
+//! output and for OKX's checksum. Nothing here allocates after construction.
 //!
 //! Truncation policy: a side may know the book only down to a "known through" price. Levels
 //! worse than it are unknown, and updates there are ignored, because applying them would
@@ -200,12 +198,10 @@ fn two_mut(blocks: &mut [Block], a: usize, b: usize) -> (&mut Block, &mut Block)
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Side<const N: usize> {
-    /// The pool: room for [`MAX_BLOCKS`] taken at start, blocks written into it only when a
-    /// side first needs them (so a shallow book keeps the untouched room off resident memory);
-    /// `order` says which blocks hold levels, best first, `free` which were used and released.
-    blocks: Vec<Block>,
+    /// The pool; `order` says which blocks hold levels, best first, `free` which do not.
+    blocks: Box<[Block; MAX_BLOCKS]>,
     order: heapless::Vec<u16, MAX_BLOCKS>,
     /// The first key of each block in `order` (searched without touching the blocks).
     firsts: heapless::Vec<Key, MAX_BLOCKS>,
@@ -216,30 +212,18 @@ struct Side<const N: usize> {
     side: BookSide,
 }
 
-/// A copy keeps the whole pool's room, so it allocates nothing later either.
-impl<const N: usize> Clone for Side<N> {
-    fn clone(&self) -> Self {
-        let mut blocks = Vec::with_capacity(MAX_BLOCKS);
-        blocks.extend_from_slice(&self.blocks);
-        Side {
-            blocks,
-            order: self.order.clone(),
-            firsts: self.firsts.clone(),
-            free: self.free.clone(),
-            len: self.len,
-            known_through: self.known_through,
-            side: self.side,
-        }
-    }
-}
-
 impl<const N: usize> Side<N> {
     fn new(side: BookSide) -> Self {
+        let mut free = heapless::Vec::new();
+        for i in (0..MAX_BLOCKS as u16).rev() {
+            // Capacity MAX_BLOCKS: every push fits.
+            let _ = free.push(i);
+        }
         Side {
-            blocks: Vec::with_capacity(MAX_BLOCKS),
+            blocks: Box::new([Block::EMPTY; MAX_BLOCKS]),
             order: heapless::Vec::new(),
             firsts: heapless::Vec::new(),
-            free: heapless::Vec::new(),
+            free,
             len: 0,
             known_through: None,
             side,
@@ -254,20 +238,6 @@ impl<const N: usize> Side<N> {
         self.firsts.clear();
         self.len = 0;
         self.known_through = None;
-    }
-
-    /// A block to fill: a released one, else the pool's next (within the room taken at start,
-    /// so this never allocates); `None` when all [`MAX_BLOCKS`] hold levels.
-    fn take_block(&mut self) -> Option<u16> {
-        if let Some(b) = self.free.pop() {
-            return Some(b);
-        }
-        let n = self.blocks.len();
-        if n >= MAX_BLOCKS {
-            return None;
-        }
-        self.blocks.push(Block::EMPTY);
-        u16::try_from(n).ok()
     }
 
     fn block(&self, pos: usize) -> &Block {
@@ -304,7 +274,7 @@ impl<const N: usize> Side<N> {
     /// Inserts `e` into block position `pos` at `at`, splitting a full block first.
     fn insert_at(&mut self, mut pos: usize, mut at: usize, e: Entry) {
         if self.block(pos).len == BLOCK {
-            let Some(fresh) = self.take_block() else {
+            let Some(fresh) = self.free.pop() else {
                 // The pool is sized for N <= BOOK_CAPACITY; a smaller side never gets here.
                 return;
             };
@@ -402,7 +372,7 @@ impl<const N: usize> Side<N> {
             if qty.is_zero() {
                 return Applied::Absent;
             }
-            let Some(b) = self.take_block() else {
+            let Some(b) = self.free.pop() else {
                 return Applied::Unknown;
             };
             let _ = self.order.push(b);
@@ -790,44 +760,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// A side writes pool blocks only as it deepens, reuses released ones, and never moves
-    /// or grows its pool (no allocation after construction, a copy included).
-    #[test]
-    fn a_side_touches_blocks_as_it_deepens_and_never_reallocates() {
-        let mut b = Book::<BOOK_CAPACITY>::new_boxed();
-        let start = b.asks.blocks.as_ptr();
-        assert_eq!(b.asks.blocks.len(), 0);
-        for p in 1..=100 {
-            b.apply(BookSide::Ask, Decimal::new(p, 0), Decimal::new(1, 0));
-        }
-        // 100 ascending levels: each split leaves half a block behind.
-        let shallow = b.asks.blocks.len();
-        assert!(
-            shallow <= 100 / (BLOCK / 2) + 1,
-            "{shallow} blocks for 100 levels"
-        );
-        // Emptying and refilling reuses the released blocks.
-        b.clear();
-        for p in 1..=100 {
-            b.apply(BookSide::Ask, Decimal::new(p, 0), Decimal::new(1, 0));
-        }
-        assert_eq!(b.asks.blocks.len(), shallow);
-        // To full capacity and beyond: the pool is the one taken at start.
-        for p in 101..=BOOK_CAPACITY as i64 + 10 {
-            b.apply(BookSide::Ask, Decimal::new(p, 0), Decimal::new(1, 0));
-        }
-        assert_eq!(b.len(BookSide::Ask), BOOK_CAPACITY);
-        assert_eq!(b.asks.blocks.as_ptr(), start);
-        assert_eq!(b.asks.blocks.capacity(), MAX_BLOCKS);
-        let mut copy = b.clone();
-        let at = copy.bids.blocks.as_ptr();
-        for p in 1..=BOOK_CAPACITY as i64 {
-            copy.apply(BookSide::Bid, Decimal::new(p, 0), Decimal::new(1, 0));
-        }
-        assert_eq!(copy.bids.blocks.as_ptr(), at);
-        assert_eq!(copy.bids.blocks.capacity(), MAX_BLOCKS);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Zero-copy, zero-allocation JSON scanning for the hot path of the venue parsers.
 //!
 //! Design: both venues send book levels as arrays of string arrays (`[["0.0015","100.5"],…]`,
-//! or `[["3366.1","7","0","2"],…]` where only the first two strings matter). The parsers keep
-//! such arrays as raw slices of the frame and walk them with [`Levels`] while applying them, so
-//! applying a diff builds no intermediate `Vec`, or read them in the envelope's pass by the
-//! same rules ([`Scanner::read_decimal_levels`]) into a fixed buffer of their own. [`Object`] walks the members of one JSON
+//! or `[["3366.1","7","0","2"],…]` where only the first two strings matter). On the socket the
+//! parsers read such arrays in the envelope's pass into a fixed [`LevelBuf`] the caller owns
+//! ([`Scanner::levels_into`]); an array that pass cannot read to its end stays a raw slice of
+//! the frame, walked by [`Levels`] by the same rules while it is applied, so neither way builds
+//! an intermediate `Vec`. [`Object`] walks the members of one JSON
 //! object as `(key, raw value)` slices, which lets a parser read a frame's envelope and its
 //! event without `serde_json`: skipping a nested value in `serde_json` pushes onto a scratch
 //! `Vec` (one heap allocation per deserializer), and the steady state allocates nothing.

@@ -11,11 +11,12 @@
 //! [`LevelBuf`] the caller owns, with the envelope, and applied from there; whatever that pass
 //! cannot read to the end (a level a book would refuse, more levels than the buffer holds)
 //! stays a raw slice of the frame, walked by [`Levels`] when applied, so the error and where
-//! it stops the book are the same either way. Going through `serde_json` there would cost a heap allocation per frame (keeping or
-//! skipping a nested value pushes onto the deserializer's scratch `Vec`), and the steady state
-//! must allocate nothing. The flat events (`trade`, `aggTrade`, `markPriceUpdate`,
-//! `forceOrder`) use borrowed serde structs, which allocate nothing either. The REST depth
-//! snapshot (once per resync) keeps its levels as `&RawValue`.
+//! it stops the book are the same either way. Going through `serde_json` there would cost a
+//! heap allocation per frame (keeping or skipping a nested value pushes onto the
+//! deserializer's scratch `Vec`), and the steady state must allocate nothing. The flat events
+//! (`trade`, `aggTrade`, `markPriceUpdate`, `forceOrder`) use borrowed serde structs, which
+//! allocate nothing either. The REST depth snapshot (once per resync) keeps its levels as
+//! `&RawValue`.
 //!
 //! Unknown keys are ignored everywhere: 2026 payloads carry undocumented `st`, `nq`, `ap`, `ps`.
 //! No input panics; anything unusable is a [`WireError`].
@@ -27,13 +28,13 @@
 //! Owns: every Binance field name. Must not touch: book state or publishing.
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::model::Symbol;
 use crate::venue::json::{self, JsonError, LevelBuf, Levels, Object, ReadLevels, Scanner};
-use std::ops::Range;
 
 /// `depthUpdate`: spot `e,E,s,U,u,b,a`; USD-M adds `T` and `pu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -108,6 +108,19 @@ pub fn retry_after(data: &[u8]) {
     }
 }
 
+/// A raw level array walked as a book walks it when its levels were left raw
+/// ([`crate::venue::json::Levels`], [`crate::book::sync::read_level`]): the reference the
+/// one-pass read of either venue must equal, here and in the wire tests.
+/// `None` where the walk meets an error.
+pub fn walk_levels(raw: &str) -> Option<Vec<(Decimal, Decimal)>> {
+    crate::venue::json::Levels::new(raw)
+        .map(|lv| {
+            lv.ok()
+                .and_then(|(p, q)| crate::book::sync::read_level(p, q).ok())
+        })
+        .collect()
+}
+
 /// Binance frames and REST bodies: parsing never panics; depth levels can be walked, and a
 /// depth update's levels read with the envelope are exactly its raw arrays walked.
 pub fn binance_frame(data: &[u8]) {
@@ -131,13 +144,16 @@ pub fn binance_frame(data: &[u8]) {
     if let Ok(Frame::Depth(d)) = &one
         && let Some(r) = d.read
     {
-        let walk = |raw| -> Option<Vec<(Decimal, Decimal)>> {
-            crate::venue::json::Levels::new(raw)
-                .map(|lv| lv.ok().and_then(|(p, q)| read_level(p, q).ok()))
-                .collect()
-        };
-        assert_eq!(Some(r.bids.to_vec()), walk(d.bids), "bids read otherwise");
-        assert_eq!(Some(r.asks.to_vec()), walk(d.asks), "asks read otherwise");
+        assert_eq!(
+            Some(r.bids.to_vec()),
+            walk_levels(d.bids),
+            "bids read otherwise"
+        );
+        assert_eq!(
+            Some(r.asks.to_vec()),
+            walk_levels(d.asks),
+            "asks read otherwise"
+        );
     }
     if let Ok(snap) = DepthSnapshot::parse_str(s) {
         let _ = snap.bids().count() + snap.asks().count();
@@ -149,7 +165,6 @@ pub fn binance_frame(data: &[u8]) {
 /// OKX frames and REST bodies: parsing never panics, and a push's levels read with the
 /// envelope are exactly its raw arrays walked as the book walks them.
 pub fn okx_frame(data: &[u8]) {
-    use crate::book::sync::read_level;
     use crate::venue::json::Levels;
     use crate::venue::okx::wire::{BookData, Frame, LevelBuf, parse_entries, rest_books};
     let Some(s) = text(data) else { return };
@@ -169,15 +184,18 @@ pub fn okx_frame(data: &[u8]) {
         one.as_ref().err().copied(),
         "the two reads differ"
     );
-    let walk = |raw| -> Option<Vec<(Decimal, Decimal)>> {
-        Levels::new(raw)
-            .map(|lv| lv.ok().and_then(|(p, q)| read_level(p, q).ok()))
-            .collect()
-    };
     for d in one.iter().flat_map(|f| f.books.iter().flatten()) {
         if let Some(r) = d.read {
-            assert_eq!(Some(r.bids.to_vec()), walk(d.bids), "bids read otherwise");
-            assert_eq!(Some(r.asks.to_vec()), walk(d.asks), "asks read otherwise");
+            assert_eq!(
+                Some(r.bids.to_vec()),
+                walk_levels(d.bids),
+                "bids read otherwise"
+            );
+            assert_eq!(
+                Some(r.asks.to_vec()),
+                walk_levels(d.asks),
+                "asks read otherwise"
+            );
         }
     }
     let _ = rest_books(s);

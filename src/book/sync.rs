@@ -129,6 +129,9 @@ pub fn check_jump(from: i128, to: i128) -> Result<(), ResyncReason> {
     Ok(())
 }
 
+/// An update's bids and asks as its parser already read them.
+pub type ReadSides<'r> = (&'r [(Decimal, Decimal)], &'r [(Decimal, Decimal)]);
+
 /// Levels as a venue parser yields them: string pairs, or an error for a malformed entry.
 pub trait LevelSource<'a>: Iterator<Item = Result<(&'a str, &'a str), Self::Error>> {
     type Error;
@@ -187,6 +190,28 @@ impl BookCore {
         }
         self.count_level_drops();
         Ok(n)
+    }
+
+    /// Applies an update's two sides: as read with its envelope when `read` holds them
+    /// (bids, asks), else walked from the raw `bids` and `asks` ([`BookCore::apply_levels`]:
+    /// the same levels, and the same error at the same level when one is bad).
+    pub fn apply_sides<'a, L: LevelSource<'a>>(
+        &mut self,
+        read: Option<ReadSides<'_>>,
+        bids: L,
+        asks: L,
+    ) -> Result<(), ResyncReason> {
+        match read {
+            Some((b, a)) => {
+                self.apply_owned(BookSide::Bid, b);
+                self.apply_owned(BookSide::Ask, a);
+            }
+            None => {
+                self.apply_levels(BookSide::Bid, bids)?;
+                self.apply_levels(BookSide::Ask, asks)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies levels already read (a buffered update).

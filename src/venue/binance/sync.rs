@@ -466,20 +466,9 @@ impl BookSync {
     }
 
     fn apply_borrowed(&mut self, d: &DepthUpdate<'_>) -> SyncEvent {
-        // As read with the envelope, else walked from the raw arrays (the same levels, and
-        // the same error at the same level when one is bad).
-        let r = match d.read {
-            Some(read) => {
-                self.core.apply_owned(BookSide::Bid, read.bids);
-                self.core.apply_owned(BookSide::Ask, read.asks);
-                Ok(())
-            }
-            None => self
-                .core
-                .apply_levels(BookSide::Bid, d.bids())
-                .and_then(|_| self.core.apply_levels(BookSide::Ask, d.asks()))
-                .map(drop),
-        };
+        let r = self
+            .core
+            .apply_sides(d.read.map(|r| (r.bids, r.asks)), d.bids(), d.asks());
         match r {
             Ok(_) => {
                 self.core.advanced();

@@ -248,13 +248,11 @@ impl OkxBook {
     /// Applies an entry's levels (as read with the envelope, else walked from the raw
     /// arrays) and checks the result against its checksum.
     fn apply(&mut self, d: &BookData<'_>) -> Result<(), ResyncReason> {
-        if let Some(read) = d.read {
-            self.core.apply_owned(BookSide::Bid, read.bids);
-            self.core.apply_owned(BookSide::Ask, read.asks);
-        } else {
-            self.core.apply_levels(BookSide::Bid, Levels::new(d.bids))?;
-            self.core.apply_levels(BookSide::Ask, Levels::new(d.asks))?;
-        }
+        self.core.apply_sides(
+            d.read.map(|r| (r.bids, r.asks)),
+            Levels::new(d.bids),
+            Levels::new(d.asks),
+        )?;
         self.verify(d.checksum)
     }
 

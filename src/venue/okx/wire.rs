@@ -604,7 +604,6 @@ pub struct Liq<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::book::sync::read_level;
     use crate::decimal::Decimal;
 
     #[test]
@@ -686,15 +685,7 @@ mod tests {
         assert_ne!(x.id("I"), y.id("I"));
     }
 
-    /// Walks a raw level array as the book does when levels are left raw.
-    fn walk(raw: &str) -> Result<Vec<ReadLevel>, ()> {
-        crate::venue::json::Levels::new(raw)
-            .map(|lv| {
-                lv.map_err(drop)
-                    .and_then(|(p, q)| read_level(p, q).map_err(drop))
-            })
-            .collect()
-    }
+    use crate::fuzzing::walk_levels as walk;
 
     /// Reads `text` both ways and checks they agree: the same error, or the same envelope and
     /// entries, whose read levels are exactly the raw arrays walked; an entry is left raw
@@ -732,12 +723,12 @@ mod tests {
             );
             match b.read {
                 Some(r) => {
-                    assert_eq!(Ok(r.bids.to_vec()), walk(b.bids), "bids of {text}");
-                    assert_eq!(Ok(r.asks.to_vec()), walk(b.asks), "asks of {text}");
+                    assert_eq!(Some(r.bids.to_vec()), walk(b.bids), "bids of {text}");
+                    assert_eq!(Some(r.asks.to_vec()), walk(b.asks), "asks of {text}");
                     read += 1;
                 }
                 None => assert!(
-                    walk(b.bids).is_err() || walk(b.asks).is_err() || levels > READ_LEVELS,
+                    walk(b.bids).is_none() || walk(b.asks).is_none() || levels > READ_LEVELS,
                     "left raw for no reason: {text}"
                 ),
             }
@@ -854,7 +845,7 @@ mod tests {
             let f = Frame::parse_reading(&over, &mut buf).expect("a push");
             let d = f.books.and_then(|b| b.first().copied()).expect("an entry");
             assert!(d.read.is_none());
-            assert_eq!(walk(d.bids).map(|l| l.len()), Ok(READ_LEVELS / 2 + 1));
+            assert_eq!(walk(d.bids).map(|l| l.len()), Some(READ_LEVELS / 2 + 1));
         }
         let entry = |n: usize| format!(r#"{{"asks":{},"bids":[]}}"#, many(n));
         let two = format!(

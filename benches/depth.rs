@@ -1,6 +1,7 @@
 //! Cost of one Binance depth message on the real NKNUSDT spot capture
 //! (`../shared/fixtures/binance_spot`, or `MARKETBOX_FIXTURES`): parse the frame, apply it
-//! through the synced book machine, and fill the published depth — beside a bare
+//! through the synced book machine, fill the published depth and write it as the JSON message
+//! a book stream publishes (levels unchanged since the last book copied) — beside a bare
 //! `serde_json::from_str::<IgnoredAny>` of the same bytes, the floor any JSON parser pays.
 //! Heap allocations per steady-state message are counted by a `#[global_allocator]`.
 //!
@@ -17,7 +18,9 @@ mod common;
 
 use common::{DEPTH, fixtures, out, time_pass};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use marketbox::model::OrderbookData;
+use marketbox::config::Format;
+use marketbox::encode::{BookTexts, Encoder};
+use marketbox::model::{Channel, Data, Exchange, Market, Message, OrderbookData, Symbol};
 use marketbox::venue::binance::sync::{BookSync, Continuity, SyncEvent};
 use marketbox::venue::binance::wire::{DepthSnapshot, Frame, parse_frame, parse_frame_reading};
 use marketbox::venue::json::LevelBuf;
@@ -65,6 +68,47 @@ fn pass(s: &mut BookSync, live: &[String], fill: bool, out: &mut OrderbookData) 
     applied
 }
 
+/// The message a book stream publishes, its payload `o`.
+fn message(o: OrderbookData) -> Message {
+    let symbol = Symbol::parse("NKN-USDT").expect("a valid symbol");
+    let (exchange, market, channel) = (Exchange::Binance, Market::Spot, Channel::Orderbook);
+    Message {
+        exchange,
+        market,
+        symbol,
+        channel,
+        seq: 1,
+        ts_exchange_ms: 1_764_050_000_123,
+        ts_local_ns: 1_764_050_000_125_000_000,
+        id: marketbox::model::message_id(exchange, market, symbol, channel, 1_234_567_890),
+        data: Data::Orderbook(o),
+    }
+}
+
+/// A [`pass`] that also writes each filled book as its JSON message; returns the bytes written.
+fn pass_json(
+    s: &mut BookSync,
+    live: &[String],
+    msg: &mut Message,
+    enc: &mut Encoder,
+    texts: &mut BookTexts,
+) -> usize {
+    let mut bytes = 0;
+    let mut buf = LevelBuf::new();
+    for f in live {
+        if let Ok(Frame::Depth(d)) = parse_frame_reading(black_box(f), &mut buf)
+            && let SyncEvent::Applied { .. } = s.on_diff(&d)
+            && let Data::Orderbook(o) = &mut msg.data
+            && s.fill(DEPTH, o).is_ok()
+        {
+            bytes += enc
+                .encode_book(msg, texts)
+                .map_or(0, |b| black_box(b).len());
+        }
+    }
+    bytes
+}
+
 fn bench(c: &mut Criterion) {
     let Some((snap, frames)) = load() else {
         eprintln!(
@@ -86,6 +130,21 @@ fn bench(c: &mut Criterion) {
         allocs as f64 / n as f64
     );
     assert_eq!(allocs, 0, "the steady-state depth path must not allocate");
+    let (mut msg, mut enc, mut texts) = (
+        message(out()),
+        Encoder::new(Format::Json),
+        BookTexts::default(),
+    );
+    // The first pass grows the encoder's buffer and the kept texts; the second must not allocate.
+    let mut s = synced(&snap, first);
+    pass_json(&mut s, live, &mut msg, &mut enc, &mut texts);
+    let mut s = synced(&snap, first);
+    let (_, allocs) =
+        common::allocations_of(|| pass_json(&mut s, live, &mut msg, &mut enc, &mut texts));
+    assert_eq!(
+        allocs, 0,
+        "the steady-state depth path with its JSON must not allocate"
+    );
     let bytes: usize = live.iter().map(String::len).sum();
     eprintln!("{n} messages, {} bytes on average", bytes / live.len());
 
@@ -151,6 +210,13 @@ fn bench(c: &mut Criterion) {
             pass(s, live, true, &mut o);
         },
     ));
+    let json = per_msg(time_pass(
+        budget,
+        || synced(&snap, first),
+        |s| {
+            pass_json(s, live, &mut msg, &mut enc, &mut texts);
+        },
+    ));
     if cfg!(debug_assertions) {
         eprintln!(
             "(unoptimized build, e.g. `cargo test --all-targets`: the timings below mean nothing; use `cargo bench`)"
@@ -163,6 +229,7 @@ fn bench(c: &mut Criterion) {
             ("parse_frame (levels read)", parse),
             ("parse + apply", apply),
             ("parse + apply + fill", fill),
+            ("parse + apply + fill + JSON", json),
         ],
     );
 }

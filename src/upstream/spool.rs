@@ -190,6 +190,9 @@ pub struct Pushed {
     /// The ring was empty before this record: its reader may be waiting. [`Spool::push`] has
     /// woken it; after [`Spool::push_deferred`] the caller owes a [`Spool::wake`].
     pub wake: bool,
+    /// The ring is more than half full with this record: a wake-up held back should be given
+    /// now, before the next records push the oldest out.
+    pub crowded: bool,
 }
 
 /// The spool's metric handles, resolved once.
@@ -399,6 +402,7 @@ impl Spool {
             dropped: 0,
             refused: false,
             wake: false,
+            crowded: false,
         };
         let mut hbuf = [0u8; HEADER_MAX];
         let hlen = match postcard::to_slice(header, &mut hbuf) {
@@ -443,6 +447,7 @@ impl Spool {
                 ring.head = at + total;
                 ring.count += 1;
                 ring.bytes += total;
+                out.crowded = ring.bytes > ring.cap() / 2;
                 self.inner.metrics.ram_depth.set(ring.count as i64);
                 self.inner.metrics.ram_bytes.set(ring.bytes as i64);
             }

@@ -372,19 +372,42 @@ impl<I> UpdateBuffer<I> {
         asks: A,
         checksum: Option<i64>,
     ) -> Result<(), ResyncReason> {
+        self.push_sides(ids, None, bids, asks, checksum)
+    }
+
+    /// [`UpdateBuffer::push`] of an update whose levels may have been read with its envelope
+    /// already (`read`: bids, asks): those are copied as they are, one allocation a side,
+    /// instead of walking and reading the raw arrays again (the same levels, as
+    /// [`BookCore::apply_sides`] relies on).
+    pub fn push_sides<'a, B: LevelSource<'a>, A: LevelSource<'a>>(
+        &mut self,
+        ids: I,
+        read: Option<ReadSides<'_>>,
+        bids: B,
+        asks: A,
+        checksum: Option<i64>,
+    ) -> Result<(), ResyncReason> {
         let mut u = Buffered {
             ids,
             bids: Vec::new(),
             asks: Vec::new(),
             checksum,
         };
-        for lv in bids {
-            let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
-            u.bids.push(read_level(p, q)?);
-        }
-        for lv in asks {
-            let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
-            u.asks.push(read_level(p, q)?);
+        match read {
+            Some((b, a)) => {
+                u.bids = b.to_vec();
+                u.asks = a.to_vec();
+            }
+            None => {
+                for lv in bids {
+                    let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
+                    u.bids.push(read_level(p, q)?);
+                }
+                for lv in asks {
+                    let (p, q) = lv.map_err(|_| ResyncReason::Malformed)?;
+                    u.asks.push(read_level(p, q)?);
+                }
+            }
         }
         let size = u.bytes();
         let overflow = self.items.len() >= MAX_BUFFERED || self.bytes + size > MAX_BUFFER_BYTES;
@@ -691,6 +714,29 @@ mod tests {
             Err(ResyncReason::Malformed)
         );
         assert!(buf.is_empty());
+        // TC3: an update whose levels were read with its envelope is kept as read (its raw
+        // arrays, here ones that would not read, are not walked again): the same levels and
+        // the same bytes as walking the raw arrays of the same update.
+        let (bids, asks) = ([("10.5", "2"), ("10.4", "0")], [("10.6", "1.25")]);
+        let read = |l: &[(&str, &str)]| -> Vec<(Decimal, Decimal)> {
+            l.iter()
+                .map(|(p, q)| read_level(p, q).expect("valid levels"))
+                .collect()
+        };
+        let (rb, ra) = (read(&bids), read(&asks));
+        let mut walked = UpdateBuffer::<u64>::default();
+        walked
+            .push(7, pairs(&bids), pairs(&asks), Some(3))
+            .expect("room");
+        let mut as_read = UpdateBuffer::<u64>::default();
+        let bad = [("x", "1")];
+        as_read
+            .push_sides(7, Some((&rb, &ra)), pairs(&bad), pairs(&bad), Some(3))
+            .expect("room");
+        let (w, r) = (walked.iter().next(), as_read.iter().next());
+        assert_eq!(w.map(|u| (&u.bids, &u.asks)), r.map(|u| (&u.bids, &u.asks)));
+        assert_eq!(w.map(|u| u.checksum), Some(Some(3)));
+        assert_eq!(walked.bytes(), as_read.bytes());
     }
 
     #[test]

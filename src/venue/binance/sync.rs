@@ -395,7 +395,13 @@ impl BookSync {
             last: d.last_id,
             prev: d.prev_last_id,
         };
-        match buffered.push(ids, d.bids(), d.asks(), None) {
+        match buffered.push_sides(
+            ids,
+            d.read.map(|r| (r.bids, r.asks)),
+            d.bids(),
+            d.asks(),
+            None,
+        ) {
             Err(ResyncReason::Malformed) => {
                 self.unsync();
                 Err(ResyncReason::Malformed)
@@ -481,7 +487,13 @@ impl BookSync {
                     };
                     // A diff the pending snapshot already holds needs no replay.
                     let held = deep.pending.as_ref().is_some_and(|(l, _)| d.last_id <= *l);
-                    if !held && deep.log.push(ids, d.bids(), d.asks(), None).is_err() {
+                    let read = d.read.map(|r| (r.bids, r.asks));
+                    if !held
+                        && deep
+                            .log
+                            .push_sides(ids, read, d.bids(), d.asks(), None)
+                            .is_err()
+                    {
                         // Too many diffs while the snapshot is out: give this one up.
                         self.deepening = None;
                         self.deep_outcome = Some(Deepened::Stale);

@@ -289,8 +289,13 @@ impl OkxBook {
                     seq_id,
                     prev_seq_id,
                 };
-                let pushed =
-                    buffered.push(ids, Levels::new(d.bids), Levels::new(d.asks), d.checksum);
+                let pushed = buffered.push_sides(
+                    ids,
+                    d.read.map(|r| (r.bids, r.asks)),
+                    Levels::new(d.bids),
+                    Levels::new(d.asks),
+                    d.checksum,
+                );
                 return match pushed {
                     Ok(()) => OkxEvent::Buffered,
                     Err(ResyncReason::Malformed) => self.fail(ResyncReason::Malformed),

@@ -58,6 +58,9 @@ struct SymbolState {
     deep: Snapshots,
     /// Levels asked of the next deepening (adapts between 100 and 1000).
     deep_limit: u32,
+    /// Levels asked of the resync snapshot in flight (its answer is cut when it holds as
+    /// many).
+    resync_limit: u32,
     /// When the book was last deepened.
     deepened_at: Option<Instant>,
     /// The book's loss of sync was logged; retries until it is synced again are only
@@ -233,6 +236,7 @@ impl BinanceProtocol {
                                 snapshots: Snapshots::default(),
                                 deep: Snapshots::default(),
                                 deep_limit: DEEP_LIMITS[1],
+                                resync_limit: SNAPSHOT_LIMIT,
                                 deepened_at: None,
                                 unsync_logged: false,
                                 deepenings: self
@@ -357,20 +361,30 @@ impl BinanceProtocol {
             }
             if st.snapshots.due(now) {
                 st.snapshots.sent();
+                // A book that has needed deepening resyncs as deep as it was last deepened:
+                // a shallower book would run thin again before a deepening could reach it
+                // (under a walking firehose, 100 levels went thin within 60 ms, again and
+                // again, while the deepening waited out its backoff).
+                let (limit, weight) = match st.deepened_at {
+                    Some(_) if st.deep_limit > self.snapshot_limit => (
+                        st.deep_limit,
+                        snapshot_weight(self.exchange_market, st.deep_limit),
+                    ),
+                    _ => (self.snapshot_limit, self.snapshot_weight),
+                };
+                st.resync_limit = limit;
                 io.rest.push(RestRequest {
                     tag: st.tag,
                     base: self.rest_base.clone(),
                     path: match self.exchange_market {
-                        Market::Spot => format!(
-                            "/api/v3/depth?symbol={}&limit={}",
-                            st.upper, self.snapshot_limit
-                        ),
-                        Market::Perpetual => format!(
-                            "/fapi/v1/depth?symbol={}&limit={}",
-                            st.upper, self.snapshot_limit
-                        ),
+                        Market::Spot => {
+                            format!("/api/v3/depth?symbol={}&limit={limit}", st.upper)
+                        }
+                        Market::Perpetual => {
+                            format!("/fapi/v1/depth?symbol={}&limit={limit}", st.upper)
+                        }
                     },
-                    weight: self.snapshot_weight,
+                    weight,
                     limit: self.rate,
                 });
             }
@@ -537,10 +551,12 @@ impl BinanceProtocol {
             Ok(true) => {
                 let update_id = out.update_id;
                 io.publisher.publish_scratch(stream, ts_ms, update_id);
-                // A cut side with less than four times the published depth left: deepen it in
-                // the background before it runs out.
+                // A cut side with less than eight times the published depth left: deepen it
+                // in the background before it runs out. At four times, a price walking
+                // through a firehose ran the side out before the deeper snapshot could be
+                // spliced in 3 of 6 runs (two resyncs each); at eight, 1 of 6 (one).
                 if st.deep.state == crate::book::sync::SnapshotState::Idle
-                    && sync.is_thin(4 * self.depth)
+                    && sync.is_thin(8 * self.depth)
                 {
                     st.deep.want(now);
                 }
@@ -811,8 +827,9 @@ impl Protocol for BinanceProtocol {
         match result {
             Ok(resp) if resp.status == 200 => match DepthSnapshot::parse(&resp.body) {
                 Ok(snap) => {
-                    let ev = match self.symbols[i].sync.as_mut() {
-                        Some(sync) => sync.on_snapshot(&snap, self.snapshot_limit as usize),
+                    let st = &mut self.symbols[i];
+                    let ev = match st.sync.as_mut() {
+                        Some(sync) => sync.on_snapshot(&snap, st.resync_limit as usize),
                         None => return,
                     };
                     let ts = snap.event_time.unwrap_or(0);
@@ -855,7 +872,7 @@ impl Protocol for BinanceProtocol {
         for st in &mut self.symbols {
             if let Some(sync) = st.sync.as_ref()
                 && st.deep.state == crate::book::sync::SnapshotState::Idle
-                && sync.is_thin(4 * self.depth)
+                && sync.is_thin(8 * self.depth)
             {
                 st.deep.want(now);
             }
@@ -1036,5 +1053,80 @@ mod tests {
         io.send.clear();
         proto.reconfigure(&socket2, &cfg2, now, &mut io);
         assert!(io.send.is_empty());
+    }
+
+    #[test]
+    fn a_book_that_needed_deepening_resyncs_as_deep_as_it_was_deepened() {
+        let metrics = Arc::new(Metrics::new());
+        let (cfg, socket) = spot(&["BTC-USDT"]);
+        let mut proto = BinanceProtocol::new(&socket, Market::Spot, &cfg, metrics);
+        let spool = Spool::new(1 << 20, Default::default());
+        let mut publisher = Publisher::new(
+            spool,
+            Format::Json,
+            &crate::upstream::StreamKey::for_socket(&socket),
+            None,
+        );
+        let (mut send, mut rest) = (Vec::new(), Vec::new());
+        let now = Instant::now();
+        let mut io = Io {
+            send: &mut send,
+            rest: &mut rest,
+            publisher: &mut publisher,
+        };
+        let frame = |first: u64, last: u64| {
+            format!(
+                r#"{{"stream":"btcusdt@depth@100ms","data":{{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":{first},"u":{last},"b":[["990","2"]],"a":[["1010","1"]]}}}}"#
+            )
+        };
+        let answer = |last_id: u64, levels: usize| {
+            let side = |from: u64, step: i64| -> Vec<String> {
+                (0..levels as i64)
+                    .map(|i| format!(r#"["{}","1"]"#, from as i64 + step * i))
+                    .collect()
+            };
+            let body = format!(
+                r#"{{"lastUpdateId":{last_id},"bids":[{}],"asks":[{}]}}"#,
+                side(1000, -1).join(","),
+                side(1001, 1).join(",")
+            );
+            Ok(RestResponse {
+                status: 200,
+                body: body.into_bytes(),
+                retry_after: None,
+                used_weight: None,
+            })
+        };
+        proto.on_connected(now, &mut io, Connected::Fresh);
+        // TC0: a book never deepened resyncs with 100 levels (weight 5).
+        proto.on_text(&frame(5, 7), now, &mut io);
+        let req = io.rest.pop().expect("a snapshot request");
+        assert!(req.path.ends_with("&limit=100"), "{}", req.path);
+        assert_eq!(req.weight, 5);
+        proto.on_rest(req.tag, answer(6, 150), now, &mut io);
+        assert!(
+            proto.symbols[0]
+                .sync
+                .as_ref()
+                .is_some_and(|s| s.is_synced())
+        );
+        // TC1: once deepened to 1000 levels, a resync (a gap) asks for 1000 (weight 50).
+        proto.symbols[0].deepened_at = Some(now);
+        proto.symbols[0].deep_limit = 1000;
+        proto.on_text(&frame(20, 21), now, &mut io);
+        let req = io
+            .rest
+            .iter()
+            .find(|r| r.tag & DEEP == 0)
+            .cloned()
+            .expect("a resync snapshot request");
+        assert!(req.path.ends_with("&limit=1000"), "{}", req.path);
+        assert_eq!(req.weight, 50);
+        // TC2: its answer is read against what was asked: 150 levels of 1000 asked are the
+        // whole book, not a cut one (a cut side of 150 would be thin at 200).
+        proto.on_rest(req.tag, answer(20, 150), now, &mut io);
+        let sync = proto.symbols[0].sync.as_ref().expect("the book");
+        assert!(sync.is_synced());
+        assert!(!sync.is_thin(200));
     }
 }

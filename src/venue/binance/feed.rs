@@ -61,6 +61,9 @@ struct SymbolState {
     /// Levels asked of the resync snapshot in flight (its answer is cut when it holds as
     /// many).
     resync_limit: u32,
+    /// A shallow book ran out here (it was deepened, or lost to `Truncated`): resyncs ask
+    /// for `deep_limit` levels.
+    deep_resync: bool,
     /// When the book was last deepened.
     deepened_at: Option<Instant>,
     /// The book's loss of sync was logged; retries until it is synced again are only
@@ -237,6 +240,7 @@ impl BinanceProtocol {
                                 deep: Snapshots::default(),
                                 deep_limit: DEEP_LIMITS[1],
                                 resync_limit: SNAPSHOT_LIMIT,
+                                deep_resync: false,
                                 deepened_at: None,
                                 unsync_logged: false,
                                 deepenings: self
@@ -361,12 +365,12 @@ impl BinanceProtocol {
             }
             if st.snapshots.due(now) {
                 st.snapshots.sent();
-                // A book that has needed deepening resyncs as deep as it was last deepened:
-                // a shallower book would run thin again before a deepening could reach it
-                // (under a walking firehose, 100 levels went thin within 60 ms, again and
-                // again, while the deepening waited out its backoff).
-                let (limit, weight) = match st.deepened_at {
-                    Some(_) if st.deep_limit > self.snapshot_limit => (
+                // A book that has needed deepening, or ran out of levels, resyncs as deep as
+                // it would be deepened: a shallower book would run thin again before a
+                // deepening could reach it (under a walking firehose, 100 levels went thin
+                // within 60 ms, again and again, while the deepening waited its backoff).
+                let (limit, weight) = match st.deep_resync {
+                    true if st.deep_limit > self.snapshot_limit => (
                         st.deep_limit,
                         snapshot_weight(self.exchange_market, st.deep_limit),
                     ),
@@ -422,6 +426,9 @@ impl BinanceProtocol {
                 }
                 self.count_resync(i, reason);
                 let st = &mut self.symbols[i];
+                if reason == ResyncReason::Truncated {
+                    st.deep_resync = true;
+                }
                 if reason == ResyncReason::StaleSnapshot {
                     // Asked too early: ask again after the backoff, not at once.
                     st.snapshots.retry_later(now, None);
@@ -493,6 +500,7 @@ impl BinanceProtocol {
                 };
                 st.deep_limit = DEEP_LIMITS[step];
                 st.deepened_at = Some(now);
+                st.deep_resync = true;
             }
             Deepened::Waiting | Deepened::Ignored => {}
             Deepened::Stale => {
@@ -551,12 +559,12 @@ impl BinanceProtocol {
             Ok(true) => {
                 let update_id = out.update_id;
                 io.publisher.publish_scratch(stream, ts_ms, update_id);
-                // A cut side with less than eight times the published depth left: deepen it
-                // in the background before it runs out. At four times, a price walking
-                // through a firehose ran the side out before the deeper snapshot could be
-                // spliced in 3 of 6 runs (two resyncs each); at eight, 1 of 6 (one).
+                // A cut side with less than four times the published depth left: deepen it in
+                // the background before it runs out. (Eight times ran out less often under
+                // the firehose, but its peak RSS passed 16 MB in 4 of 16 runs, against none
+                // of 8 at four.)
                 if st.deep.state == crate::book::sync::SnapshotState::Idle
-                    && sync.is_thin(8 * self.depth)
+                    && sync.is_thin(4 * self.depth)
                 {
                     st.deep.want(now);
                 }
@@ -872,7 +880,7 @@ impl Protocol for BinanceProtocol {
         for st in &mut self.symbols {
             if let Some(sync) = st.sync.as_ref()
                 && st.deep.state == crate::book::sync::SnapshotState::Idle
-                && sync.is_thin(8 * self.depth)
+                && sync.is_thin(4 * self.depth)
             {
                 st.deep.want(now);
             }
@@ -1111,7 +1119,7 @@ mod tests {
                 .is_some_and(|s| s.is_synced())
         );
         // TC1: once deepened to 1000 levels, a resync (a gap) asks for 1000 (weight 50).
-        proto.symbols[0].deepened_at = Some(now);
+        proto.symbols[0].deep_resync = true;
         proto.symbols[0].deep_limit = 1000;
         proto.on_text(&frame(20, 21), now, &mut io);
         let req = io
@@ -1128,5 +1136,30 @@ mod tests {
         let sync = proto.symbols[0].sync.as_ref().expect("the book");
         assert!(sync.is_synced());
         assert!(!sync.is_thin(200));
+        // TC3: a book never deepened that runs out of levels (`Truncated`) resyncs at the
+        // deepening depth too (500 levels, weight 25, until it is deepened further).
+        let (cfg, socket) = spot(&["BTC-USDT"]);
+        let mut proto = BinanceProtocol::new(&socket, Market::Spot, &cfg, Arc::new(Metrics::new()));
+        proto.on_connected(now, &mut io, Connected::Fresh);
+        io.rest.clear();
+        proto.on_text(&frame(5, 7), now, &mut io);
+        let req = io.rest.pop().expect("a snapshot request");
+        assert!(req.path.ends_with("&limit=100"), "{}", req.path);
+        proto.on_rest(req.tag, answer(6, 150), now, &mut io);
+        proto.on_sync_event(
+            0,
+            SyncEvent::Resync(ResyncReason::Truncated),
+            0,
+            now,
+            &mut io,
+        );
+        let req = io
+            .rest
+            .iter()
+            .find(|r| r.tag & DEEP == 0)
+            .cloned()
+            .expect("a resync snapshot request");
+        assert!(req.path.ends_with("&limit=500"), "{}", req.path);
+        assert_eq!(req.weight, 25);
     }
 }

@@ -144,22 +144,27 @@ pub fn binance_frame(data: &[u8]) {
     if let Ok(Frame::Depth(d)) = &one
         && let Some(r) = d.read
     {
-        assert_eq!(
-            Some(r.bids.to_vec()),
-            walk_levels(d.bids),
-            "bids read otherwise"
-        );
-        assert_eq!(
-            Some(r.asks.to_vec()),
-            walk_levels(d.asks),
-            "asks read otherwise"
-        );
+        assert_read_as_walked(r, d.bids, d.asks);
     }
     if let Ok(snap) = DepthSnapshot::parse_str(s) {
         let _ = snap.bids().count() + snap.asks().count();
     }
     let _ = crate::venue::binance::poll::parse_open_interest(data, "5m");
     let _ = crate::venue::binance::poll::parse_ratio(data, "5m");
+}
+
+/// Levels read with the envelope are exactly the raw arrays walked as a book walks them.
+fn assert_read_as_walked(r: crate::venue::json::ReadLevels<'_>, bids: &str, asks: &str) {
+    assert_eq!(
+        Some(r.bids.to_vec()),
+        walk_levels(bids),
+        "bids read otherwise"
+    );
+    assert_eq!(
+        Some(r.asks.to_vec()),
+        walk_levels(asks),
+        "asks read otherwise"
+    );
 }
 
 /// OKX frames and REST bodies: parsing never panics, and a push's levels read with the
@@ -186,16 +191,7 @@ pub fn okx_frame(data: &[u8]) {
     );
     for d in one.iter().flat_map(|f| f.books.iter().flatten()) {
         if let Some(r) = d.read {
-            assert_eq!(
-                Some(r.bids.to_vec()),
-                walk_levels(d.bids),
-                "bids read otherwise"
-            );
-            assert_eq!(
-                Some(r.asks.to_vec()),
-                walk_levels(d.asks),
-                "asks read otherwise"
-            );
+            assert_read_as_walked(r, d.bids, d.asks);
         }
     }
     let _ = rest_books(s);

@@ -362,24 +362,12 @@ impl<I> Default for UpdateBuffer<I> {
 }
 
 impl<I> UpdateBuffer<I> {
-    /// Reads an update's levels and keeps it. A malformed level is `Err(Malformed)` (nothing
-    /// kept); a full buffer is emptied, keeps this update (the first one a new snapshot may
-    /// bridge) and says `Err(BufferOverflow)`.
+    /// Keeps an update: its levels as read with its envelope when `read` holds them (bids,
+    /// asks; copied, one allocation a side), else read from the raw `bids` and `asks` (the
+    /// same levels, as [`BookCore::apply_sides`] relies on). A malformed raw level is
+    /// `Err(Malformed)` (nothing kept); a full buffer is emptied, keeps this update (the first
+    /// one a new snapshot may bridge) and says `Err(BufferOverflow)`.
     pub fn push<'a, B: LevelSource<'a>, A: LevelSource<'a>>(
-        &mut self,
-        ids: I,
-        bids: B,
-        asks: A,
-        checksum: Option<i64>,
-    ) -> Result<(), ResyncReason> {
-        self.push_sides(ids, None, bids, asks, checksum)
-    }
-
-    /// [`UpdateBuffer::push`] of an update whose levels may have been read with its envelope
-    /// already (`read`: bids, asks): those are copied as they are, one allocation a side,
-    /// instead of walking and reading the raw arrays again (the same levels, as
-    /// [`BookCore::apply_sides`] relies on).
-    pub fn push_sides<'a, B: LevelSource<'a>, A: LevelSource<'a>>(
         &mut self,
         ids: I,
         read: Option<ReadSides<'_>>,
@@ -689,10 +677,11 @@ mod tests {
         let one = [("1", "1")];
         // TC0: count bound.
         for id in 0..MAX_BUFFERED as u64 {
-            buf.push(id, pairs(&one), pairs(&[]), None).expect("room");
+            buf.push(id, None, pairs(&one), pairs(&[]), None)
+                .expect("room");
         }
         assert_eq!(
-            buf.push(9999, pairs(&one), pairs(&[]), None),
+            buf.push(9999, None, pairs(&one), pairs(&[]), None),
             Err(ResyncReason::BufferOverflow)
         );
         assert_eq!(buf.len(), 1);
@@ -702,7 +691,7 @@ mod tests {
         let prices: Vec<String> = (1..=1000).map(|p| p.to_string()).collect();
         let big: Vec<(&str, &str)> = prices.iter().map(|p| (p.as_str(), "1")).collect();
         let mut n = 0;
-        while buf.push(n, pairs(&big), pairs(&big), None).is_ok() {
+        while buf.push(n, None, pairs(&big), pairs(&big), None).is_ok() {
             n += 1;
         }
         assert!(n < 100, "{n} updates of 2000 levels kept");
@@ -710,7 +699,7 @@ mod tests {
         // TC2: a malformed level keeps nothing.
         let mut buf = UpdateBuffer::<u64>::default();
         assert_eq!(
-            buf.push(1, pairs(&[("x", "1")]), pairs(&[]), None),
+            buf.push(1, None, pairs(&[("x", "1")]), pairs(&[]), None),
             Err(ResyncReason::Malformed)
         );
         assert!(buf.is_empty());
@@ -726,12 +715,12 @@ mod tests {
         let (rb, ra) = (read(&bids), read(&asks));
         let mut walked = UpdateBuffer::<u64>::default();
         walked
-            .push(7, pairs(&bids), pairs(&asks), Some(3))
+            .push(7, None, pairs(&bids), pairs(&asks), Some(3))
             .expect("room");
         let mut as_read = UpdateBuffer::<u64>::default();
         let bad = [("x", "1")];
         as_read
-            .push_sides(7, Some((&rb, &ra)), pairs(&bad), pairs(&bad), Some(3))
+            .push(7, Some((&rb, &ra)), pairs(&bad), pairs(&bad), Some(3))
             .expect("room");
         let (w, r) = (walked.iter().next(), as_read.iter().next());
         assert_eq!(w.map(|u| (&u.bids, &u.asks)), r.map(|u| (&u.bids, &u.asks)));

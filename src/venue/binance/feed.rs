@@ -1086,6 +1086,13 @@ mod tests {
                 r#"{{"stream":"btcusdt@depth@100ms","data":{{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":{first},"u":{last},"b":[["990","2"]],"a":[["1010","1"]]}}}}"#
             )
         };
+        // The resync snapshot request among those sent (not a deepening's).
+        let resync_request = |rest: &[RestRequest]| {
+            rest.iter()
+                .find(|r| r.tag & DEEP == 0)
+                .cloned()
+                .expect("a resync snapshot request")
+        };
         let answer = |last_id: u64, levels: usize| {
             let side = |from: u64, step: i64| -> Vec<String> {
                 (0..levels as i64)
@@ -1121,12 +1128,7 @@ mod tests {
         proto.symbols[0].deep_resync = true;
         proto.symbols[0].deep_limit = 1000;
         proto.on_text(&frame(20, 21), now, &mut io);
-        let req = io
-            .rest
-            .iter()
-            .find(|r| r.tag & DEEP == 0)
-            .cloned()
-            .expect("a resync snapshot request");
+        let req = resync_request(io.rest);
         assert!(req.path.ends_with("&limit=1000"), "{}", req.path);
         assert_eq!(req.weight, 50);
         // TC2: its answer is read against what was asked: 150 levels of 1000 asked are the
@@ -1152,12 +1154,7 @@ mod tests {
             now,
             &mut io,
         );
-        let req = io
-            .rest
-            .iter()
-            .find(|r| r.tag & DEEP == 0)
-            .cloned()
-            .expect("a resync snapshot request");
+        let req = resync_request(io.rest);
         assert!(req.path.ends_with("&limit=500"), "{}", req.path);
         assert_eq!(req.weight, 25);
     }

@@ -395,7 +395,7 @@ impl BookSync {
             last: d.last_id,
             prev: d.prev_last_id,
         };
-        match buffered.push_sides(
+        match buffered.push(
             ids,
             d.read.map(|r| (r.bids, r.asks)),
             d.bids(),
@@ -488,12 +488,7 @@ impl BookSync {
                     // A diff the pending snapshot already holds needs no replay.
                     let held = deep.pending.as_ref().is_some_and(|(l, _)| d.last_id <= *l);
                     let read = d.read.map(|r| (r.bids, r.asks));
-                    if !held
-                        && deep
-                            .log
-                            .push_sides(ids, read, d.bids(), d.asks(), None)
-                            .is_err()
-                    {
+                    if !held && deep.log.push(ids, read, d.bids(), d.asks(), None).is_err() {
                         // Too many diffs while the snapshot is out: give this one up.
                         self.deepening = None;
                         self.deep_outcome = Some(Deepened::Stale);

@@ -289,7 +289,7 @@ impl OkxBook {
                     seq_id,
                     prev_seq_id,
                 };
-                let pushed = buffered.push_sides(
+                let pushed = buffered.push(
                     ids,
                     d.read.map(|r| (r.bids, r.asks)),
                     Levels::new(d.bids),

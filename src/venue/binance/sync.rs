@@ -22,8 +22,9 @@
 //! (`book::sync`): levels are two non-negative decimals, a diff may not move the id by more
 //! than `MAX_ID_JUMP` (nor have `U > u`), a run of diffs all older than the book means it is
 //! stuck, a crossed or cut book is never published, and the buffer kept while a snapshot is
-//! fetched is bounded in count and bytes (one more empties it, keeps the newest diff and says
-//! `Resync(BufferOverflow)`). After a gap (or a stale snapshot found live) the diff that
+//! fetched is bounded in count and bytes (it keeps the newest diffs; a snapshot older than
+//! what it kept is `Resync(BufferOverflow)`, one older than what it ever held is stale).
+//! After a gap (or a stale snapshot found live) the diff that
 //! revealed it is kept: it is the first one the next snapshot may bridge. Ids come from the
 //! network, so no id arithmetic can overflow. The synced path applies the borrowed frame
 //! straight into the book and allocates nothing.
@@ -77,8 +78,8 @@ pub enum Deepened {
     Spliced,
     /// The snapshot is ahead of the live book: it is kept until the stream reaches it.
     Waiting,
-    /// The snapshot cannot be brought up to date (older than the log, malformed, the log
-    /// overflowed): nothing changed; ask again later.
+    /// The snapshot cannot be brought up to date (older than the diffs the log kept, or
+    /// malformed): nothing changed; ask again later.
     Stale,
     /// Nobody asked for it (the book resynced meanwhile): ignored.
     Ignored,
@@ -90,7 +91,9 @@ pub enum Deepened {
 struct Deepening {
     /// `last_id` when the request went out: a snapshot older than this cannot be replayed.
     from: u64,
-    /// Diffs applied since the request went out, to replay onto the snapshot.
+    /// Diffs applied since the request went out, to replay onto the snapshot: the newest
+    /// ones, as many as an [`UpdateBuffer`] keeps (a late answer may still be bridged by
+    /// them; one ahead of the live book needs none).
     log: UpdateBuffer<Ids>,
     /// The snapshot's book and `L`, while the live book has not reached `L`.
     pending: Option<(u64, Box<Book<BOOK_CAPACITY>>)>,
@@ -192,13 +195,13 @@ impl BookSync {
     }
 
     /// How the deepening under way ended while diffs were applied, once: `Spliced` (the live
-    /// book reached the waiting snapshot and they agreed) or `Stale` (its log overflowed, or
-    /// did not continue the snapshot). A resync is the diff's own event.
+    /// book reached the waiting snapshot and they agreed) or `Stale` (its log did not
+    /// continue the snapshot). A resync is the diff's own event.
     pub fn take_deep_outcome(&mut self) -> Option<Deepened> {
         self.deep_outcome.take()
     }
 
-    /// Whether a deepening is under way (it stops by itself when its log overflows).
+    /// Whether a deepening is under way.
     pub fn is_deepening(&self) -> bool {
         self.deepening.is_some()
     }
@@ -380,7 +383,7 @@ impl BookSync {
     }
 
     /// Keeps an owned copy of `d` until the snapshot arrives (the resync path may allocate).
-    /// On a malformed diff the book starts over; on overflow the buffer restarts at `d`.
+    /// On a malformed diff the book starts over; a full buffer drops its oldest diffs.
     fn buffer(&mut self, d: &DepthUpdate<'_>) -> Result<(), ResyncReason> {
         if !matches!(self.state, State::AwaitingSnapshot { .. }) {
             self.state = State::AwaitingSnapshot {
@@ -489,7 +492,8 @@ impl BookSync {
                     let held = deep.pending.as_ref().is_some_and(|(l, _)| d.last_id <= *l);
                     let read = d.read.map(|r| (r.bids, r.asks));
                     if !held && deep.log.push(ids, read, d.bids(), d.asks(), None).is_err() {
-                        // Too many diffs while the snapshot is out: give this one up.
+                        // The book read this diff's levels, so the log reads them too; if
+                        // it ever could not, this deepening could not be replayed.
                         self.deepening = None;
                         self.deep_outcome = Some(Deepened::Stale);
                     } else {
@@ -527,7 +531,9 @@ impl BookSync {
         if let Some(first) = kept.first()
             && !self.spans(l, first.ids.first, first.ids.last)
         {
-            let stale = SyncEvent::Resync(ResyncReason::StaleSnapshot);
+            // Older than the first diff kept: stale, or (when older diffs were dropped to
+            // stay within the buffer's bounds) lost to the buffer.
+            let stale = SyncEvent::Resync(buffered.unbridged());
             drop(kept);
             self.state = State::AwaitingSnapshot { buffered };
             return stale;
@@ -940,23 +946,53 @@ mod tests {
     }
 
     #[test]
-    fn a_full_buffer_restarts_and_says_so() {
+    fn a_full_buffer_keeps_the_newest_diffs_and_a_snapshot_older_than_them_is_an_overflow() {
+        let full = |s: &mut BookSync| {
+            // MAX_BUFFERED diffs are kept; one more drops the oldest (diff 1) and is kept
+            // too: nothing is said yet, the snapshot in flight may still be bridged.
+            assert_eq!(feed(s, 1, 1, None, "5"), NEED);
+            for id in 2..=MAX_BUFFERED as u64 + 1 {
+                assert_eq!(feed(s, id, id, None, "5"), SyncEvent::Buffered);
+            }
+        };
+        let last = MAX_BUFFERED as u64 + 1;
+        // TC0: a snapshot older than the first diff kept could have been bridged by a larger
+        // buffer: an overflow, and the buffer is kept for the next snapshot.
         let mut s = BookSync::new(Continuity::Spot);
-        // TC0: MAX_BUFFERED diffs are kept.
-        assert_eq!(feed(&mut s, 1, 1, None, "5"), NEED);
-        for id in 2..=MAX_BUFFERED as u64 {
-            assert_eq!(feed(&mut s, id, id, None, "5"), SyncEvent::Buffered);
-        }
-        // TC1: one more empties the buffer, keeps this diff, and asks for a resync.
-        let next = MAX_BUFFERED as u64 + 1;
+        full(&mut s);
         assert_eq!(
-            feed(&mut s, next, next, None, "5"),
+            snap(&mut s, 0),
             SyncEvent::Resync(ResyncReason::BufferOverflow)
         );
-        // TC2: the old snapshot in flight is now stale; a fresh one bridges the kept diff.
-        assert_eq!(snap(&mut s, 5), STALE);
-        assert_eq!(snap(&mut s, next - 1), applied(next));
         assert_eq!(ResyncReason::BufferOverflow.label(), "buffer_overflow");
+        // TC1: the oldest diff kept bridges the next one: every kept diff is applied.
+        assert_eq!(snap(&mut s, 1), applied(last));
+        assert_eq!(
+            feed(&mut s, last + 1, last + 1, None, "5"),
+            applied(last + 1)
+        );
+        // TC2: a snapshot bridged by a diff near the end of the window is applied too.
+        let mut s = BookSync::new(Continuity::Spot);
+        full(&mut s);
+        assert_eq!(snap(&mut s, last - 3), applied(last));
+        // TC3: a snapshot ahead of every kept diff waits for the stream to reach it.
+        let mut s = BookSync::new(Continuity::Spot);
+        full(&mut s);
+        assert_eq!(snap(&mut s, last + 5), applied(last + 5));
+        assert!(!s.is_bridged());
+        assert_eq!(
+            feed(&mut s, last + 1, last + 5, None, "5"),
+            SyncEvent::Dropped
+        );
+        assert_eq!(
+            feed(&mut s, last + 6, last + 6, None, "5"),
+            applied(last + 6)
+        );
+        assert!(s.is_bridged());
+        // TC4: without anything dropped, a snapshot older than the first diff is stale.
+        let mut s = BookSync::new(Continuity::Spot);
+        assert_eq!(feed(&mut s, 10, 10, None, "5"), NEED);
+        assert_eq!(snap(&mut s, 5), STALE);
     }
 
     #[test]
@@ -1164,18 +1200,40 @@ mod tests {
     }
 
     #[test]
-    fn a_deepening_whose_log_overflows_is_given_up_and_the_feed_is_told() {
+    fn a_late_deeper_snapshot_is_replayed_from_the_newest_diffs_the_log_kept() {
+        // No answer for longer than the log may hold: the log keeps the newest diffs, and
+        // the deepening stays under way (it used to be given up here, and under a firehose
+        // the book then ran out of levels before the next one).
+        let bids = [("5", "1"), ("4", "1"), ("3", "1"), ("2", "1"), ("1", "1")];
+        let end = 10 + 2 * MAX_BUFFERED as u64;
+        let late = |s: &mut BookSync| {
+            assert!(s.start_deepening());
+            for id in 11..=end {
+                assert_eq!(feed(s, id, id, None, "5"), applied(id));
+            }
+            assert!(s.is_deepening());
+            assert_eq!(s.take_deep_outcome(), None);
+        };
+        // TC0: an answer the kept diffs continue is replayed and spliced.
         let mut s = thin_book();
-        assert!(s.start_deepening());
-        // No answer yet: every diff is logged, and the log is bounded.
-        let mut id = 11;
-        while s.is_deepening() {
-            assert_eq!(feed(&mut s, id, id, None, "5"), applied(id));
-            id += 1;
-            assert!(id <= 12 + MAX_BUFFERED as u64, "the log is bounded");
-        }
-        assert_eq!(s.take_deep_outcome(), Some(Deepened::Stale));
-        assert!(s.is_synced(), "the live book stays verified");
+        late(&mut s);
+        assert_eq!(deep(&mut s, end - 100, &bids, 5), Deepened::Spliced);
+        assert_eq!(s.book().map(|b| b.len(BookSide::Bid)), Some(5));
+        // TC1: an answer older than the first diff kept cannot be replayed: nothing changes,
+        // the live book stays verified, and the feed asks again later.
+        let mut s = thin_book();
+        late(&mut s);
+        assert_eq!(
+            deep(&mut s, end - MAX_BUFFERED as u64 - 1, &bids, 5),
+            Deepened::Stale
+        );
+        assert!(s.is_bridged());
+        assert_eq!(
+            s.book().map(|b| b.len(BookSide::Bid)),
+            Some(3),
+            "the live 5, 4, 3"
+        );
+        assert_eq!(feed(&mut s, end + 1, end + 1, None, "5"), applied(end + 1));
     }
 
     #[test]

@@ -296,12 +296,10 @@ impl OkxBook {
                     Levels::new(d.asks),
                     d.checksum,
                 );
+                // A full buffer drops its oldest updates; only a malformed level fails.
                 return match pushed {
                     Ok(()) => OkxEvent::Buffered,
-                    Err(ResyncReason::Malformed) => self.fail(ResyncReason::Malformed),
-                    // The buffer restarted at this update: the snapshot in flight may no
-                    // longer bridge it, so say so (the feed fetches again).
-                    Err(r) => OkxEvent::Resync(r),
+                    Err(r) => self.fail(r),
                 };
             }
             State::Synced { seq_id } => *seq_id,
@@ -376,9 +374,11 @@ impl OkxBook {
         if let Some(first) = kept.first()
             && first.ids.prev_seq_id > snap
         {
+            // Older than the first update kept: stale, or lost to the buffer's bounds.
+            let reason = buffered.unbridged();
             drop(kept);
             self.state = State::AwaitingSnapshot { buffered };
-            return OkxEvent::Resync(ResyncReason::StaleSnapshot);
+            return OkxEvent::Resync(reason);
         }
         self.core
             .dropped_by_snapshot((buffered.len() - kept.len()) as u64);
@@ -434,6 +434,7 @@ impl OkxBook {
 mod tests {
     use super::*;
     use crate::book::Decimal;
+    use crate::book::sync::MAX_BUFFERED;
 
     fn crc(s: &str) -> i32 {
         crc32fast::hash(s.as_bytes()) as i32
@@ -627,6 +628,42 @@ mod tests {
             b.on_rest_snapshot(&data(r#"{"asks":[],"bids":[],"seqId":10}"#)),
             OkxEvent::Resync(ResyncReason::StaleSnapshot)
         );
+    }
+
+    #[test]
+    fn a_full_buffer_keeps_the_newest_updates_and_a_snapshot_older_than_them_is_an_overflow() {
+        let full = |b: &mut OkxBook| {
+            // Updates 1..=MAX_BUFFERED+1, each chained to the last: the first is dropped to
+            // keep the buffer within its bound, and nothing is said yet.
+            for s in 1..=MAX_BUFFERED as i64 + 1 {
+                let u = format!(
+                    r#"{{"asks":[],"bids":[["100","{s}","0","1"]],"checksum":0,"seqId":{s},"prevSeqId":{}}}"#,
+                    s - 1
+                );
+                assert_eq!(b.on_update(&data(&u)), OkxEvent::Buffered, "update {s}");
+            }
+            assert_eq!(b.buffered(), MAX_BUFFERED);
+        };
+        let last = MAX_BUFFERED as i64 + 1;
+        // TC0: a snapshot at 0 needed update 1, which was dropped: an overflow, buffer kept.
+        let mut b = OkxBook::new();
+        full(&mut b);
+        assert_eq!(
+            b.on_rest_snapshot(&data(r#"{"asks":[],"bids":[],"seqId":0}"#)),
+            OkxEvent::Resync(ResyncReason::BufferOverflow)
+        );
+        assert_eq!(b.buffered(), MAX_BUFFERED);
+        // TC1: a snapshot at 1 is continued by the oldest update kept: all of them apply.
+        assert_eq!(
+            b.on_rest_snapshot(&data(r#"{"asks":[],"bids":[],"seqId":1}"#)),
+            OkxEvent::Applied { seq_id: last }
+        );
+        let book = b.book().expect("a synced book");
+        let bids: Vec<String> = book
+            .levels(BookSide::Bid)
+            .map(|l| format!("{}x{}", l.price, l.qty))
+            .collect();
+        assert_eq!(bids, [format!("100x{last}")]);
     }
 
     #[test]

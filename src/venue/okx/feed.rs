@@ -345,8 +345,8 @@ impl OkxProtocol {
                 }
             }
             OkxEvent::Resync(ResyncReason::BufferOverflow) => {
-                // The buffer restarted at the newest update; the book is still unsynced and
-                // the snapshot in flight (if any) is answered as usual.
+                // The snapshot is older than the updates the buffer kept (it dropped older
+                // ones to stay within its bounds): the buffer is kept; fetch again now.
                 self.count_resync(i, ResyncReason::BufferOverflow);
                 self.fetch_snapshot(i, now, io);
             }

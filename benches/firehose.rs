@@ -87,6 +87,8 @@ fn timed() -> bool {
 // ---------------------------------------------------------------------------------------------
 // The generated market
 
+/// `[spool] ram_bytes` by default (both runs leave it at that): the ring's size.
+const SPOOL_RAM_DEFAULT: u64 = 64 << 20;
 /// Price ticks the book can use; the mid starts in the middle and follows a walking target.
 const TICKS: usize = 1 << 16;
 const CENTER: usize = TICKS / 2;
@@ -795,6 +797,71 @@ fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a process's resident memory is, from `/proc/<pid>/smaps`, in kB.
+#[derive(Default)]
+struct Resident {
+    /// The program's own file (code, read-only data: file-backed, shared with the page cache).
+    program: u64,
+    /// Other files: libc, the loader.
+    libraries: u64,
+    /// The spool's RAM ring (the anonymous mapping of at least `[spool] ram_bytes`): its
+    /// pages stay resident as deep as it ever filled.
+    ring: u64,
+    /// Every other anonymous page: the heap, stacks, relocated data.
+    anonymous: u64,
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        write!(
+            f,
+            "spool ring {:.1} MB (as deep as it filled), other anonymous {:.1} MB, the program's file {:.1} MB, libraries {:.1} MB",
+            mb(self.ring),
+            mb(self.anonymous),
+            mb(self.program),
+            mb(self.libraries)
+        )
+    }
+}
+
+/// Splits `pid`'s resident memory by mapping (`ring_bytes`: the spool's RAM ring size).
+fn resident(pid: u32, ring_bytes: u64) -> Resident {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut r = Resident::default();
+    let (mut path, mut size) = (String::new(), 0u64);
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        let kb = || words.clone().next().and_then(|v| v.parse::<u64>().ok());
+        match first {
+            "Size:" => size = kb().unwrap_or(0),
+            "Rss:" => {
+                let rss = kb().unwrap_or(0);
+                let slot = if path.starts_with('/') {
+                    if Path::new(&path) == exe {
+                        &mut r.program
+                    } else {
+                        &mut r.libraries
+                    }
+                } else if size * 1024 >= ring_bytes {
+                    &mut r.ring
+                } else {
+                    &mut r.anonymous
+                };
+                *slot += rss;
+            }
+            // A mapping's header: `start-end perms offset dev inode [path]`.
+            _ if first.contains('-') && !first.ends_with(':') => {
+                path = words.nth(4).unwrap_or("").to_owned();
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
 /// Sum of a metric's series with all of `labels`, from a scrape.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
@@ -1202,6 +1269,7 @@ fn firehose(secs: u64, walk: u64, rate: u64) -> Figures {
     assert!(mb.is_running(), "marketbox exited:\n{}", mb.log());
     let peak = status_kb(pid, "VmHWM:");
     let rss = status_kb(pid, "VmRSS:");
+    let split = resident(pid, SPOOL_RAM_DEFAULT);
     // The end: no diff after this one; wait for its book.
     fh.market.pause.store(true, Ordering::SeqCst);
     let stopped = Instant::now();
@@ -1269,7 +1337,7 @@ fn firehose(secs: u64, walk: u64, rate: u64) -> Figures {
         f.msgs_per_s
     );
     println!(
-        "firehose: peak RSS {:.1} MB (VmHWM), {:.1} MB at the end (VmRSS)",
+        "firehose: peak RSS {:.1} MB (VmHWM), {:.1} MB at the end (VmRSS): {split}",
         peak as f64 / 1024.0,
         rss as f64 / 1024.0
     );
@@ -1400,8 +1468,9 @@ fn steady(secs: u64) -> (u64, u64) {
         &[("channel", "orderbook")],
     );
     let (rss, hwm) = (status_kb(mb.pid(), "VmRSS:"), status_kb(mb.pid(), "VmHWM:"));
+    let split = resident(mb.pid(), SPOOL_RAM_DEFAULT);
     println!(
-        "steady: marketbox run, the default config's feeds on the simulators, after {secs} s: VmRSS {:.1} MB, VmHWM {:.1} MB ({books:.0} books published)",
+        "steady: marketbox run, the default config's feeds on the simulators, after {secs} s: VmRSS {:.1} MB, VmHWM {:.1} MB ({books:.0} books published): {split}",
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );

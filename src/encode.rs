@@ -15,7 +15,7 @@
 //! Owns: the byte form of `model::Message`. Must not touch: where bytes go.
 
 use crate::book::BookSide;
-use crate::book::texts::{LevelText, reuse};
+use crate::book::texts::{LevelText, text_for};
 use crate::config::Format;
 use crate::decimal::Decimal;
 use crate::model::{
@@ -184,7 +184,8 @@ pub struct BookTexts {
 }
 
 /// [`levels`], copying the text of each level that `kept` (the stream's last book, the same
-/// side) holds with the same digits, and recording every level's text in `next`.
+/// side) holds with the same digits (its price's text when only the size changed), and
+/// recording every level's text in `next`.
 fn levels_reusing(
     out: &mut Vec<u8>,
     levels: &[PubLevel],
@@ -200,9 +201,7 @@ fn levels_reusing(
         if i > 0 {
             out.push(b',');
         }
-        let t = reuse(kept, &mut j, side, price, qty)
-            .copied()
-            .unwrap_or_else(|| KeptLevel::new(price, qty, LEVEL_FRAME));
+        let t = text_for(kept, &mut j, side, price, qty, LEVEL_FRAME);
         match t.padded() {
             Some((bytes, n)) => {
                 // All of it (a fixed-size copy, no call), then back to the text's end.

@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::wire::BookData;
 pub use crate::book::sync::ResyncReason;
 use crate::book::sync::{BookCore, UpdateBuffer, check_jump};
-use crate::book::texts::{LevelText, reuse};
+use crate::book::texts::{LevelText, text_for};
 use crate::book::{BOOK_CAPACITY, Book, BookSide, DECIMAL_TEXT_MAX};
 use crate::model::OrderbookData;
 use crate::venue::json::Levels;
@@ -101,9 +101,7 @@ impl Checksummer {
             next.clear();
             let mut j = 0;
             for l in book.levels(side).take(CHECKSUM_LEVELS) {
-                let seg = reuse(kept, &mut j, side, l.price, l.qty)
-                    .copied()
-                    .unwrap_or_else(|| Segment::new(l.price, l.qty, SEGMENT));
+                let seg = text_for(kept, &mut j, side, l.price, l.qty, SEGMENT);
                 // At most CHECKSUM_LEVELS levels: fits.
                 let _ = next.push(seg);
             }

@@ -805,7 +805,7 @@ struct Resident {
     /// Other files: libc, the loader.
     libraries: u64,
     /// The spool's RAM ring (the anonymous mapping of at least `[spool] ram_bytes`): its
-    /// pages stay resident as deep as it ever filled.
+    /// front, and past it the pages that hold records not yet read.
     ring: u64,
     /// Every other anonymous page: the heap, stacks, relocated data.
     anonymous: u64,
@@ -816,7 +816,7 @@ impl std::fmt::Display for Resident {
         let mb = |kb: u64| kb as f64 / 1024.0;
         write!(
             f,
-            "spool ring {:.1} MB (as deep as it filled), other anonymous {:.1} MB, the program's file {:.1} MB, libraries {:.1} MB",
+            "spool ring {:.1} MB, other anonymous {:.1} MB, the program's file {:.1} MB, libraries {:.1} MB",
             mb(self.ring),
             mb(self.anonymous),
             mb(self.program),

@@ -208,7 +208,7 @@ impl Ring {
         }
         if self.count == 0 {
             // Empty: the next record goes to the front; nothing past it is needed.
-            let from = self.front.max(self.released).min(was);
+            let from = self.front.max(self.released);
             self.release(from, self.written_hi.min(was));
             self.released = self.front;
             self.written_hi = 0;

@@ -97,8 +97,6 @@ pub struct BinanceProtocol {
     url: String,
     exchange_market: Market,
     rest_base: Endpoint,
-    snapshot_limit: u32,
-    snapshot_weight: u32,
     rate: RateSpec,
     depth: usize,
     stale_after: Duration,
@@ -132,14 +130,12 @@ impl BinanceProtocol {
     /// The protocol for one planned socket; stream indices are positions in `socket.streams`.
     pub fn new(socket: &SocketPlan, market: Market, cfg: &Config, metrics: Arc<Metrics>) -> Self {
         let ep = &cfg.venues.binance;
-        let (rest_base, snapshot_limit, snapshot_weight, rate, continuity) = match market {
+        let (rest_base, rate, continuity) = match market {
             // Spot: 6000 weight per minute per IP; we use half so a second box fits too. A
             // 100-level snapshot (weight 5) covers any published depth (at most 50) and allows
             // ten times more resyncs per minute than a 1000-level one (weight 50).
             Market::Spot => (
                 ep.spot_rest.clone(),
-                SNAPSHOT_LIMIT,
-                5,
                 RateSpec {
                     bucket: "weight",
                     capacity: 3000,
@@ -150,8 +146,6 @@ impl BinanceProtocol {
             // USD-M: 2400 per minute per IP; half again. `limit=100` weighs 5 there too.
             Market::Perpetual => (
                 ep.perpetual_rest.clone(),
-                SNAPSHOT_LIMIT,
-                5,
                 RateSpec {
                     bucket: "weight",
                     capacity: 1200,
@@ -183,8 +177,6 @@ impl BinanceProtocol {
             url: String::new(),
             exchange_market: market,
             rest_base,
-            snapshot_limit,
-            snapshot_weight,
             rate,
             depth: cfg.book.depth.0,
             stale_after: cfg.session.stale_after.0,
@@ -345,23 +337,27 @@ impl BinanceProtocol {
     /// Sends the snapshot requests whose throttle has passed: resync snapshots, and the
     /// deeper ones of books whose known range got thin.
     fn issue_snapshots(&mut self, now: Instant, io: &mut Io<'_>) {
+        // A depth snapshot of `limit` levels, weighed as the venue weighs it.
+        let (market, base, rate) = (self.exchange_market, &self.rest_base, self.rate);
+        let path = match market {
+            Market::Spot => "/api/v3/depth",
+            Market::Perpetual => "/fapi/v1/depth",
+        };
+        let request = |tag: u64, upper: &str, limit: u32| RestRequest {
+            tag,
+            base: base.clone(),
+            path: format!("{path}?symbol={upper}&limit={limit}"),
+            weight: snapshot_weight(market, limit),
+            limit: rate,
+        };
         for st in self.symbols.iter_mut() {
             if st.deep.due(now)
                 && let Some(sync) = st.sync.as_mut()
                 && (sync.is_deepening() || sync.start_deepening())
             {
                 st.deep.sent();
-                let path = match self.exchange_market {
-                    Market::Spot => "/api/v3/depth",
-                    Market::Perpetual => "/fapi/v1/depth",
-                };
-                io.rest.push(RestRequest {
-                    tag: st.tag | DEEP,
-                    base: self.rest_base.clone(),
-                    path: format!("{path}?symbol={}&limit={}", st.upper, st.deep_limit),
-                    weight: snapshot_weight(self.exchange_market, st.deep_limit),
-                    limit: self.rate,
-                });
+                io.rest
+                    .push(request(st.tag | DEEP, &st.upper, st.deep_limit));
             }
             if st.snapshots.due(now) {
                 st.snapshots.sent();
@@ -369,28 +365,11 @@ impl BinanceProtocol {
                 // it would be deepened: a shallower book would run thin again before a
                 // deepening could reach it (under a walking firehose, 100 levels went thin
                 // within 60 ms, again and again, while the deepening waited its backoff).
-                let (limit, weight) = match st.deep_resync {
-                    true if st.deep_limit > self.snapshot_limit => (
-                        st.deep_limit,
-                        snapshot_weight(self.exchange_market, st.deep_limit),
-                    ),
-                    _ => (self.snapshot_limit, self.snapshot_weight),
+                st.resync_limit = match st.deep_resync {
+                    true => st.deep_limit.max(SNAPSHOT_LIMIT),
+                    false => SNAPSHOT_LIMIT,
                 };
-                st.resync_limit = limit;
-                io.rest.push(RestRequest {
-                    tag: st.tag,
-                    base: self.rest_base.clone(),
-                    path: match self.exchange_market {
-                        Market::Spot => {
-                            format!("/api/v3/depth?symbol={}&limit={limit}", st.upper)
-                        }
-                        Market::Perpetual => {
-                            format!("/fapi/v1/depth?symbol={}&limit={limit}", st.upper)
-                        }
-                    },
-                    weight,
-                    limit: self.rate,
-                });
+                io.rest.push(request(st.tag, &st.upper, st.resync_limit));
             }
         }
     }
@@ -972,6 +951,16 @@ mod tests {
     use crate::upstream::Publisher;
     use crate::upstream::spool::Spool;
 
+    /// A JSON publisher for `socket`'s streams into a RAM spool of `bytes`.
+    fn spool_publisher(socket: &SocketPlan, bytes: usize) -> Publisher {
+        Publisher::new(
+            Spool::new(bytes, Default::default()),
+            Format::Json,
+            &crate::upstream::StreamKey::for_socket(socket),
+            None,
+        )
+    }
+
     /// A Binance spot config of `symbols` (orderbook and trade) and its one socket.
     fn spot(symbols: &[&str]) -> (Config, SocketPlan) {
         let list: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
@@ -998,13 +987,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (cfg, socket) = spot(&["BTC-USDT", "ETH-USDT"]);
         let mut proto = BinanceProtocol::new(&socket, Market::Spot, &cfg, metrics.clone());
-        let spool = Spool::new(1 << 16, Default::default());
-        let mut template = Publisher::new(
-            spool,
-            Format::Json,
-            &crate::upstream::StreamKey::for_socket(&socket),
-            None,
-        );
+        let mut template = spool_publisher(&socket, 1 << 16);
         let mut publisher = template.fork();
         let (mut send, mut rest) = (Vec::new(), Vec::new());
         let now = Instant::now();
@@ -1067,13 +1050,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (cfg, socket) = spot(&["BTC-USDT"]);
         let mut proto = BinanceProtocol::new(&socket, Market::Spot, &cfg, metrics);
-        let spool = Spool::new(1 << 20, Default::default());
-        let mut publisher = Publisher::new(
-            spool,
-            Format::Json,
-            &crate::upstream::StreamKey::for_socket(&socket),
-            None,
-        );
+        let mut publisher = spool_publisher(&socket, 1 << 20);
         let (mut send, mut rest) = (Vec::new(), Vec::new());
         let now = Instant::now();
         let mut io = Io {

@@ -3,9 +3,8 @@
 //! Design: each side is kept best first (bids descending, asks ascending) in blocks of
 //! [`BLOCK`] levels drawn from a fixed pool, with an order array of block indices and each
 //! block's first key kept beside it: a change costs a scan of those first keys (a few dozen
-//! integers, branch-predictable), a binary search and a shift within one block (of the
-//! shorter part of it beside the change: a block keeps room at both ends), not a shift of the
-//! whole side, wherever in the book it lands. A block
+//! integers, branch-predictable), a binary search and a shift within one block (at most
+//! [`BLOCK`] levels), not a shift of the whole side, wherever in the book it lands. A block
 //! keeps its keys apart from its levels so searches touch only keys. Blocks split when full and
 //! are refilled from a neighbour, or merged into it, when under half full, so a side of `N`
 //! levels never needs more than `N / (BLOCK / 2) + 1` blocks ([`MAX_BLOCKS`] covers [`BOOK_CAPACITY`]). Each level carries an
@@ -127,14 +126,10 @@ struct Entry {
     level: Packed,
 }
 
-/// Up to [`BLOCK`] consecutive levels, sorted by key, held at `lo..lo + len` of its arrays:
-/// a level goes in or out by shifting whichever part of the block beside it is shorter (and
-/// has room), so changes at either end of a block (the top of a book, where most changes
-/// land, is the front of its first block) move a few levels, not the block. The keys are kept
-/// apart from the levels, so a search reads 8 cache lines of keys and never the levels.
+/// Up to [`BLOCK`] consecutive levels, sorted by key. The keys are kept apart from the levels,
+/// so a search reads 8 cache lines of keys and never the levels.
 #[derive(Debug, Clone)]
 struct Block {
-    lo: usize,
     len: usize,
     keys: [Key; BLOCK],
     levels: [Packed; BLOCK],
@@ -142,7 +137,6 @@ struct Block {
 
 impl Block {
     const EMPTY: Block = Block {
-        lo: 0,
         len: 0,
         keys: [Key(0); BLOCK],
         levels: [Packed {
@@ -153,99 +147,42 @@ impl Block {
         }; BLOCK],
     };
 
-    fn keys(&self) -> &[Key] {
-        &self.keys[self.lo..self.lo + self.len]
-    }
-
-    fn levels(&self) -> &[Packed] {
-        &self.levels[self.lo..self.lo + self.len]
-    }
-
     fn first(&self) -> Key {
-        self.keys[self.lo]
+        self.keys[0]
     }
 
     fn last(&self) -> Key {
-        self.keys[self.lo + self.len - 1]
+        self.keys[self.len - 1]
     }
 
     fn search(&self, k: Key) -> Result<usize, usize> {
-        self.keys().binary_search(&k)
+        self.keys[..self.len].binary_search(&k)
     }
 
-    fn set_level(&mut self, at: usize, level: Packed) {
-        self.levels[self.lo + at] = level;
-    }
-
-    fn clear(&mut self) {
-        self.lo = 0;
-        self.len = 0;
-    }
-
-    /// Keeps the first `n` levels.
-    fn truncate(&mut self, n: usize) {
-        self.len = n.min(self.len);
-    }
-
-    /// Inserts `e` at `at` (the block is not full).
     fn insert(&mut self, at: usize, e: Entry) {
-        let (lo, len) = (self.lo, self.len);
-        let room_front = lo > 0;
-        let room_back = lo + len < BLOCK;
-        let i = if room_front && (!room_back || at < len - at) {
-            // Shift the levels before `at` one place towards the front.
-            self.keys.copy_within(lo..lo + at, lo - 1);
-            self.levels.copy_within(lo..lo + at, lo - 1);
-            self.lo -= 1;
-            lo - 1 + at
-        } else {
-            self.keys.copy_within(lo + at..lo + len, lo + at + 1);
-            self.levels.copy_within(lo + at..lo + len, lo + at + 1);
-            lo + at
-        };
-        self.keys[i] = e.key;
-        self.levels[i] = e.level;
+        self.keys.copy_within(at..self.len, at + 1);
+        self.levels.copy_within(at..self.len, at + 1);
+        self.keys[at] = e.key;
+        self.levels[at] = e.level;
         self.len += 1;
     }
 
     fn remove(&mut self, at: usize) -> Entry {
-        let (lo, len) = (self.lo, self.len);
         let out = Entry {
-            key: self.keys[lo + at],
-            level: self.levels[lo + at],
+            key: self.keys[at],
+            level: self.levels[at],
         };
-        if at < len - 1 - at {
-            // Shift the levels before `at` one place towards the back.
-            self.keys.copy_within(lo..lo + at, lo + 1);
-            self.levels.copy_within(lo..lo + at, lo + 1);
-            self.lo += 1;
-        } else {
-            self.keys.copy_within(lo + at + 1..lo + len, lo + at);
-            self.levels.copy_within(lo + at + 1..lo + len, lo + at);
-        }
+        self.keys.copy_within(at + 1..self.len, at);
+        self.levels.copy_within(at + 1..self.len, at);
         self.len -= 1;
-        if self.len == 0 {
-            self.lo = 0;
-        }
         out
     }
 
-    /// Appends `other`'s levels `from..to` (they sort after this block's; they fit).
+    /// Appends `other`'s levels `from..to` (they sort after this block's).
     fn append(&mut self, other: &Block, from: usize, to: usize) {
-        let n = to - from;
-        if self.len == 0 {
-            // An empty block starts in the middle, with room for changes at both ends.
-            self.lo = (BLOCK - n) / 2;
-        } else if self.lo + self.len + n > BLOCK {
-            let (lo, len) = (self.lo, self.len);
-            self.keys.copy_within(lo..lo + len, 0);
-            self.levels.copy_within(lo..lo + len, 0);
-            self.lo = 0;
-        }
-        let at = self.lo + self.len;
-        let (src_lo, dst) = (other.lo, at..at + n);
-        self.keys[dst.clone()].copy_from_slice(&other.keys[src_lo + from..src_lo + to]);
-        self.levels[dst].copy_from_slice(&other.levels[src_lo + from..src_lo + to]);
+        let (at, n) = (self.len, to - from);
+        self.keys[at..at + n].copy_from_slice(&other.keys[from..to]);
+        self.levels[at..at + n].copy_from_slice(&other.levels[from..to]);
         self.len += n;
     }
 }
@@ -295,7 +232,7 @@ impl<const N: usize> Side<N> {
 
     fn clear(&mut self) {
         while let Some(b) = self.order.pop() {
-            self.blocks[usize::from(b)].clear();
+            self.blocks[usize::from(b)].len = 0;
             let _ = self.free.push(b);
         }
         self.firsts.clear();
@@ -344,9 +281,9 @@ impl<const N: usize> Side<N> {
             let half = BLOCK / 2;
             let (src, dst) = (usize::from(self.order[pos]), usize::from(fresh));
             let (s, d) = two_mut(&mut self.blocks[..], src, dst);
-            d.clear();
+            d.len = 0;
             d.append(s, half, BLOCK);
-            s.truncate(half);
+            s.len = half;
             // Capacity MAX_BLOCKS and a block was free: the inserts fit.
             let first = d.first();
             let _ = self.order.insert(pos + 1, fresh);
@@ -400,7 +337,7 @@ impl<const N: usize> Side<N> {
         if ll + rl <= BLOCK {
             // Merge right into left and free right.
             lb.append(rb, 0, rl);
-            rb.clear();
+            rb.len = 0;
             self.order.remove(right);
             self.firsts.remove(right);
             let _ = self.free.push(r as u16);
@@ -451,7 +388,7 @@ impl<const N: usize> Side<N> {
                     self.remove_at(pos, at);
                     Applied::Removed
                 } else {
-                    self.block_mut(pos).set_level(at, entry.level);
+                    self.block_mut(pos).levels[at] = entry.level;
                     Applied::Updated
                 }
             }
@@ -486,7 +423,7 @@ impl<const N: usize> Side<N> {
     fn iter(&self) -> impl Iterator<Item = Level> + '_ {
         self.order.iter().flat_map(move |&b| {
             let b = &self.blocks[usize::from(b)];
-            b.levels().iter().map(|l| l.level())
+            b.levels[..b.len].iter().map(|l| l.level())
         })
     }
 
@@ -505,7 +442,7 @@ impl<const N: usize> Side<N> {
             }
             let b = &self.blocks[usize::from(b)];
             let take = b.len.min(left);
-            for p in &b.levels()[..take] {
+            for p in &b.levels[..take] {
                 let l = p.level();
                 // `left` never exceeds the room in `out`.
                 let _ = out.push((l.price, l.qty));
@@ -516,13 +453,13 @@ impl<const N: usize> Side<N> {
 
     fn best(&self) -> Option<Level> {
         let b = &self.blocks[usize::from(*self.order.first()?)];
-        b.levels().first().map(|l| l.level())
+        (b.len > 0).then(|| b.levels[0].level())
     }
 
     fn worst(&self) -> Option<Level> {
         let pos = self.order.len().checked_sub(1)?;
         let b = self.block(pos);
-        b.levels().last().map(|l| l.level())
+        (b.len > 0).then(|| b.levels[b.len - 1].level())
     }
 }
 
@@ -787,71 +724,6 @@ mod tests {
         b.apply(BookSide::Bid, d("10"), d("0"));
         assert_eq!(b.fill(3, &mut bids, &mut asks), Err(Truncated));
         assert!(b.fill(2, &mut bids, &mut asks).is_ok());
-    }
-
-    fn entry(k: i128) -> Entry {
-        Entry {
-            key: Key(k),
-            level: Packed {
-                price: k as i64,
-                qty: 1,
-                price_scale: 0,
-                qty_scale: 0,
-            },
-        }
-    }
-
-    /// Every block layout (each start and length) and every position: an insert or a removal
-    /// keeps the block's levels in order beside their keys, whichever end it shifts, and a
-    /// change at either end of a block with room there moves no other level.
-    #[test]
-    fn a_block_inserts_and_removes_at_any_position_from_any_start() {
-        for lo in 0..BLOCK {
-            for len in 0..=BLOCK - lo {
-                let filled = || {
-                    let mut b = Block::EMPTY;
-                    b.lo = lo;
-                    b.len = len;
-                    for i in 0..len {
-                        b.keys[lo + i] = Key(10 * i as i128);
-                        b.levels[lo + i] = entry(10 * i as i128).level;
-                    }
-                    b
-                };
-                let check = |b: &Block, want: &[i128]| {
-                    let keys: Vec<i128> = b.keys().iter().map(|k| k.0).collect();
-                    let prices: Vec<i128> =
-                        b.levels().iter().map(|l| i128::from(l.price)).collect();
-                    assert_eq!(keys, want, "lo {lo} len {len}");
-                    assert_eq!(prices, want, "lo {lo} len {len}");
-                    assert!(b.lo + b.len <= BLOCK);
-                };
-                let base: Vec<i128> = (0..len).map(|i| 10 * i as i128).collect();
-                if len < BLOCK {
-                    for at in 0..=len {
-                        let mut b = filled();
-                        let k = 10 * at as i128 - 5;
-                        b.insert(at, entry(k));
-                        let mut want = base.clone();
-                        want.insert(at, k);
-                        check(&b, &want);
-                        if (at == 0 && lo > 0) || (at == len && lo + len < BLOCK) {
-                            // The others stayed where they were.
-                            for i in 0..len {
-                                assert_eq!(b.keys[lo + i], Key(10 * i as i128));
-                            }
-                        }
-                    }
-                }
-                for at in 0..len {
-                    let mut b = filled();
-                    assert_eq!(b.remove(at).key, Key(10 * at as i128));
-                    let mut want = base.clone();
-                    want.remove(at);
-                    check(&b, &want);
-                }
-            }
-        }
     }
 
     /// Random changes against a reference map: every level, in order, at every step; blocks

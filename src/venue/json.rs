@@ -615,13 +615,18 @@ impl<'a> Levels<'a> {
 
     /// After an entry's second string (at `at`): more plain strings, then `]`; the index
     /// past the `]`.
-    #[inline]
+    #[inline(always)]
     fn rest_of_entry(b: &[u8], mut at: usize) -> Option<usize> {
         while b.get(at) == Some(&b',') {
             if b.get(at + 1) != Some(&b'"') {
                 return None;
             }
-            at = plain_string_end(b, at + 2)? + 1;
+            // A string of one plain character (OKX's `"0"` in every level) is read here, not
+            // by the word-wise search for its end.
+            at = match b.get(at + 2..at + 4) {
+                Some(&[c, b'"']) if !STRING_STOP[usize::from(c)] => at + 4,
+                _ => plain_string_end(b, at + 2)? + 1,
+            };
         }
         (b.get(at) == Some(&b']')).then_some(at + 1)
     }
@@ -941,7 +946,7 @@ mod tests {
     #[test]
     fn levels_yield_the_first_two_strings_of_each_entry() {
         type Want = &'static [(&'static str, &'static str)];
-        let cases: [(&str, Want); 6] = [
+        let cases: [(&str, Want); 7] = [
             // TC0: pairs.
             (
                 r#"[["0.0015","100.5"],["0.0016","0"]]"#,
@@ -960,6 +965,12 @@ mod tests {
             (" [ ] ", &[]),
             // TC5: an escape in a skipped string is fine.
             (r#"[["1","2","a\"b"]]"#, &[("1", "2")]),
+            // TC6: skipped strings of one character (OKX's "0"), of none, and an escaped
+            // quote alone.
+            (
+                r#"[["1","2","0","13"],["3","4","","x"],["5","6","\"","0"]]"#,
+                &[("1", "2"), ("3", "4"), ("5", "6")],
+            ),
         ];
         for (i, (input, want)) in cases.iter().enumerate() {
             assert_eq!(levels(input).as_deref(), Ok(*want), "TC{i}: {input}");
@@ -989,6 +1000,10 @@ mod tests {
             r#"[["1","2"] ["3","4"]]"#, // TC17: missing comma
             r#"[null]"#,                // TC18: null entry
             "[[\"1\",\"2\",\"\\",       // TC19: truncated escape
+            "[[\"1\",\"2\",\"\n\"]]",   // TC20: a skipped string of one control character
+            r#"[["1","2","0"#,          // TC21: a one-character string, truncated
+            r#"[["1","2","0"x]]"#,      // TC22: garbage after a one-character string
+            r#"[["1","2","0","#,        // TC23: truncated after a one-character string
         ];
         for (i, input) in cases.iter().enumerate() {
             assert!(levels(input).is_err(), "TC{i}: {input:?} accepted");

@@ -622,7 +622,9 @@ impl<'a> Levels<'a> {
                 return None;
             }
             // A string of one plain character (OKX's `"0"` in every level) is read here, not
-            // by the word-wise search for its end.
+            // by the word-wise search for its end. Here, not in that search or in
+            // `plain_string_end` for every caller: both of those placements measured OKX's
+            // parse at 730-784 ns per update against 650-688 here.
             at = match b.get(at + 2..at + 4) {
                 Some(&[c, b'"']) if !STRING_STOP[usize::from(c)] => at + 4,
                 _ => plain_string_end(b, at + 2)? + 1,

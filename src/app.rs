@@ -16,6 +16,8 @@
 //! the upstream alone, which reconnects. What the running service cannot change (a new
 //! socket, timings read at start, the budget) is reported for a restart, which [`run`] does
 //! by returning [`Stopped::Restart`] after draining the spool (the binary then re-executes).
+//! SIGTERM (the init system stopping the box) and SIGINT (Ctrl-C) stop it the same way,
+//! returning [`Stopped::Signal`]: the caller exits 0.
 //!
 //! Must not touch: venue formats (venue code builds each socket's protocol) or socket I/O.
 
@@ -62,6 +64,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("the upstream settings cannot be used: {0}")]
     UpstreamSettings(String),
+    #[error("cannot handle SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
 }
 
 /// The plan of a config, checked against its budget: what `check-config` prints and what
@@ -751,6 +755,15 @@ pub struct RunOptions {
 pub enum Stopped {
     /// The console asked for a restart: the caller starts the process again.
     Restart,
+    /// SIGTERM or SIGINT: the caller exits.
+    Signal(&'static str),
+}
+
+/// Why [`run`] stops taking messages.
+#[derive(Clone, Copy)]
+enum Stop {
+    Restart,
+    Signal(&'static str),
 }
 
 /// The console's view of the running service.
@@ -771,13 +784,19 @@ impl crate::console::Service for ConsoleService {
     }
 }
 
-/// Longest a restart waits for the messages already spooled to reach the upstream.
+/// Longest a restart or a stop on a signal waits for the messages already spooled to reach
+/// the upstream.
 pub const RESTART_DRAIN: Duration = Duration::from_secs(5);
 
-/// Runs the service until the process is stopped, the upstream fails, or the console asks
-/// for a restart.
+/// Runs the service until SIGTERM or SIGINT, the upstream fails, or the console asks for a
+/// restart.
 pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
     let started = Instant::now();
+    // Registered before anything connects, so that a stop asked during start-up is not the
+    // default action (the process killed with the spool unflushed).
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(StartError::Signals)?;
     let executor = Arc::new(Executor::new());
     let mut app = App::start(&cfg, &executor)?;
     app.serve(&cfg, &executor)?;
@@ -849,16 +868,30 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
         }
     };
     let result = smol::block_on(
-        executor.run(async { Some((&mut upstream).await) }.or(async {
-            let _ = restart_rx.recv().await;
-            None
-        })),
+        executor.run(
+            async { Ok((&mut upstream).await) }
+                .or(async {
+                    let _ = restart_rx.recv().await;
+                    Err(Stop::Restart)
+                })
+                .or(async {
+                    use futures_lite::StreamExt;
+                    let name = match signals.next().await {
+                        Some(Ok(async_signal::Signal::Int)) => "SIGINT",
+                        _ => "SIGTERM",
+                    };
+                    Err(Stop::Signal(name))
+                }),
+        ),
     );
     match result {
-        Some(Ok(())) => Err(RunError::UpstreamEnded),
-        Some(Err(err)) => Err(RunError::Upstream(err)),
-        None => {
-            tracing::info!("restarting (asked at the console)");
+        Ok(Ok(())) => Err(RunError::UpstreamEnded),
+        Ok(Err(err)) => Err(RunError::Upstream(err)),
+        Err(stop) => {
+            match stop {
+                Stop::Restart => tracing::info!("restarting (asked at the console)"),
+                Stop::Signal(name) => tracing::info!(signal = name, "stopping"),
+            }
             drop(devices);
             drop(sampler);
             // No new messages; what is spooled goes upstream first (for a while).
@@ -878,7 +911,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
             if !drained {
                 tracing::warn!(
                     left = app.spool.len(),
-                    "the spool did not drain before the restart"
+                    "the spool did not drain before the {}",
+                    match stop {
+                        Stop::Restart => "restart",
+                        Stop::Signal(_) => "stop",
+                    }
                 );
                 if let Some(b) = broker {
                     b.abort();
@@ -886,7 +923,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
             }
             // A disk spool keeps what is left: flushed, and its cursor saved.
             app.spool.shutdown();
-            Ok(Stopped::Restart)
+            Ok(match stop {
+                Stop::Restart => Stopped::Restart,
+                Stop::Signal(name) => Stopped::Signal(name),
+            })
         }
     }
 }

@@ -137,6 +137,8 @@ fn main() -> ExitCode {
             };
             match marketbox::app::run(cfg, opts) {
                 Ok(marketbox::app::Stopped::Restart) => restart(),
+                // SIGTERM or SIGINT: stopped after draining the spool (logged by `run`).
+                Ok(marketbox::app::Stopped::Signal(_)) => ExitCode::SUCCESS,
                 // Refused to start: the config or plan is wrong; restarting will not help.
                 Err(marketbox::app::RunError::Start(err)) => {
                     eprintln!("error: {err}");

@@ -458,6 +458,27 @@ impl Marketbox {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Sends `signal` and waits up to `timeout` for the process to exit: its status, or
+    /// `None` if it is still running (then killed).
+    pub fn stop(&mut self, signal: i32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = i32::try_from(c.id()).ok()?;
+        // SAFETY: kill(2) with our own child's pid, not yet waited for, so not reused.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1231,6 +1231,17 @@ fn start(config: &Path, stdout: Stdio) -> brokers::Marketbox {
     brokers::Marketbox::start_bin_with_stdout(&bin, config, None, stdout)
 }
 
+/// Stops marketbox as the box's init system does (SIGTERM): it must exit 0. An instrumented
+/// build writes its profile on that exit (`image/build` trains on these runs).
+fn stop(mb: &mut brokers::Marketbox) {
+    let status = mb.stop(libc::SIGTERM, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "marketbox exited {status:?} on SIGTERM:\n{}",
+        mb.log()
+    );
+}
+
 /// Runs marketbox against the firehose for `secs` after its first book, at `rate` diffs a
 /// second (0: as fast as it reads them), the target walking a tick every `walk` diffs; then
 /// checks every book it wrote against the generator's.
@@ -1289,7 +1300,7 @@ fn firehose(secs: u64, walk: u64, rate: u64) -> Figures {
     let end = prom::get(addr, "/metrics", &[])
         .expect("/metrics answers")
         .text();
-    mb.kill();
+    stop(&mut mb);
     let seen = reader.join().expect("the stdout reader");
     let (ids, refs) = {
         let mut book = fh.market.book.lock().unwrap_or_else(|e| e.into_inner());
@@ -1475,7 +1486,7 @@ fn steady(secs: u64) -> (u64, u64) {
         hwm as f64 / 1024.0
     );
     assert!(books > 0.0, "no books published:\n{}", mb.log());
-    mb.kill();
+    stop(&mut mb);
     (rss, hwm)
 }
 

@@ -6,11 +6,15 @@
 # host's standard library) with /usr/bin first on PATH, only inside these scripts, building
 # static binaries into target/image/ so the host builds in target/ are never invalidated.
 # After it: the BOARD_*, BOOT_*, PART_*, QEMU_* variables of image/lib/board.py, and HOST_ARCH,
-# GNU (the GNU triple), CROSS (yes/no), QEMU_USER, WORK (target/image), CARGO_ENV (the
-# environment cargo needs, already exported) and the functions below.
+# GNU (the GNU triple), CROSS (yes/no), QEMU_USER, WORK (target/image), PGO_DIR and
+# PGO_PROFILE (per board target), HOST_CARGO, CARGO_ENV (the environment cargo needs,
+# already exported) and the functions below.
 
 REPO=$PWD
 WORK=$REPO/target/image
+# The host's own cargo (rustup's, say), found before Debian's goes first on PATH: it builds
+# the benchmark harness that drives the training (image/lib/pgo.sh).
+HOST_CARGO=$(command -v cargo || true)
 
 log() { echo "$ME: $*" >&2; }
 die() {
@@ -49,6 +53,12 @@ ensure_packages() {
 vars=$(python3 image/lib/board.py "$BOARD") || exit 1
 eval "$vars"
 
+# Profile-guided optimisation (image/build trains an instrumented build, image/lib/pgo.sh):
+# when the merged profile exists, board_cargo optimises with it, so image/cross-test after
+# image/build tests the code the image ships and shares its build of the dependencies.
+PGO_DIR=$WORK/pgo/$BOARD_TARGET
+PGO_PROFILE=$PGO_DIR/marketbox.profdata
+
 HOST_ARCH=$(dpkg --print-architecture)
 case $BOARD_ARCH in
 arm64) GNU=aarch64-linux-gnu QEMU_USER=qemu-aarch64-static ;;
@@ -75,14 +85,31 @@ run_target() { if [ $CROSS = yes ]; then "$QEMU_USER" "$@"; else "$@"; fi; }
 
 # cargo for the board: static (crt-static), the cross linker and C compiler (ring's assembly),
 # qemu-user as the runner, so `cargo test` runs the tests on the board's architecture.
+# Optimised with $PGO_PROFILE when it exists; PGO_GENERATE=DIR instead builds instrumented,
+# writing profiles to DIR, and BOARD_TARGET_DIR builds elsewhere than $WORK.
 board_cargo() {
 	local triple=${BOARD_TARGET//-/_}
 	local TRIPLE=${triple^^}
+	local flags="-C target-feature=+crt-static"
+	if [ -n "${PGO_GENERATE:-}" ]; then
+		flags+=" -C profile-generate=$PGO_GENERATE"
+	elif [ -f "$PGO_PROFILE" ]; then
+		# Named by its content: cargo rebuilds when the flags change, not when a file they
+		# name does, so a new profile must be a new name.
+		local sum use
+		sum=$(sha256sum "$PGO_PROFILE" | cut -c1-16)
+		use=$PGO_DIR/use-$sum.profdata
+		if [ ! -f "$use" ]; then
+			rm -f "$PGO_DIR"/use-*.profdata
+			cp "$PGO_PROFILE" "$use"
+		fi
+		flags+=" -C profile-use=$use"
+	fi
 	export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
-	export "CARGO_TARGET_${TRIPLE}_RUSTFLAGS=-C target-feature=+crt-static"
+	export "CARGO_TARGET_${TRIPLE}_RUSTFLAGS=$flags"
 	if [ $CROSS = yes ]; then
 		export "CARGO_TARGET_${TRIPLE}_LINKER=$GNU-gcc" "CC_${triple}=$GNU-gcc" "AR_${triple}=$GNU-ar"
 		export "CARGO_TARGET_${TRIPLE}_RUNNER=$QEMU_USER"
 	fi
-	/usr/bin/cargo "$@" --locked --target "$BOARD_TARGET" --target-dir "$WORK"
+	/usr/bin/cargo "$@" --locked --target "$BOARD_TARGET" --target-dir "${BOARD_TARGET_DIR:-$WORK}"
 }

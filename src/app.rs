@@ -784,6 +784,29 @@ impl crate::console::Service for ConsoleService {
     }
 }
 
+/// The name of the first SIGTERM or SIGINT. If they can no longer be read (not seen: the
+/// stream reads a pipe its handler writes), that is logged and the service runs on, stopped
+/// only by SIGKILL from then: a stop is never made up.
+async fn stop_signal(signals: &mut async_signal::Signals) -> &'static str {
+    use futures_lite::StreamExt;
+    loop {
+        match signals.next().await {
+            Some(Ok(async_signal::Signal::Term)) => return "SIGTERM",
+            Some(Ok(async_signal::Signal::Int)) => return "SIGINT",
+            Some(Ok(_)) => {}
+            Some(Err(err)) => {
+                tracing::error!(
+                    %err,
+                    "cannot read SIGTERM and SIGINT any more: only SIGKILL stops the service now"
+                );
+                break;
+            }
+            None => break,
+        }
+    }
+    std::future::pending().await
+}
+
 /// Longest a restart or a stop on a signal waits for the messages already spooled to reach
 /// the upstream.
 pub const RESTART_DRAIN: Duration = Duration::from_secs(5);
@@ -874,14 +897,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
                     let _ = restart_rx.recv().await;
                     Err(Stop::Restart)
                 })
-                .or(async {
-                    use futures_lite::StreamExt;
-                    let name = match signals.next().await {
-                        Some(Ok(async_signal::Signal::Int)) => "SIGINT",
-                        _ => "SIGTERM",
-                    };
-                    Err(Stop::Signal(name))
-                }),
+                .or(async { Err(Stop::Signal(stop_signal(&mut signals).await)) }),
         ),
     );
     match result {
@@ -935,6 +951,22 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Stopped, RunError> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn sigint_is_named_as_the_reason_to_stop() {
+        let mut signals =
+            async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+                .expect("the handlers");
+        // SAFETY: raise(3) of a signal this process now handles (the handler above).
+        unsafe {
+            libc::raise(libc::SIGINT);
+        }
+        let name = smol::block_on(stop_signal(&mut signals).or(async {
+            Timer::after(Duration::from_secs(10)).await;
+            "nothing in 10 s"
+        }));
+        assert_eq!(name, "SIGINT");
+    }
 
     #[test]
     fn a_task_that_panics_is_counted_and_started_again() {

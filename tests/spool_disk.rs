@@ -37,22 +37,52 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-#[test]
-fn sigkill_with_the_broker_down_loses_nothing_that_was_in_the_spool() {
+/// A first marketbox on a disk spool, its broker (at `port`) down, 3 s after it found the
+/// broker unreachable: the spool holds what the simulator sent since.
+struct FirstRun {
+    sim: Sim,
+    port: u16,
+    _dir: TempDir,
+    spool: std::path::PathBuf,
+    config: std::path::PathBuf,
+    first: Marketbox,
+}
+
+fn first_run_with_the_broker_down(name: &str) -> FirstRun {
     let sim = sim();
     let port = brokers::free_port();
     let url = format!("nats://127.0.0.1:{port}");
-    let dir = TempDir::new("spool-kill");
+    let dir = TempDir::new(name);
     let spool = dir.path().join("spool");
     let config = dir.path().join("marketbox.toml");
     std::fs::write(&config, config_text(&sim, &url, &spool)).expect("write the config");
-    let mut first = Marketbox::start(&config, None);
+    let first = Marketbox::start(&config, None);
     assert!(
         first.wait_log("cannot connect", Duration::from_secs(10)),
         "{}",
         first.log()
     );
     std::thread::sleep(Duration::from_secs(3));
+    FirstRun {
+        sim,
+        port,
+        _dir: dir,
+        spool,
+        config,
+        first,
+    }
+}
+
+#[test]
+fn sigkill_with_the_broker_down_loses_nothing_that_was_in_the_spool() {
+    let FirstRun {
+        sim,
+        port,
+        _dir,
+        spool,
+        config,
+        mut first,
+    } = first_run_with_the_broker_down("spool-kill");
     // Stop the feed (the socket stays open, nothing more comes), let the last batch reach
     // the disk, then kill without warning.
     let sent = ["BTC-USDT", "ETH-USDT"].map(|s| sim.last_trade_id(Mkt::Spot, s));
@@ -65,20 +95,14 @@ fn sigkill_with_the_broker_down_loses_nothing_that_was_in_the_spool() {
 
 #[test]
 fn sigterm_with_the_broker_down_flushes_the_spool_and_exits_0() {
-    let sim = sim();
-    let port = brokers::free_port();
-    let url = format!("nats://127.0.0.1:{port}");
-    let dir = TempDir::new("spool-term");
-    let spool = dir.path().join("spool");
-    let config = dir.path().join("marketbox.toml");
-    std::fs::write(&config, config_text(&sim, &url, &spool)).expect("write the config");
-    let mut first = Marketbox::start(&config, None);
-    assert!(
-        first.wait_log("cannot connect", Duration::from_secs(10)),
-        "{}",
-        first.log()
-    );
-    std::thread::sleep(Duration::from_secs(3));
+    let FirstRun {
+        sim: _sim,
+        port,
+        _dir,
+        spool,
+        config,
+        mut first,
+    } = first_run_with_the_broker_down("spool-term");
     // The feed still flowing: the stop takes no new message, waits for the broker for a
     // while (down: the spool cannot drain), flushes the disk spool and exits 0.
     let asked = std::time::Instant::now();

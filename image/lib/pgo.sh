@@ -48,14 +48,12 @@ pgo_train() {
 	# one (6.37-7.36 against 6.49-7.14 us per firehose message, x86-64).
 	PGO_GENERATE=$raw BOARD_TARGET_DIR=$PGO_DIR/target \
 		board_cargo build --release --quiet --bin marketbox
+	# What the bench starts: the instrumented binary, under qemu-user when foreign.
 	bin=$PGO_DIR/marketbox
-	if [ $CROSS = yes ]; then
-		how="under $QEMU_USER"
-		printf '#!/bin/sh\nexec %s %s "$@"\n' "$QEMU_USER" \
-			"$PGO_DIR/target/$BOARD_TARGET/release/marketbox" >"$bin"
-	else
-		printf '#!/bin/sh\nexec %s "$@"\n' "$PGO_DIR/target/$BOARD_TARGET/release/marketbox" >"$bin"
-	fi
+	local runner=
+	[ $CROSS = yes ] && runner=$QEMU_USER how="under $QEMU_USER"
+	printf '#!/bin/sh\nexec %s %s "$@"\n' "$runner" \
+		"$PGO_DIR/target/$BOARD_TARGET/release/marketbox" >"$bin"
 	chmod +x "$bin"
 	log "training it on the firehose and steady benchmarks ($how, about a minute)"
 	: >"$PGO_DIR/training.log"

@@ -103,7 +103,11 @@ board_cargo() {
 			rm -f "$PGO_DIR"/use-*.profdata
 			cp "$PGO_PROFILE" "$use"
 		fi
-		flags+=" -C profile-use=$use"
+		# Cold means never run in the training, not LLVM's default (the rarest 0.0001 % of the
+		# counts, which takes in the start-up code run once): the linker puts cold code first,
+		# together, so code that does run at start-up no longer sits among it and the box maps
+		# less of the program (x86-64, steady: 4.85 against 4.28 MB of code resident).
+		flags+=" -C profile-use=$use -C llvm-args=-profile-summary-cold-count=0"
 	fi
 	export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
 	export "CARGO_TARGET_${TRIPLE}_RUSTFLAGS=$flags"

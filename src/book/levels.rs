@@ -198,10 +198,13 @@ fn two_mut(blocks: &mut [Block], a: usize, b: usize) -> (&mut Block, &mut Block)
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Side<const N: usize> {
-    /// The pool; `order` says which blocks hold levels, best first, `free` which do not.
-    blocks: Box<[Block; MAX_BLOCKS]>,
+    /// The pool, reserved whole at construction ([`MAX_BLOCKS`]) and filled as the side first
+    /// needs each block, so its memory is touched only as deep as the book has been: a side
+    /// that never held more than a few hundred levels keeps a few pages, not 82 kB. `order`
+    /// says which blocks hold levels, best first; `free` which blocks were used and emptied.
+    blocks: Vec<Block>,
     order: heapless::Vec<u16, MAX_BLOCKS>,
     /// The first key of each block in `order` (searched without touching the blocks).
     firsts: heapless::Vec<Key, MAX_BLOCKS>,
@@ -212,18 +215,30 @@ struct Side<const N: usize> {
     side: BookSide,
 }
 
+impl<const N: usize> Clone for Side<N> {
+    /// Keeps the whole pool's capacity, so the copy does not allocate when it grows.
+    fn clone(&self) -> Self {
+        let mut blocks = Vec::with_capacity(MAX_BLOCKS);
+        blocks.extend_from_slice(&self.blocks);
+        Side {
+            blocks,
+            order: self.order.clone(),
+            firsts: self.firsts.clone(),
+            free: self.free.clone(),
+            len: self.len,
+            known_through: self.known_through,
+            side: self.side,
+        }
+    }
+}
+
 impl<const N: usize> Side<N> {
     fn new(side: BookSide) -> Self {
-        let mut free = heapless::Vec::new();
-        for i in (0..MAX_BLOCKS as u16).rev() {
-            // Capacity MAX_BLOCKS: every push fits.
-            let _ = free.push(i);
-        }
         Side {
-            blocks: Box::new([Block::EMPTY; MAX_BLOCKS]),
+            blocks: Vec::with_capacity(MAX_BLOCKS),
             order: heapless::Vec::new(),
             firsts: heapless::Vec::new(),
-            free,
+            free: heapless::Vec::new(),
             len: 0,
             known_through: None,
             side,
@@ -238,6 +253,20 @@ impl<const N: usize> Side<N> {
         self.firsts.clear();
         self.len = 0;
         self.known_through = None;
+    }
+
+    /// An empty block: one emptied before, else the pool's next unused one (within the
+    /// capacity reserved at construction: no allocation). `None` when all are in use.
+    fn take_block(&mut self) -> Option<u16> {
+        if let Some(b) = self.free.pop() {
+            return Some(b);
+        }
+        let next = self.blocks.len();
+        if next >= MAX_BLOCKS {
+            return None;
+        }
+        self.blocks.push(Block::EMPTY);
+        u16::try_from(next).ok()
     }
 
     fn block(&self, pos: usize) -> &Block {
@@ -274,7 +303,7 @@ impl<const N: usize> Side<N> {
     /// Inserts `e` into block position `pos` at `at`, splitting a full block first.
     fn insert_at(&mut self, mut pos: usize, mut at: usize, e: Entry) {
         if self.block(pos).len == BLOCK {
-            let Some(fresh) = self.free.pop() else {
+            let Some(fresh) = self.take_block() else {
                 // The pool is sized for N <= BOOK_CAPACITY; a smaller side never gets here.
                 return;
             };
@@ -372,7 +401,7 @@ impl<const N: usize> Side<N> {
             if qty.is_zero() {
                 return Applied::Absent;
             }
-            let Some(b) = self.free.pop() else {
+            let Some(b) = self.take_block() else {
                 return Applied::Unknown;
             };
             let _ = self.order.push(b);
@@ -788,5 +817,43 @@ mod tests {
             assert_eq!(top, [n, n - 1, n - 2], "descending arrival: {descending}");
             assert!(b.is_bounded(BookSide::Bid));
         }
+    }
+
+    #[test]
+    fn the_pool_is_touched_only_as_deep_as_the_side_has_been_and_never_moves() {
+        let mut b = Book::<BOOK_CAPACITY>::new_boxed();
+        let start = b.bids.blocks.as_ptr();
+        for p in 1..=100 {
+            b.apply(BookSide::Bid, Decimal::new(p, 0), Decimal::new(1, 0));
+        }
+        // 100 levels in order split blocks in halves: at most 100 / (BLOCK / 2) + 1 used.
+        let shallow = b.bids.blocks.len();
+        assert!(
+            shallow <= 100 / (BLOCK / 2) + 1,
+            "{shallow} blocks for 100 levels"
+        );
+        assert!(b.asks.blocks.is_empty(), "an empty side holds no block");
+        // Emptied and refilled to the same depth: the emptied blocks are reused.
+        b.clear();
+        for p in 1..=100 {
+            b.apply(BookSide::Bid, Decimal::new(p, 0), Decimal::new(1, 0));
+        }
+        assert_eq!(b.bids.blocks.len(), shallow);
+        // Filled to capacity in either order, and a copy of it grown too: the pool never
+        // reallocates (the books' steady state allocates nothing).
+        for p in (101..=BOOK_CAPACITY as i64 + 50).rev() {
+            b.apply(BookSide::Bid, Decimal::new(p, 0), Decimal::new(1, 0));
+        }
+        assert_eq!(b.len(BookSide::Bid), BOOK_CAPACITY);
+        assert_eq!(b.bids.blocks.as_ptr(), start);
+        assert!(b.bids.blocks.len() <= MAX_BLOCKS);
+        let mut c = b.clone();
+        assert_eq!(c.asks.blocks.capacity(), MAX_BLOCKS);
+        let copy = c.asks.blocks.as_ptr();
+        for p in 1..=BOOK_CAPACITY as i64 {
+            c.apply(BookSide::Ask, Decimal::new(p, 0), Decimal::new(1, 0));
+        }
+        assert_eq!(c.asks.blocks.as_ptr(), copy);
+        assert_eq!(c.len(BookSide::Ask), BOOK_CAPACITY);
     }
 }

@@ -1348,9 +1348,10 @@ fn firehose(secs: u64, walk: u64, rate: u64) -> Figures {
         f.msgs_per_s
     );
     println!(
-        "firehose: peak RSS {:.1} MB (VmHWM), {:.1} MB at the end (VmRSS): {split}",
+        "firehose: peak RSS {:.1} MB (VmHWM), {:.1} MB at the end (VmRSS): {split}; the sessions paused {:.2} s for the upstream (backpressure)",
         peak as f64 / 1024.0,
-        rss as f64 / 1024.0
+        rss as f64 / 1024.0,
+        metric(&end, "marketbox_spool_backpressure_seconds_total", &[]),
     );
     let mut by_limit: Vec<(usize, u64)> = Vec::new();
     for &Served { limit, .. } in &rest {

@@ -232,6 +232,7 @@ pub struct Metrics {
     pub spool_depth: Family<SpoolTierLabels, Gauge>,
     pub spool_bytes: Family<SpoolTierLabels, Gauge>,
     pub spool_disk_errors: Counter,
+    pub spool_backpressure_seconds: Counter<f64, AtomicU64>,
     pub book_verified: Family<BookLabels, Gauge>,
     pub book_deepenings: Family<BookLabels, Counter>,
     pub book_unverified_seconds: Family<BookLabels, Counter<f64, AtomicU64>>,
@@ -287,6 +288,7 @@ impl Metrics {
             spool_depth: Family::default(),
             spool_bytes: Family::default(),
             spool_disk_errors: Counter::default(),
+            spool_backpressure_seconds: Counter::default(),
             book_verified: Family::default(),
             book_deepenings: Family::default(),
             book_unverified_seconds: Family::default(),
@@ -447,6 +449,11 @@ impl Metrics {
             "spool_disk_errors",
             "Writes to the on-disk spool that failed (disk full, I/O error); the batch went on from RAM",
             m.spool_disk_errors.clone(),
+        );
+        registry.register(
+            "spool_backpressure_seconds",
+            "Time the sessions paused reading because more than 1 MiB waited in the spool's RAM ring (each pause at most 250 ms, then the ring takes the backlog)",
+            m.spool_backpressure_seconds.clone(),
         );
         registry.register(
             "book_verified",

@@ -605,6 +605,11 @@ impl Runner<'_> {
         let mut turn = false;
         let mut since_yield = 0u32;
         loop {
+            // The upstream is more than a MiB behind: the venue's bytes wait in the socket's
+            // kernel buffer (its TCP window) for at most `ROOM_WAIT`, not in new spool pages.
+            if self.publisher.backlogged() {
+                self.publisher.wait_for_room().await;
+            }
             // Sessions share the executor's threads, which do not preempt: one whose socket is
             // never empty lets the other tasks (sessions, REST connections, the console) run
             // every `YIELD_EVERY` turns.

@@ -36,7 +36,9 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use event_listener::{Event, Listener};
 use prometheus_client::metrics::counter::Counter;
@@ -82,6 +84,18 @@ pub(crate) const RESIDENT_FRONT: usize = 2 << 20;
 /// Pages behind the reader past the resident front go back to the kernel this many bytes at
 /// a time (one `madvise` per chunk read).
 pub(crate) const RELEASE_CHUNK: usize = 256 << 10;
+/// Backpressure: past this many bytes waiting in the ring, a push says the spool is
+/// [`Pushed::backlogged`] and the sessions pause reading (at most a [`Spool::wait_for_room`]'s
+/// limit) until the upstream has taken the ring down to [`BACKLOG_LOW`]. A reader that is
+/// briefly behind (a scheduling hiccup, a pipe reader that stalls for 50 ms) then leaves the
+/// venues' bytes in the sockets' kernel buffers, where TCP's window already holds them, instead
+/// of in ring pages made resident for them (under the firehose: 12 MB at once). One that stays
+/// behind, or an upstream that is down, costs one pause: the wait is given up, the ring takes
+/// the backlog as it always did (RAM, then disk, then dropping the oldest), and no session
+/// pauses again until the ring is back under [`BACKLOG_LOW`].
+pub(crate) const BACKLOG_HIGH: usize = 1 << 20;
+/// See [`BACKLOG_HIGH`].
+pub(crate) const BACKLOG_LOW: usize = 256 << 10;
 /// The body (what the disk log stores as a record's payload): `[u8 channel][u16 header
 /// len][header][message]`.
 pub(crate) const BODY_PREFIX: usize = 1 + 2;
@@ -280,6 +294,22 @@ pub struct Pushed {
     /// The ring is more than half full with this record: a wake-up held back should be given
     /// now, before the next records push the oldest out.
     pub crowded: bool,
+    /// More than [`BACKLOG_HIGH`] bytes wait in the ring and no wait for room was given up
+    /// since it was last under [`BACKLOG_LOW`]: the producer should [`Spool::wait_for_room`]
+    /// before it reads more.
+    pub backlogged: bool,
+}
+
+/// How a [`Spool::wait_for_room`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// The ring was (or got) down to [`BACKLOG_LOW`].
+    Drained,
+    /// The limit passed first: the ring takes the backlog, and nobody waits again until it is
+    /// under [`BACKLOG_LOW`].
+    GaveUp,
+    /// An earlier wait was given up and the ring has not drained since: no wait.
+    Overflowing,
 }
 
 /// The spool's metric handles, resolved once.
@@ -292,6 +322,8 @@ pub struct SpoolMetrics {
     pub disk_depth: Gauge,
     pub disk_bytes: Gauge,
     pub disk_errors: Counter,
+    /// Seconds sessions spent in [`Spool::wait_for_room`].
+    pub paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl SpoolMetrics {
@@ -310,6 +342,7 @@ impl SpoolMetrics {
             disk_depth: tier(&m.spool_depth, "disk"),
             disk_bytes: tier(&m.spool_bytes, "disk"),
             disk_errors: m.spool_disk_errors.clone(),
+            paused_seconds: m.spool_backpressure_seconds.clone(),
         }
     }
 
@@ -323,6 +356,10 @@ pub(crate) struct Inner {
     ring: Mutex<Ring>,
     /// Notified on every push and on close.
     pushed: Event,
+    /// Notified when a take leaves at most [`BACKLOG_LOW`] bytes in the ring.
+    room: Event,
+    /// A wait for room was given up and the ring has not been under [`BACKLOG_LOW`] since.
+    overflowing: AtomicBool,
     pub(crate) metrics: SpoolMetrics,
     disk: Option<Arc<Disk>>,
 }
@@ -358,8 +395,7 @@ impl Inner {
             out.push((sseq, ring.buf[body].to_vec()));
             n += 1;
         }
-        self.metrics.ram_depth.set(ring.count as i64);
-        self.metrics.ram_bytes.set(ring.bytes as i64);
+        self.taken(&ring);
         n
     }
 
@@ -387,6 +423,19 @@ impl Inner {
                 }
             }
             listener.wait();
+        }
+    }
+
+    /// After records were taken from `ring`: the gauges, and room for producers waiting on a
+    /// backlog once it is down to [`BACKLOG_LOW`].
+    fn taken(&self, ring: &Ring) {
+        self.metrics.ram_depth.set(ring.count as i64);
+        self.metrics.ram_bytes.set(ring.bytes as i64);
+        if ring.bytes <= BACKLOG_LOW {
+            if self.overflowing.load(Ordering::Relaxed) {
+                self.overflowing.store(false, Ordering::Relaxed);
+            }
+            self.room.notify(usize::MAX);
         }
     }
 
@@ -456,6 +505,8 @@ impl Spool {
             inner: Arc::new(Inner {
                 ring: Mutex::new(ring),
                 pushed: Event::new(),
+                room: Event::new(),
+                overflowing: AtomicBool::new(false),
                 metrics,
                 disk,
             }),
@@ -497,6 +548,7 @@ impl Spool {
             refused: false,
             wake: false,
             crowded: false,
+            backlogged: false,
         };
         let mut hbuf = [0u8; HEADER_MAX];
         let hlen = match postcard::to_slice(header, &mut hbuf) {
@@ -543,6 +595,8 @@ impl Spool {
                 ring.count += 1;
                 ring.bytes += total;
                 out.crowded = ring.bytes > ring.cap() / 2;
+                out.backlogged =
+                    ring.bytes > BACKLOG_HIGH && !self.inner.overflowing.load(Ordering::Relaxed);
                 self.inner.metrics.ram_depth.set(ring.count as i64);
                 self.inner.metrics.ram_bytes.set(ring.bytes as i64);
             }
@@ -564,8 +618,7 @@ impl Spool {
         let mut ring = self.inner.ring();
         loop {
             let (sseq, body) = ring.take_oldest()?;
-            self.inner.metrics.ram_depth.set(ring.count as i64);
-            self.inner.metrics.ram_bytes.set(ring.bytes as i64);
+            self.inner.taken(&ring);
             // Bodies were written by `push`; one that does not decode would be a bug: skip it.
             if let Some((_, h, p)) = split_body(&ring.buf[body])
                 && let Ok(header) = postcard::from_bytes::<RecordHeader>(h)
@@ -670,8 +723,7 @@ impl Spool {
                 last = Some(sseq);
             }
         }
-        self.inner.metrics.ram_depth.set(ring.count as i64);
-        self.inner.metrics.ram_bytes.set(ring.bytes as i64);
+        self.inner.taken(&ring);
         last
     }
 
@@ -710,6 +762,45 @@ impl Spool {
         }
     }
 
+    /// Waits until the ring holds at most [`BACKLOG_LOW`] bytes, at most `limit` (see
+    /// [`BACKLOG_HIGH`]). A closed spool never waits.
+    pub async fn wait_for_room(&self, limit: Duration) -> Room {
+        if self.inner.overflowing.load(Ordering::Relaxed) {
+            return Room::Overflowing;
+        }
+        let started = std::time::Instant::now();
+        let drained = async {
+            loop {
+                if self.has_room() {
+                    return Room::Drained;
+                }
+                let listener = self.inner.room.listen();
+                if self.has_room() {
+                    return Room::Drained;
+                }
+                listener.await;
+            }
+        };
+        let out = futures_lite::future::or(drained, async {
+            smol::Timer::after(limit).await;
+            Room::GaveUp
+        })
+        .await;
+        if out == Room::GaveUp {
+            self.inner.overflowing.store(true, Ordering::Relaxed);
+        }
+        self.inner
+            .metrics
+            .paused_seconds
+            .inc_by(started.elapsed().as_secs_f64());
+        out
+    }
+
+    fn has_room(&self) -> bool {
+        let ring = self.inner.ring();
+        ring.bytes <= BACKLOG_LOW || ring.closed
+    }
+
     /// Records waiting (RAM ring plus unread on-disk records).
     pub fn len(&self) -> usize {
         let ram = self.inner.ring().count;
@@ -730,6 +821,7 @@ impl Spool {
     pub fn close(&self) {
         self.inner.ring().closed = true;
         self.inner.pushed.notify(usize::MAX);
+        self.inner.room.notify(usize::MAX);
         if let Some(d) = &self.inner.disk {
             d.notify_all();
         }
@@ -1030,5 +1122,73 @@ mod tests {
         assert_eq!(out.len(), 5);
         s.close();
         assert!(!smol::block_on(s.pop_batch(10, &mut out)));
+    }
+
+    /// Pushes 64 KiB records until a push says the spool is backlogged; returns how many.
+    fn push_until_backlogged(s: &Spool) -> usize {
+        let body = vec![7u8; 64 << 10];
+        for n in 1..=64 {
+            if s.push(&header(n as u64), &body).backlogged {
+                return n;
+            }
+        }
+        panic!("never backlogged");
+    }
+
+    #[test]
+    fn a_backlog_makes_producers_wait_for_room_until_the_reader_takes_it_down() {
+        let s = spool(8 << 20);
+        // Backlogged only past BACKLOG_HIGH: the 17th 64 KiB record (plus headers) passes 1 MiB.
+        assert_eq!(push_until_backlogged(&s), 16);
+        // A reader takes the ring down to BACKLOG_LOW: the waiting producer goes on.
+        let reader = s.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut out = Vec::new();
+            while reader.inner.ring().bytes > BACKLOG_LOW {
+                reader.try_take(&mut out).expect("a record");
+            }
+        });
+        let started = std::time::Instant::now();
+        let room = smol::block_on(s.wait_for_room(Duration::from_secs(10)));
+        assert_eq!(room, Room::Drained);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        t.join().expect("the reader");
+        assert!(s.inner.ring().bytes <= BACKLOG_LOW);
+        assert!(s.metrics().paused_seconds.get() > 0.0);
+        // Room at once while it is there.
+        assert_eq!(
+            smol::block_on(s.wait_for_room(Duration::from_secs(10))),
+            Room::Drained
+        );
+        assert_eq!(s.metrics().dropped_total(), 0);
+    }
+
+    #[test]
+    fn an_upstream_that_does_not_take_the_backlog_costs_one_pause_then_the_ring_takes_it() {
+        let s = spool(8 << 20);
+        push_until_backlogged(&s);
+        // Nobody reads: the wait is given up after its limit...
+        let started = std::time::Instant::now();
+        let room = smol::block_on(s.wait_for_room(Duration::from_millis(100)));
+        assert_eq!(room, Room::GaveUp);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // ...and nobody waits again, nor is told to, while the ring holds the backlog.
+        let body = vec![7u8; 64 << 10];
+        assert!(!s.push(&header(99), &body).backlogged);
+        assert_eq!(
+            smol::block_on(s.wait_for_room(Duration::from_secs(10))),
+            Room::Overflowing
+        );
+        // Once the reader has taken it down to BACKLOG_LOW, a new backlog counts again.
+        let mut out = Vec::new();
+        while s.try_take(&mut out).is_some() {}
+        assert_eq!(push_until_backlogged(&s), 16);
+        // A closed spool has room: a session stopping is never held.
+        s.close();
+        assert_eq!(
+            smol::block_on(s.wait_for_room(Duration::from_secs(10))),
+            Room::Drained
+        );
     }
 }

@@ -452,7 +452,7 @@ impl Metrics {
         );
         registry.register(
             "spool_backpressure_seconds",
-            "Time the sessions paused reading because more than 1 MiB waited in the spool's RAM ring (each pause at most 250 ms, then the ring takes the backlog)",
+            "Time the sessions paused reading because more than 1 MiB (a quarter of a smaller ram_bytes) waited in the spool's RAM ring (each pause at most 250 ms, then the ring takes the backlog)",
             m.spool_backpressure_seconds.clone(),
         );
         registry.register(

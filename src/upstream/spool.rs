@@ -92,7 +92,9 @@ pub(crate) const RELEASE_CHUNK: usize = 256 << 10;
 /// of in ring pages made resident for them (under the firehose: 12 MB at once). One that stays
 /// behind, or an upstream that is down, costs one pause: the wait is given up, the ring takes
 /// the backlog as it always did (RAM, then disk, then dropping the oldest), and no session
-/// pauses again until the ring is back under [`BACKLOG_LOW`].
+/// pauses again until the ring is back under [`BACKLOG_LOW`]. A ring smaller than 4 MiB
+/// uses a quarter of its size and a sixteenth instead ([`Ring::backlog_high`]), so a small
+/// spool holds a brief stall back before it drops anything.
 pub(crate) const BACKLOG_HIGH: usize = 1 << 20;
 /// See [`BACKLOG_HIGH`].
 pub(crate) const BACKLOG_LOW: usize = 256 << 10;
@@ -145,6 +147,18 @@ struct Ring {
 impl Ring {
     fn cap(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes waiting past which producers are told to wait for room: [`BACKLOG_HIGH`], or a
+    /// quarter of a smaller ring.
+    fn backlog_high(&self) -> usize {
+        BACKLOG_HIGH.min(self.cap() / 4)
+    }
+
+    /// Bytes waiting at or below which there is room again: [`BACKLOG_LOW`], or a sixteenth
+    /// of a smaller ring.
+    fn backlog_low(&self) -> usize {
+        BACKLOG_LOW.min(self.cap() / 16)
     }
 
     fn wrapped(&self) -> bool {
@@ -294,8 +308,9 @@ pub struct Pushed {
     /// The ring is more than half full with this record: a wake-up held back should be given
     /// now, before the next records push the oldest out.
     pub crowded: bool,
-    /// More than [`BACKLOG_HIGH`] bytes wait in the ring and no wait for room was given up
-    /// since it was last under [`BACKLOG_LOW`]: the producer should [`Spool::wait_for_room`]
+    /// More than [`BACKLOG_HIGH`] bytes (a quarter of a smaller ring) wait in the ring and no
+    /// wait for room was given up since it was last under [`BACKLOG_LOW`] (a sixteenth): the
+    /// producer should [`Spool::wait_for_room`]
     /// before it reads more.
     pub backlogged: bool,
 }
@@ -431,7 +446,7 @@ impl Inner {
     fn taken(&self, ring: &Ring) {
         self.metrics.ram_depth.set(ring.count as i64);
         self.metrics.ram_bytes.set(ring.bytes as i64);
-        if ring.bytes <= BACKLOG_LOW {
+        if ring.bytes <= ring.backlog_low() {
             if self.overflowing.load(Ordering::Relaxed) {
                 self.overflowing.store(false, Ordering::Relaxed);
             }
@@ -595,8 +610,8 @@ impl Spool {
                 ring.count += 1;
                 ring.bytes += total;
                 out.crowded = ring.bytes > ring.cap() / 2;
-                out.backlogged =
-                    ring.bytes > BACKLOG_HIGH && !self.inner.overflowing.load(Ordering::Relaxed);
+                out.backlogged = ring.bytes > ring.backlog_high()
+                    && !self.inner.overflowing.load(Ordering::Relaxed);
                 self.inner.metrics.ram_depth.set(ring.count as i64);
                 self.inner.metrics.ram_bytes.set(ring.bytes as i64);
             }
@@ -798,7 +813,7 @@ impl Spool {
 
     fn has_room(&self) -> bool {
         let ring = self.inner.ring();
-        ring.bytes <= BACKLOG_LOW || ring.closed
+        ring.bytes <= ring.backlog_low() || ring.closed
     }
 
     /// Records waiting (RAM ring plus unread on-disk records).
@@ -1186,6 +1201,30 @@ mod tests {
         assert_eq!(push_until_backlogged(&s), 16);
         // A closed spool has room: a session stopping is never held.
         s.close();
+        assert_eq!(
+            smol::block_on(s.wait_for_room(Duration::from_secs(10))),
+            Room::Drained
+        );
+    }
+
+    #[test]
+    fn a_small_ring_is_backlogged_at_a_quarter_of_its_size_before_it_drops_anything() {
+        // 256 KiB: a quarter is 64 KiB, a sixteenth 16 KiB (not 1 MiB and 256 KiB, which
+        // such a ring would reach only by dropping its oldest records).
+        let s = spool(256 << 10);
+        let body = vec![7u8; 4 << 10];
+        let mut n = 0;
+        while !s.push(&header(n), &body).backlogged {
+            n += 1;
+            assert!(n < 64, "never backlogged");
+        }
+        assert_eq!(s.metrics().dropped_total(), 0);
+        let bytes = s.inner.ring().bytes;
+        assert!(bytes > 64 << 10 && bytes < 72 << 10, "{bytes}");
+        let mut out = Vec::new();
+        while s.inner.ring().bytes > 16 << 10 {
+            s.try_take(&mut out).expect("a record");
+        }
         assert_eq!(
             smol::block_on(s.wait_for_room(Duration::from_secs(10))),
             Room::Drained

@@ -262,11 +262,9 @@ impl<const N: usize> Side<N> {
             return Some(b);
         }
         let next = self.blocks.len();
-        if next >= MAX_BLOCKS {
-            return None;
-        }
+        let id = u16::try_from(next).ok().filter(|_| next < MAX_BLOCKS)?;
         self.blocks.push(Block::EMPTY);
-        u16::try_from(next).ok()
+        Some(id)
     }
 
     fn block(&self, pos: usize) -> &Block {

@@ -1139,9 +1139,10 @@ mod tests {
         assert!(!smol::block_on(s.pop_batch(10, &mut out)));
     }
 
-    /// Pushes 64 KiB records until a push says the spool is backlogged; returns how many.
-    fn push_until_backlogged(s: &Spool) -> usize {
-        let body = vec![7u8; 64 << 10];
+    /// Pushes records of `size` bytes until a push says the spool is backlogged; returns how
+    /// many.
+    fn push_until_backlogged(s: &Spool, size: usize) -> usize {
+        let body = vec![7u8; size];
         for n in 1..=64 {
             if s.push(&header(n as u64), &body).backlogged {
                 return n;
@@ -1154,7 +1155,7 @@ mod tests {
     fn a_backlog_makes_producers_wait_for_room_until_the_reader_takes_it_down() {
         let s = spool(8 << 20);
         // Backlogged only past BACKLOG_HIGH: the 17th 64 KiB record (plus headers) passes 1 MiB.
-        assert_eq!(push_until_backlogged(&s), 16);
+        assert_eq!(push_until_backlogged(&s, 64 << 10), 16);
         // A reader takes the ring down to BACKLOG_LOW: the waiting producer goes on.
         let reader = s.clone();
         let t = std::thread::spawn(move || {
@@ -1182,7 +1183,7 @@ mod tests {
     #[test]
     fn an_upstream_that_does_not_take_the_backlog_costs_one_pause_then_the_ring_takes_it() {
         let s = spool(8 << 20);
-        push_until_backlogged(&s);
+        push_until_backlogged(&s, 64 << 10);
         // Nobody reads: the wait is given up after its limit...
         let started = std::time::Instant::now();
         let room = smol::block_on(s.wait_for_room(Duration::from_millis(100)));
@@ -1198,7 +1199,7 @@ mod tests {
         // Once the reader has taken it down to BACKLOG_LOW, a new backlog counts again.
         let mut out = Vec::new();
         while s.try_take(&mut out).is_some() {}
-        assert_eq!(push_until_backlogged(&s), 16);
+        assert_eq!(push_until_backlogged(&s, 64 << 10), 16);
         // A closed spool has room: a session stopping is never held.
         s.close();
         assert_eq!(
@@ -1212,12 +1213,7 @@ mod tests {
         // 256 KiB: a quarter is 64 KiB, a sixteenth 16 KiB (not 1 MiB and 256 KiB, which
         // such a ring would reach only by dropping its oldest records).
         let s = spool(256 << 10);
-        let body = vec![7u8; 4 << 10];
-        let mut n = 0;
-        while !s.push(&header(n), &body).backlogged {
-            n += 1;
-            assert!(n < 64, "never backlogged");
-        }
+        push_until_backlogged(&s, 4 << 10);
         assert_eq!(s.metrics().dropped_total(), 0);
         let bytes = s.inner.ring().bytes;
         assert!(bytes > 64 << 10 && bytes < 72 << 10, "{bytes}");

@@ -31,14 +31,15 @@ unset RUSTUP_TOOLCHAIN RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_ENCODED_RUSTFLAGS C
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
 
 # ensure_packages PACKAGE...: apt-get install what is missing (adding a foreign architecture
-# to dpkg when a package names one, e.g. libstd-rust-web-dev:arm64).
+# to dpkg when a package names one that is not the host's, e.g. libstd-rust-web-dev:arm64).
 ensure_packages() {
 	local missing=() p arch
 	for p in "$@"; do installed "$p" || missing+=("$p"); done
 	[ ${#missing[@]} -eq 0 ] && return 0
 	for p in "${missing[@]}"; do
 		arch=${p#*:}
-		if [ "$arch" != "$p" ] && ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+		if [ "$arch" != "$p" ] && [ "$arch" != "$(dpkg --print-architecture)" ] &&
+			! dpkg --print-foreign-architectures | grep -qx "$arch"; then
 			log "adding the $arch architecture to dpkg"
 			as_root dpkg --add-architecture "$arch"
 		fi
@@ -58,6 +59,17 @@ eval "$vars"
 # image/build tests the code the image ships and shares its build of the dependencies.
 PGO_DIR=$WORK/pgo/$BOARD_TARGET
 PGO_PROFILE=$PGO_DIR/marketbox.profdata
+PGO_ORDER=$PGO_DIR/marketbox.order
+PGO_LINK_ORDER=$PGO_DIR/link.order
+
+# The major version of the LLVM that /usr/bin/rustc is built on (its profile format; the
+# llvm-N and lld-N packages of the same version go with it).
+rustc_llvm() {
+	local v
+	v=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+	[ -n "$v" ] || die "cannot tell the LLVM version of /usr/bin/rustc"
+	echo "$v"
+}
 
 HOST_ARCH=$(dpkg --print-architecture)
 case $BOARD_ARCH in
@@ -85,8 +97,10 @@ run_target() { if [ $CROSS = yes ]; then "$QEMU_USER" "$@"; else "$@"; fi; }
 
 # cargo for the board: static (crt-static), the cross linker and C compiler (ring's assembly),
 # qemu-user as the runner, so `cargo test` runs the tests on the board's architecture.
-# Optimised with $PGO_PROFILE when it exists; PGO_GENERATE=DIR instead builds instrumented,
-# writing profiles to DIR, and BOARD_TARGET_DIR builds elsewhere than $WORK.
+# Optimised with $PGO_PROFILE when it exists, and then linked by LLD, in $PGO_LINK_ORDER's
+# function order once pgo_link (image/lib/pgo.sh) has written it; PGO_GENERATE=DIR instead
+# builds instrumented, writing profiles to DIR, and BOARD_TARGET_DIR builds elsewhere than
+# $WORK.
 board_cargo() {
 	local triple=${BOARD_TARGET//-/_}
 	local TRIPLE=${triple^^}
@@ -96,18 +110,26 @@ board_cargo() {
 	elif [ -f "$PGO_PROFILE" ]; then
 		# Named by its content: cargo rebuilds when the flags change, not when a file they
 		# name does, so a new profile must be a new name.
-		local sum use
+		local sum use lld
 		sum=$(sha256sum "$PGO_PROFILE" | cut -c1-16)
-		use=$PGO_DIR/use-$sum.profdata
-		if [ ! -f "$use" ]; then
+		use=$PGO_DIR/use-$sum
+		if [ ! -f "$use.profdata" ]; then
 			rm -f "$PGO_DIR"/use-*.profdata
-			cp "$PGO_PROFILE" "$use"
+			cp "$PGO_PROFILE" "$use.profdata"
 		fi
 		# Cold means never run in the training, not LLVM's default (the rarest 0.0001 % of the
 		# counts, which takes in the start-up code run once): the linker puts cold code first,
 		# together, so code that does run at start-up no longer sits among it and the box maps
 		# less of the program (x86-64, steady: 4.85 against 4.28 MB of code resident).
-		flags+=" -C profile-use=$use -C llvm-args=-profile-summary-cold-count=0"
+		flags+=" -C profile-use=$use.profdata -C llvm-args=-profile-summary-cold-count=0"
+		# LLD, which can place functions in a given order (pgo_link); GNU ld cannot.
+		lld=/usr/lib/llvm-$(rustc_llvm)/bin
+		[ -x "$lld/ld.lld" ] || ensure_packages "lld-$(rustc_llvm)"
+		flags+=" -C link-arg=-B$lld -C link-arg=-fuse-ld=lld"
+		if [ -f "$PGO_LINK_ORDER" ]; then
+			flags+=" -C link-arg=-Wl,--symbol-ordering-file=$PGO_LINK_ORDER"
+			flags+=" -C link-arg=-Wl,--no-warn-symbol-ordering"
+		fi
 	fi
 	export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
 	export "CARGO_TARGET_${TRIPLE}_RUSTFLAGS=$flags"

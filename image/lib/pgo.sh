@@ -13,6 +13,11 @@
 # binary runs on the board's architecture (under qemu-user when foreign), so the profile
 # names the functions the board's build has; the harness runs natively. The benchmark stops
 # marketbox with SIGTERM, on which it exits 0 and the profile is written.
+#
+# The steady run also gives the linker its function order ($PGO_ORDER, image/lib/order.py): it
+# runs under qemu-user on every board (natively built boards too), which logs each block of
+# code it translates (`-d in_asm`), so the order names what the box runs beyond the profile's
+# Rust functions: the standard library's precompiled code, the C library, ring's assembly.
 
 # pgo_harness: the path of the firehose benchmark's executable, built by the host's cargo in
 # the test profile (what `cargo test --all-targets` in tests/run already built).
@@ -31,14 +36,13 @@ for line in sys.stdin:
 ' <<<"$json"
 }
 
-# pgo_train: writes $PGO_PROFILE.
+# pgo_train: writes $PGO_PROFILE and $PGO_ORDER.
 pgo_train() {
 	local llvm raw=$PGO_DIR/raw harness bin how=natively
-	llvm=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-	[ -n "$llvm" ] || die "cannot tell the LLVM version of /usr/bin/rustc"
+	llvm=$(rustc_llvm)
 	# The profile format is LLVM's own: merged by the same LLVM major version as rustc's.
-	ensure_packages "llvm-$llvm"
-	rm -rf "$raw" "$PGO_PROFILE"
+	ensure_packages "llvm-$llvm" "lld-$llvm" qemu-user-static
+	rm -rf "$raw" "$PGO_PROFILE" "$PGO_ORDER" "$PGO_LINK_ORDER"
 	mkdir -p "$raw"
 	harness=$(pgo_harness)
 	[ -x "$harness" ] || die "no firehose benchmark executable (got '$harness')"
@@ -48,17 +52,21 @@ pgo_train() {
 	# one (6.37-7.36 against 6.49-7.14 us per firehose message, x86-64).
 	PGO_GENERATE=$raw BOARD_TARGET_DIR=$PGO_DIR/target \
 		board_cargo build --release --quiet --bin marketbox
-	# What the bench starts: the instrumented binary, under qemu-user when foreign.
-	bin=$PGO_DIR/marketbox
+	# What the bench starts: the instrumented binary, under qemu-user when foreign; for the
+	# steady run always under qemu-user, logging the code it runs.
+	local built=$PGO_DIR/target/$BOARD_TARGET/release/marketbox trace=$PGO_DIR/trace.log
 	local runner=
 	[ $CROSS = yes ] && runner=$QEMU_USER how="under $QEMU_USER"
-	printf '#!/bin/sh\nexec %s %s "$@"\n' "$runner" \
-		"$PGO_DIR/target/$BOARD_TARGET/release/marketbox" >"$bin"
-	chmod +x "$bin"
-	log "training it on the firehose and steady benchmarks ($how, about a minute)"
+	printf '#!/bin/sh\nexec %s %s "$@"\n' "$runner" "$built" >"$PGO_DIR/marketbox-firehose"
+	printf '#!/bin/sh\nexec %s -d in_asm -D %s %s "$@"\n' "$QEMU_USER" "$trace" "$built" \
+		>"$PGO_DIR/marketbox-steady"
+	chmod +x "$PGO_DIR/marketbox-firehose" "$PGO_DIR/marketbox-steady"
+	log "training it on the firehose ($how) and steady (under $QEMU_USER) benchmarks (about a minute)"
 	: >"$PGO_DIR/training.log"
+	rm -f "$trace"
 	local run
 	for run in firehose steady; do
+		bin=$PGO_DIR/marketbox-$run
 		if ! LLVM_PROFILE_FILE="$raw/$run-%p.profraw" MARKETBOX_BENCH_BIN=$bin "$harness" \
 			--bench "$run" >>"$PGO_DIR/training.log" 2>&1; then
 			tail -n 40 "$PGO_DIR/training.log" >&2
@@ -72,4 +80,36 @@ pgo_train() {
 	"llvm-profdata-$llvm" merge --output="$PGO_PROFILE" "$raw"/firehose-*.profraw \
 		--weighted-input=10,"$(compgen -G "$raw/steady-*.profraw" | head -n 1)"
 	log "profile: $(find "$raw" -name '*.profraw' | wc -l) runs merged into $(du -k "$PGO_PROFILE" | cut -f1) kB"
+	[ -s "$trace" ] || die "the steady training run under $QEMU_USER logged no code ($trace)"
+	"llvm-profdata-$llvm" merge --text --output="$PGO_DIR/profile.txt" "$PGO_PROFILE"
+	python3 image/lib/order.py "$PGO_DIR/profile.txt" "$trace" >"$PGO_ORDER.new" ||
+		die "cannot order the functions (image/lib/order.py)"
+	mv "$PGO_ORDER.new" "$PGO_ORDER"
+	rm -f "$trace" "$PGO_DIR/profile.txt"
+	log "function order: $(wc -l <"$PGO_ORDER") functions that ran, for the linker"
+}
+
+# pgo_link: after `board_cargo build --release`, builds marketbox again with the functions that
+# ran in the training first, together, in $PGO_ORDER's order (LLD's --symbol-ordering-file).
+# The order is first resolved against the built binary's own symbols ($PGO_LINK_ORDER): thin
+# LTO renames the local functions it shares between modules (`name.llvm.<number>`), and the
+# number is not the instrumented build's; unresolved, 258 of the x86-64 build's functions that
+# ran (72 kB, small ones, over some 20 of its 64-KiB windows) would stay where they were. The
+# second build has the same code, so the same names; it is a build of everything again
+# (`cargo rustc` could relink the last crate alone, but refuses a static target's
+# proc-macros), and board_cargo keeps the order's flags from then on, so cross-test shares it.
+pgo_link() {
+	local bin=$WORK/$BOARD_TARGET/release/marketbox nm=nm placed
+	[ $CROSS = yes ] && nm=$GNU-nm
+	[ -f "$PGO_ORDER" ] || die "$PGO_PROFILE has no function order beside it ($PGO_ORDER): train again"
+	"$nm" --defined-only "$bin" >"$PGO_DIR/symbols.txt" || die "cannot list the symbols of $bin"
+	python3 image/lib/order.py --resolve "$PGO_DIR/symbols.txt" "$PGO_ORDER" >"$PGO_LINK_ORDER.new" ||
+		die "cannot resolve the function order (image/lib/order.py)"
+	mv "$PGO_LINK_ORDER.new" "$PGO_LINK_ORDER"
+	log "building marketbox again, linked with $(wc -l <"$PGO_LINK_ORDER") functions that ran in the training first"
+	board_cargo build --release --quiet --bin marketbox
+	"$nm" --defined-only "$bin" >"$PGO_DIR/symbols.txt" || die "cannot list the symbols of $bin"
+	placed=$(python3 image/lib/order.py --resolve "$PGO_DIR/symbols.txt" "$PGO_LINK_ORDER" | wc -l)
+	log "$placed of the $(wc -l <"$PGO_LINK_ORDER") ordered functions are in it by those names"
+	rm -f "$PGO_DIR/symbols.txt"
 }

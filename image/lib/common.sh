@@ -110,7 +110,7 @@ board_cargo() {
 	elif [ -f "$PGO_PROFILE" ]; then
 		# Named by its content: cargo rebuilds when the flags change, not when a file they
 		# name does, so a new profile must be a new name.
-		local sum use lld
+		local sum use llvm lld
 		sum=$(sha256sum "$PGO_PROFILE" | cut -c1-16)
 		use=$PGO_DIR/use-$sum
 		if [ ! -f "$use.profdata" ]; then
@@ -123,8 +123,9 @@ board_cargo() {
 		# less of the program (x86-64, steady: 4.85 against 4.28 MB of code resident).
 		flags+=" -C profile-use=$use.profdata -C llvm-args=-profile-summary-cold-count=0"
 		# LLD, which can place functions in a given order (pgo_link); GNU ld cannot.
-		lld=/usr/lib/llvm-$(rustc_llvm)/bin
-		[ -x "$lld/ld.lld" ] || ensure_packages "lld-$(rustc_llvm)"
+		llvm=$(rustc_llvm)
+		lld=/usr/lib/llvm-$llvm/bin
+		[ -x "$lld/ld.lld" ] || ensure_packages "lld-$llvm"
 		flags+=" -C link-arg=-B$lld -C link-arg=-fuse-ld=lld"
 		if [ -f "$PGO_LINK_ORDER" ]; then
 			flags+=" -C link-arg=-Wl,--symbol-ordering-file=$PGO_LINK_ORDER"
